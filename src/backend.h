@@ -1,0 +1,82 @@
+/*
+ * The internal backend interface. The SDK-facing front (hsm_front.c) fills the SDK's
+ * three tables with trampolines; each trampoline checks its handle and dispatches to the
+ * backend chosen for that attestation type by configuration. Backends never see the SDK.
+ *
+ * One source file per backend (backend_<name>.c) ends with one const descriptor built
+ * with designated initializers. The list of compiled-in backends is in backend_registry.c.
+ *
+ * Contract, for every backend:
+ *  - name and caps are required. A backend serves only the operation groups in caps;
+ *    slots of groups it serves are required, the others stay NULL.
+ *  - global_init / global_deinit are optional, called under the front's lock from
+ *    hsm_client_*_init / *_deinit (reference-counted there). global_init must not fail
+ *    because hardware is absent: that is reported by open().
+ *  - open(cfg, kind, &state) makes one handle's state. On failure it logs why (once,
+ *    where the failure happened), leaves *state untouched, and close() is NOT called.
+ *  - close(state) releases one state, wiping any secret in it.
+ *  - Outputs (char**, uint8_t**) are malloc'd by the backend, assigned only on success,
+ *    and handed to the SDK unchanged (the SDK frees them with free()).
+ *  - Different states may be used on different threads at once; one state is used by
+ *    one thread at a time unless the backend says otherwise.
+ */
+#ifndef PROVHSM_BACKEND_H
+#define PROVHSM_BACKEND_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "config.h"
+
+typedef enum provhsm_kind {
+    PROVHSM_KIND_X509 = 0,
+    PROVHSM_KIND_SYMMETRIC = 1,
+    PROVHSM_KIND_TPM = 2
+} provhsm_kind;
+
+#define PROVHSM_CAP_X509      (1u << PROVHSM_KIND_X509)
+#define PROVHSM_CAP_SYMMETRIC (1u << PROVHSM_KIND_SYMMETRIC)
+#define PROVHSM_CAP_TPM       (1u << PROVHSM_KIND_TPM)
+
+typedef struct provhsm_backend {
+    const char *name; /* required: the name used in configuration */
+    unsigned caps;    /* required: PROVHSM_CAP_* */
+
+    provhsm_err (*global_init)(void);  /* optional */
+    void (*global_deinit)(void);       /* optional */
+
+    /* required */
+    provhsm_err (*open)(const provhsm_config *cfg, provhsm_kind kind, void **state);
+    void (*close)(void *state);
+
+    /* X.509 group: required with PROVHSM_CAP_X509 */
+    provhsm_err (*x509_certificate)(void *state, char **pem_out);
+    provhsm_err (*x509_alias_key)(void *state, char **pem_out);
+    provhsm_err (*x509_common_name)(void *state, char **cn_out);
+
+    /* symmetric-key group: required with PROVHSM_CAP_SYMMETRIC */
+    provhsm_err (*symmetric_key)(void *state, char **key_b64_out);
+    provhsm_err (*registration_id)(void *state, char **id_out);
+    /* replaces the identity for this state only; both arguments non-NULL and validated */
+    provhsm_err (*symmetric_override)(void *state, const char *registration_id,
+                                      const char *key_b64);
+
+    /* TPM group: required with PROVHSM_CAP_TPM */
+    provhsm_err (*tpm_endorsement_key)(void *state, uint8_t **out, size_t *len_out);
+    provhsm_err (*tpm_storage_root_key)(void *state, uint8_t **out, size_t *len_out);
+    provhsm_err (*tpm_activate)(void *state, const uint8_t *blob, size_t len);
+    provhsm_err (*tpm_sign)(void *state, const uint8_t *data, size_t len, uint8_t **sig_out,
+                            size_t *sig_len_out);
+} provhsm_backend;
+
+/* Compiled-in backends, NULL-terminated (backend_registry.c). */
+extern const provhsm_backend *const provhsm_backends[];
+
+/* Backend by configuration name, or NULL. */
+const provhsm_backend *provhsm_backend_find(const char *name);
+
+extern const provhsm_backend provhsm_backend_software;
+#ifdef PROVHSM_WITH_TPM
+extern const provhsm_backend provhsm_backend_tpm;
+#endif
+
+#endif

@@ -9,6 +9,7 @@
 #include <sys/mman.h>
 #include <openssl/crypto.h>
 
+#include "provhsm/provhsm.h"
 #include "secmem.h"
 
 #define SECMEM_MAGIC 0x5ec3e3a1u

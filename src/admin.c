@@ -1,0 +1,416 @@
+/*
+ * The administration API (include/provhsm/provhsm.h): what the factory line and the
+ * provhsm tool call to put identities into the store and to use them the SDK's way.
+ * Writes go to the software store; reads for SAS tokens go through the SDK's own tables
+ * so that the tool exercises exactly what the SDK will.
+ *
+ * Identity safety: a key generated for a CSR waits in its own entry until its
+ * certificate is imported, so a device keeps its working identity meanwhile.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+
+#include "backend.h"
+#include "encoding.h"
+#include "front.h"
+#include "hsm_client_data.h"
+#include "identity.h"
+#include "log.h"
+#include "sas.h"
+#include "secmem.h"
+#include "store.h"
+#include "x509util.h"
+
+#define MOD "admin"
+
+/* Loads configuration and opens the store, for an attestation served by `backend`. */
+static provhsm_err open_software_store(const char *attestation, const char *backend,
+                                       const provhsm_config *cfg, provhsm_store **st)
+{
+    if (strcmp(backend, "software") != 0) {
+        PH_ERR(MOD, "%s identities are configured for backend '%s'; the store holds only "
+                    "software identities",
+               attestation, backend);
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    provhsm_err err = provhsm_store_open(cfg, st);
+    if (err == PROVHSM_E_NOT_FOUND)
+        PH_ERR(MOD, "no store at %s (create it with provhsm init)", cfg->store_dir);
+    return err;
+}
+
+provhsm_err provhsm_store_init(void)
+{
+    provhsm_config cfg;
+    provhsm_err err = provhsm_front_config(&cfg);
+    if (err != PROVHSM_OK)
+        return err;
+    err = provhsm_store_create(&cfg);
+    if (err == PROVHSM_OK)
+        PH_INFO(MOD, "created store %s", cfg.store_dir);
+    return err;
+}
+
+static const char *key_type_name(provhsm_key_type type)
+{
+    switch (type) {
+    case PROVHSM_KEY_EC_P256:
+        return "EC P-256";
+    case PROVHSM_KEY_RSA_2048:
+        return "RSA-2048";
+    case PROVHSM_KEY_RSA_3072:
+        return "RSA-3072";
+    case PROVHSM_KEY_RSA_4096:
+        return "RSA-4096";
+    }
+    return "?";
+}
+
+provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type, int days,
+                                  int replace, char **pem_out)
+{
+    provhsm_config cfg;
+    provhsm_store *st = NULL;
+    EVP_PKEY *key = NULL;
+    provhsm_x509_identity id = {0};
+    char *pem = NULL;
+    provhsm_err err;
+
+    if (common_name == NULL || *common_name == '\0' || strlen(common_name) > 64 || days < 0 ||
+        days > 36500 || pem_out == NULL) {
+        PH_ERR(MOD, "x509 generate: need a common name of 1..64 characters and 0..36500 days");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    err = provhsm_front_config(&cfg);
+    if (err == PROVHSM_OK)
+        err = open_software_store("x509", cfg.x509_backend, &cfg, &st);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (days > 0 && !replace && provhsm_store_has(st, PROVHSM_ENTRY_X509)) {
+        PH_ERR(MOD, "an X.509 identity exists already; replacing it needs --force");
+        err = PROVHSM_E_EXISTS;
+        goto out;
+    }
+    err = provhsm_x509_generate_key(type, &key);
+    if (err == PROVHSM_OK)
+        err = provhsm_x509_key_to_pem(key, &id.key_pem);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (days > 0) {
+        err = provhsm_x509_self_signed(key, common_name, days, &pem);
+        if (err != PROVHSM_OK)
+            goto out;
+        id.chain_pem = strdup(pem);
+        if (id.chain_pem == NULL) {
+            err = PROVHSM_E_NOMEM;
+            goto out;
+        }
+        err = provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509, &id);
+    } else {
+        err = provhsm_x509_csr(key, common_name, &pem);
+        if (err == PROVHSM_OK)
+            err = provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509_PENDING, &id);
+    }
+    if (err != PROVHSM_OK)
+        goto out;
+    PH_INFO(MOD, "generated a %s key for CN=%s (%s)", key_type_name(type), common_name,
+            days > 0 ? "self-signed certificate" : "certificate request");
+    *pem_out = pem;
+    pem = NULL;
+out:
+    free(pem);
+    provhsm_identity_x509_clear(&id);
+    EVP_PKEY_free(key);
+    provhsm_store_close(st);
+    return err;
+}
+
+/* The chain must be in order: each certificate issued by the next one. */
+static provhsm_err check_chain_order(STACK_OF(X509) *chain)
+{
+    for (int i = 0; i + 1 < sk_X509_num(chain); i++) {
+        if (X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i)) !=
+            X509_V_OK) {
+            PH_ERR(MOD, "certificate %d of the chain is not issued by certificate %d: the "
+                        "chain must be leaf first, then its issuers in order",
+                   i + 1, i + 2);
+            return PROVHSM_E_INVALID_ARG;
+        }
+    }
+    return PROVHSM_OK;
+}
+
+/* Finds the stored key (pending first, then current) that matches the leaf. */
+static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf, char **key_pem,
+                                            int *from_pending)
+{
+    static const char *const entries[] = {PROVHSM_ENTRY_X509_PENDING, PROVHSM_ENTRY_X509};
+    for (int i = 0; i < 2; i++) {
+        provhsm_x509_identity id = {0};
+        EVP_PKEY *key = NULL;
+        provhsm_err err = provhsm_identity_x509_load(st, entries[i], &id);
+        if (err == PROVHSM_E_NOT_FOUND)
+            continue;
+        if (err != PROVHSM_OK)
+            return err;
+        err = provhsm_x509_key_from_pem(id.key_pem, &key);
+        if (err == PROVHSM_OK && provhsm_x509_key_matches(key, leaf) == PROVHSM_OK) {
+            EVP_PKEY_free(key);
+            *key_pem = id.key_pem;
+            id.key_pem = NULL;
+            *from_pending = i == 0;
+            provhsm_identity_x509_clear(&id);
+            return PROVHSM_OK;
+        }
+        EVP_PKEY_free(key);
+        provhsm_identity_x509_clear(&id);
+    }
+    PH_ERR(MOD, "the certificate does not match any key in the store (generate one with "
+                "provhsm x509 generate --csr, or import the key with --key)");
+    return PROVHSM_E_MISMATCH;
+}
+
+provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem, int *expired_out)
+{
+    provhsm_config cfg;
+    provhsm_store *st = NULL;
+    STACK_OF(X509) *chain = NULL;
+    EVP_PKEY *key = NULL;
+    provhsm_x509_identity id = {0};
+    provhsm_cert_info info;
+    char *cn = NULL;
+    int from_pending = 0;
+    provhsm_err err;
+
+    if (chain_pem == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    err = provhsm_x509_parse_chain(chain_pem, &chain);
+    if (err != PROVHSM_OK)
+        goto out;
+    X509 *leaf = sk_X509_value(chain, 0);
+    err = provhsm_x509_common_name(leaf, &cn);
+    if (err == PROVHSM_OK)
+        err = check_chain_order(chain);
+    if (err == PROVHSM_OK)
+        err = provhsm_x509_describe(leaf, &info);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (info.expired)
+        PH_WARN(MOD, "the device certificate expired on %s", info.not_after);
+
+    err = provhsm_front_config(&cfg);
+    if (err == PROVHSM_OK)
+        err = open_software_store("x509", cfg.x509_backend, &cfg, &st);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (key_pem != NULL) {
+        err = provhsm_x509_key_from_pem(key_pem, &key);
+        if (err == PROVHSM_OK)
+            err = provhsm_x509_key_matches(key, leaf);
+        if (err == PROVHSM_E_MISMATCH)
+            PH_ERR(MOD, "the private key does not belong to the certificate");
+        if (err == PROVHSM_OK)
+            err = provhsm_x509_key_to_pem(key, &id.key_pem); /* stored as PKCS#8 */
+    } else {
+        err = find_matching_stored_key(st, leaf, &id.key_pem, &from_pending);
+    }
+    if (err == PROVHSM_OK)
+        err = provhsm_x509_chain_to_pem(chain, &id.chain_pem);
+    if (err == PROVHSM_OK)
+        err = provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509, &id);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (from_pending && provhsm_store_remove(st, PROVHSM_ENTRY_X509_PENDING) != PROVHSM_OK)
+        PH_WARN(MOD, "imported, but could not remove the pending key entry");
+    PH_INFO(MOD, "imported X.509 identity CN=%s (%d certificate(s))", cn, sk_X509_num(chain));
+    if (expired_out != NULL)
+        *expired_out = info.expired;
+out:
+    free(cn);
+    provhsm_identity_x509_clear(&id);
+    EVP_PKEY_free(key);
+    sk_X509_pop_free(chain, X509_free);
+    provhsm_store_close(st);
+    return err;
+}
+
+provhsm_err provhsm_symmetric_set(const char *registration_id, const char *key_b64)
+{
+    provhsm_config cfg;
+    provhsm_store *st = NULL;
+    provhsm_err err = provhsm_identity_check_registration_id(registration_id);
+    if (err == PROVHSM_OK)
+        err = provhsm_identity_check_symmetric_key(key_b64);
+    if (err == PROVHSM_OK)
+        err = provhsm_front_config(&cfg);
+    if (err == PROVHSM_OK)
+        err = open_software_store("symmetric", cfg.symmetric_backend, &cfg, &st);
+    if (err == PROVHSM_OK) {
+        const provhsm_symmetric_identity id = {(char *)registration_id, (char *)key_b64};
+        err = provhsm_identity_symmetric_save(st, &id);
+    }
+    provhsm_store_close(st);
+    return err;
+}
+
+provhsm_err provhsm_symmetric_derive(const char *registration_id, const char *group_key_b64,
+                                     char **device_key_out)
+{
+    uint8_t mac[32];
+    if (device_key_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = provhsm_identity_check_registration_id(registration_id);
+    if (err == PROVHSM_OK)
+        err = provhsm_identity_check_symmetric_key(group_key_b64);
+    if (err == PROVHSM_OK)
+        err = provhsm_sas_hmac_b64key(group_key_b64, (const uint8_t *)registration_id,
+                                      strlen(registration_id), mac);
+    if (err != PROVHSM_OK)
+        return err;
+    char *key = provhsm_base64_encode(mac, sizeof(mac));
+    provhsm_wipe(mac, sizeof(mac));
+    if (key == NULL)
+        return PROVHSM_E_NOMEM;
+    *device_key_out = key;
+    return PROVHSM_OK;
+}
+
+/* Signs through the key table exactly as the SDK's prov_auth layer does. */
+static provhsm_err sign_symmetric(const char *payload, uint8_t **sig, size_t *sig_len)
+{
+    const HSM_CLIENT_KEY_INTERFACE *t = hsm_client_key_interface();
+    provhsm_err err = PROVHSM_E_NOT_FOUND;
+    char *key = NULL;
+    HSM_CLIENT_HANDLE h = t->hsm_client_key_create();
+    if (h == NULL)
+        return PROVHSM_E_NOT_FOUND;
+    if (t->hsm_client_set_symm_key_info(h, NULL, NULL) != 0)
+        goto out;
+    key = t->hsm_client_get_symm_key(h);
+    if (key == NULL)
+        goto out;
+    *sig = malloc(32);
+    if (*sig == NULL) {
+        err = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    err = provhsm_sas_hmac_b64key(key, (const uint8_t *)payload, strlen(payload), *sig);
+    if (err != PROVHSM_OK) {
+        free(*sig);
+        *sig = NULL;
+        goto out;
+    }
+    *sig_len = 32;
+out:
+    provhsm_free_wiped_string(key);
+    t->hsm_client_key_destroy(h);
+    return err;
+}
+
+static provhsm_err sign_tpm(const char *payload, uint8_t **sig, size_t *sig_len)
+{
+    const HSM_CLIENT_TPM_INTERFACE *t = hsm_client_tpm_interface();
+    HSM_CLIENT_HANDLE h = t->hsm_client_tpm_create();
+    if (h == NULL)
+        return PROVHSM_E_NO_DEVICE;
+    int rc = t->hsm_client_sign_with_identity(h, (const unsigned char *)payload, strlen(payload),
+                                              sig, sig_len);
+    t->hsm_client_tpm_destroy(h);
+    return rc == 0 ? PROVHSM_OK : PROVHSM_E_TPM;
+}
+
+provhsm_err provhsm_sas_token(const char *attestation, const char *scope, uint64_t expiry,
+                              const char *key_name, char **token_out)
+{
+    char *encoded = NULL, *payload = NULL;
+    uint8_t *sig = NULL;
+    size_t sig_len = 0;
+    provhsm_err err;
+
+    if (attestation == NULL || scope == NULL || *scope == '\0' || key_name == NULL ||
+        *key_name == '\0' || token_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    int symmetric = strcmp(attestation, "symmetric") == 0;
+    if (!symmetric && strcmp(attestation, "tpm") != 0) {
+        PH_ERR(MOD, "SAS tokens are for symmetric or tpm attestation, not '%s'", attestation);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    encoded = provhsm_url_encode(scope);
+    if (encoded == NULL)
+        return PROVHSM_E_NOMEM;
+    err = provhsm_sas_string_to_sign(encoded, expiry, &payload);
+    if (err == PROVHSM_OK)
+        err = symmetric ? sign_symmetric(payload, &sig, &sig_len)
+                        : sign_tpm(payload, &sig, &sig_len);
+    if (err == PROVHSM_OK)
+        err = provhsm_sas_format(encoded, sig, sig_len, expiry, key_name, token_out);
+    provhsm_free_wiped(sig, sig_len);
+    free(payload);
+    free(encoded);
+    return err;
+}
+
+provhsm_err provhsm_identity_remove(const char *attestation)
+{
+    provhsm_config cfg;
+    provhsm_store *st = NULL;
+    const char *entry;
+    const char *backend;
+
+    if (attestation == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = provhsm_front_config(&cfg);
+    if (err != PROVHSM_OK)
+        return err;
+    if (strcmp(attestation, "x509") == 0) {
+        entry = PROVHSM_ENTRY_X509;
+        backend = cfg.x509_backend;
+    } else if (strcmp(attestation, "symmetric") == 0) {
+        entry = PROVHSM_ENTRY_SYMMETRIC;
+        backend = cfg.symmetric_backend;
+    } else {
+        PH_ERR(MOD, "identity remove: attestation must be x509 or symmetric");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    err = open_software_store(attestation, backend, &cfg, &st);
+    if (err == PROVHSM_OK)
+        err = provhsm_store_remove(st, entry);
+    if (err == PROVHSM_OK && strcmp(attestation, "x509") == 0 &&
+        provhsm_store_has(st, PROVHSM_ENTRY_X509_PENDING))
+        err = provhsm_store_remove(st, PROVHSM_ENTRY_X509_PENDING);
+    provhsm_store_close(st);
+    return err;
+}
+
+const char *provhsm_backend_name(const char *attestation)
+{
+    provhsm_config cfg;
+    const char *name;
+    if (attestation == NULL || provhsm_front_config(&cfg) != PROVHSM_OK)
+        return NULL;
+    if (strcmp(attestation, "x509") == 0)
+        name = cfg.x509_backend;
+    else if (strcmp(attestation, "symmetric") == 0)
+        name = cfg.symmetric_backend;
+    else if (strcmp(attestation, "tpm") == 0)
+        name = cfg.tpm_configured ? cfg.tpm_backend : NULL;
+    else
+        return NULL;
+    if (name == NULL)
+        return "none";
+    /* the descriptor's name is static; the config copy is not */
+    const provhsm_backend *be = provhsm_backend_find(name);
+    return be != NULL ? be->name : "unavailable";
+}
+
+#ifndef PROVHSM_WITH_TPM
+provhsm_err provhsm_tpm_clear_identity(void)
+{
+    PH_ERR(MOD, "this library was built without TPM support");
+    return PROVHSM_E_UNSUPPORTED;
+}
+#endif

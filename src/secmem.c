@@ -4,6 +4,7 @@
  * without the caller passing a length. mlock() is best effort: a device with a low
  * RLIMIT_MEMLOCK still works, the memory is just swappable.
  */
+#include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -15,16 +16,14 @@
 #define SECMEM_MAGIC 0x5ec3e3a1u
 
 typedef struct secmem_header {
-    size_t len;      /* bytes after the header */
+    size_t len; /* bytes after the header */
     unsigned magic;
     int locked;
-    /* keeps the payload max-aligned */
-    union {
-        long double ld;
-        void *p;
-        long long ll;
-    } align;
 } secmem_header;
+
+/* The payload starts max-aligned, like malloc's. */
+#define HEADER_SIZE                                                                            \
+    ((sizeof(secmem_header) + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1))
 
 void provhsm_wipe(void *p, size_t len)
 {
@@ -34,25 +33,25 @@ void provhsm_wipe(void *p, size_t len)
 
 void *provhsm_secure_alloc(size_t len)
 {
-    if (len > SIZE_MAX - sizeof(secmem_header))
+    if (len > SIZE_MAX - HEADER_SIZE)
         return NULL;
-    secmem_header *h = calloc(1, sizeof(secmem_header) + len);
+    secmem_header *h = calloc(1, HEADER_SIZE + len);
     if (h == NULL)
         return NULL;
     h->len = len;
     h->magic = SECMEM_MAGIC;
-    h->locked = mlock(h, sizeof(secmem_header) + len) == 0;
-    return (unsigned char *)h + sizeof(secmem_header);
+    h->locked = mlock(h, HEADER_SIZE + len) == 0;
+    return (unsigned char *)h + HEADER_SIZE;
 }
 
 void provhsm_secure_free(void *p)
 {
     if (p == NULL)
         return;
-    secmem_header *h = (secmem_header *)((unsigned char *)p - sizeof(secmem_header));
+    secmem_header *h = (secmem_header *)((unsigned char *)p - HEADER_SIZE);
     if (h->magic != SECMEM_MAGIC)
         abort(); /* not ours: freeing it would corrupt the heap, and wiping may be wrong */
-    size_t total = sizeof(secmem_header) + h->len;
+    size_t total = HEADER_SIZE + h->len;
     int locked = h->locked;
     OPENSSL_cleanse(h, total);
     if (locked)

@@ -1,0 +1,1327 @@
+/*
+ * The encrypted software key store (store.h): files in one directory, each entry sealed
+ * with AES-256-GCM (OpenSSL EVP) under a store key that comes from a random key file or
+ * from a passphrase through scrypt (EVP_KDF "SCRYPT"). Called by the software backend
+ * and the administration API. Static state: none besides the test hook; an open store
+ * handle is immutable after open (a directory fd and the key in secure memory), so one
+ * handle may be used from several threads at once.
+ *
+ * Every file is opened with O_NOFOLLOW and its owner and mode are checked on the opened
+ * fd, so what is checked is what is read. Writes go to a temp file in the same directory
+ * (O_EXCL, 0600), are fsync'ed, renamed over the target, and the directory is fsync'ed.
+ *
+ * On-disk format, version 1. Integers are big-endian.
+ *
+ *   <store_dir>/               0700, owned by the effective uid
+ *     store.meta               public header, written last by create (marks a store)
+ *     store.check              key-check entry
+ *     store.key                key file in key-file mode (its path is configurable)
+ *     <name>.entry             one file per entry, 0600
+ *     .tmp-<16 hex>-<target>   unfinished write: ignored; removed by open when stale
+ *
+ *   store.meta, 64 bytes:
+ *     off len
+ *       0   8  magic "PHSMMETA"
+ *       8   2  format version, 1
+ *      10   1  key mode: 1 = random key in the key file, 2 = scrypt of a passphrase
+ *      11   1  scrypt log2(N)        (0 in key-file mode)
+ *      12   4  scrypt r              (0 in key-file mode)
+ *      16   4  scrypt p              (0 in key-file mode)
+ *      20  32  scrypt salt, random   (zero in key-file mode)
+ *      52  12  reserved, zero
+ *
+ *   key file, 44 bytes, 0600:
+ *       0   8  magic "PHSMSKEY"
+ *       8   2  format version, 1
+ *      10   2  reserved, zero
+ *      12  32  the store key (AES-256)
+ *
+ *   entry file, 44 + n bytes (n <= 1 MiB):
+ *       0   8  magic "PHSMENTR"
+ *       8   2  format version, 1
+ *      10   1  cipher: 1 = AES-256-GCM, 96-bit nonce, 128-bit tag
+ *      11   1  reserved, zero
+ *      12   4  n, the plaintext length
+ *      16  12  nonce, fresh random for every write
+ *      28   n  ciphertext
+ *    28+n  16  GCM tag
+ *   The associated data is bytes 0..15, one byte holding the name's length, the name.
+ *   store.check is an entry named "store.check" (outside the entry-name alphabet, so no
+ *   entry can pose as it) whose associated data is followed by the 64 bytes of
+ *   store.meta, and whose plaintext is "provhsm store key check v1".
+ *
+ *   Store key = key file bytes 12..43, or scrypt(passphrase, salt, N, r, p) -> 32 bytes.
+ */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <openssl/core_names.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/kdf.h>
+#include <openssl/params.h>
+#include <openssl/rand.h>
+
+#include "log.h"
+#include "secmem.h"
+#include "store.h"
+
+#define MOD "store"
+
+#define FORMAT_VERSION 1u
+
+#define META_NAME    "store.meta"
+#define CHECK_NAME   "store.check"
+#define KEY_DEFAULT  "store.key"
+#define ENTRY_SUFFIX ".entry"
+#define TMP_PREFIX   ".tmp-"
+
+#define META_MAGIC     "PHSMMETA"
+#define META_LEN       64u
+#define META_OFF_MODE  10u
+#define META_OFF_LOG2N 11u
+#define META_OFF_R     12u
+#define META_OFF_P     16u
+#define META_OFF_SALT  20u
+#define META_OFF_RSVD  52u
+#define SALT_LEN       32u
+
+#define KEY_MODE_FILE       1u
+#define KEY_MODE_PASSPHRASE 2u
+
+#define KEYFILE_MAGIC   "PHSMSKEY"
+#define KEYFILE_LEN     44u
+#define KEYFILE_OFF_KEY 12u
+#define STORE_KEY_LEN   32u
+
+#define ENTRY_MAGIC      "PHSMENTR"
+#define ENTRY_CIPHER_GCM 1u
+#define ENTRY_HDR_LEN    16u
+#define NONCE_LEN        12u
+#define TAG_LEN          16u
+#define ENTRY_OVERHEAD   (ENTRY_HDR_LEN + NONCE_LEN + TAG_LEN)
+#define ENTRY_MAX_DATA   (1024u * 1024u)
+#define ENTRY_NAME_MAX   64u
+/* "<name>.entry" and ".tmp-<16 hex>-<target>" */
+#define FILE_NAME_BUF  128u
+#define CHECK_PLAIN    "provhsm store key check v1"
+#define PASSPHRASE_MAX 4096u
+
+/* scrypt bounds, also applied to a header read from disk so it cannot demand absurd work */
+#define SCRYPT_MAX_LOG2N 30u
+#define SCRYPT_MAX_R     32u
+#define SCRYPT_MAX_P     16u
+#define SCRYPT_MAX_MEM   (1ull << 30) /* 128 * r * N */
+
+/* A temp file older than this cannot belong to a write still in progress. */
+#define STALE_TMP_SECONDS 600
+
+#define STORE_MAGIC 0x53544f52u
+
+struct provhsm_store {
+    unsigned magic;
+    int dirfd;
+    uint8_t *key; /* STORE_KEY_LEN bytes of secure memory */
+    char dir[PROVHSM_PATH_MAX];
+};
+
+typedef struct store_meta {
+    uint8_t raw[META_LEN];
+    unsigned key_mode;
+    unsigned log2_n;
+    uint32_t r, p;
+} store_meta;
+
+int provhsm_store_test_fail_before_rename = 0;
+
+/* ---- small helpers ------------------------------------------------------ */
+
+static void put_be16(uint8_t *p, unsigned v)
+{
+    p[0] = (uint8_t)(v >> 8);
+    p[1] = (uint8_t)v;
+}
+
+static void put_be32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24);
+    p[1] = (uint8_t)(v >> 16);
+    p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static unsigned get_be16(const uint8_t *p)
+{
+    return ((unsigned)p[0] << 8) | p[1];
+}
+
+static uint32_t get_be32(const uint8_t *p)
+{
+    return ((uint32_t)p[0] << 24) | ((uint32_t)p[1] << 16) | ((uint32_t)p[2] << 8) | p[3];
+}
+
+static int all_zero(const uint8_t *p, size_t len)
+{
+    uint8_t acc = 0;
+    for (size_t i = 0; i < len; i++)
+        acc |= p[i];
+    return acc == 0;
+}
+
+static int name_is_valid(const char *name)
+{
+    size_t n = 0;
+    if (name == NULL)
+        return 0;
+    for (; name[n] != '\0'; n++) {
+        char c = name[n];
+        if (n >= ENTRY_NAME_MAX)
+            return 0;
+        if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_' || c == '-'))
+            return 0;
+    }
+    return n > 0;
+}
+
+static int str_fits(const char *s, size_t size)
+{
+    return memchr(s, '\0', size) != NULL;
+}
+
+/* The config struct comes from elsewhere: make sure its strings are terminated. */
+static int cfg_strings_ok(const provhsm_config *cfg)
+{
+    return str_fits(cfg->store_dir, sizeof(cfg->store_dir)) &&
+           str_fits(cfg->key_file, sizeof(cfg->key_file)) &&
+           str_fits(cfg->passphrase_file, sizeof(cfg->passphrase_file)) &&
+           str_fits(cfg->passphrase_env, sizeof(cfg->passphrase_env));
+}
+
+static void entry_file_name(const char *name, char *out, size_t outlen)
+{
+    snprintf(out, outlen, "%s%s", name, ENTRY_SUFFIX);
+}
+
+static int store_ok(const provhsm_store *st)
+{
+    return st != NULL && st->magic == STORE_MAGIC && st->key != NULL && st->dirfd >= 0;
+}
+
+/* Effective key file path (config.c owns the default), or an error when it does not fit. */
+static provhsm_err key_file_path(const provhsm_config *cfg, char *out, size_t outlen)
+{
+    provhsm_config_key_file(cfg, out, outlen);
+    return out[0] != '\0' ? PROVHSM_OK : PROVHSM_E_CONFIG;
+}
+
+/* Splits "a/b/c" into "a/b" and "c"; "c" into "." and "c"; "/c" into "/" and "c". */
+static provhsm_err split_path(const char *path, char *dir, size_t dirlen, char *base,
+                              size_t baselen)
+{
+    const char *slash = strrchr(path, '/');
+    const char *b = slash != NULL ? slash + 1 : path;
+    size_t dl;
+
+    if (*b == '\0' || strlen(b) >= baselen) {
+        PH_ERR(MOD, "%s does not name a file", path);
+        return PROVHSM_E_CONFIG;
+    }
+    if (slash == NULL) {
+        snprintf(dir, dirlen, ".");
+    } else {
+        dl = slash == path ? 1 : (size_t)(slash - path);
+        if (dl >= dirlen) {
+            PH_ERR(MOD, "%s: path too long", path);
+            return PROVHSM_E_CONFIG;
+        }
+        memcpy(dir, path, dl);
+        dir[dl] = '\0';
+    }
+    memcpy(base, b, strlen(b) + 1);
+    return PROVHSM_OK;
+}
+
+/* mkdir -p: missing directories are made 0700 (the umask can only make them stricter). */
+static provhsm_err mkdir_p(const char *path)
+{
+    char buf[PROVHSM_PATH_MAX];
+    size_t len = strlen(path);
+
+    if (len == 0 || len >= sizeof(buf)) {
+        PH_ERR(MOD, "directory path \"%s\" is empty or too long", path);
+        return PROVHSM_E_CONFIG;
+    }
+    memcpy(buf, path, len + 1);
+    for (size_t i = 1; i <= len; i++) {
+        if (buf[i] != '/' && buf[i] != '\0')
+            continue;
+        if (buf[i - 1] == '/')
+            continue;
+        char saved = buf[i];
+        buf[i] = '\0';
+        if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+            int err = errno;
+            PH_ERR(MOD, "cannot create directory %s: %s", buf, strerror(err));
+            return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+        }
+        buf[i] = saved;
+    }
+    return PROVHSM_OK;
+}
+
+/* Owner must be the effective uid and nobody else may have any access. */
+static provhsm_err check_owner_mode(const struct stat *sb, const char *path)
+{
+    int is_dir = S_ISDIR(sb->st_mode);
+    if (sb->st_uid == geteuid() && (sb->st_mode & 077) == 0)
+        return PROVHSM_OK;
+    PH_ERR(MOD,
+           "%s has mode %04o and owner uid %ld; it must be %s or stricter and owned by uid %ld",
+           path, (unsigned)(sb->st_mode & 07777), (long)sb->st_uid, is_dir ? "0700" : "0600",
+           (long)geteuid());
+    return PROVHSM_E_PERMISSION;
+}
+
+static void free_buf(uint8_t *p, int secure)
+{
+    if (secure)
+        provhsm_secure_free(p);
+    else
+        free(p);
+}
+
+/*
+ * Reads a whole regular file (relative to dirfd) of at most max_len bytes after checking
+ * its owner and mode on the opened fd. A missing file is PROVHSM_E_NOT_FOUND and is not
+ * logged (the caller knows what it means); every other failure is logged here.
+ */
+static provhsm_err read_file_at(int dirfd, const char *name, const char *path, size_t max_len,
+                                int secure, uint8_t **out, size_t *len_out)
+{
+    provhsm_err rc = PROVHSM_OK;
+    uint8_t *buf = NULL;
+    size_t len = 0, got = 0;
+    struct stat sb;
+    int fd;
+
+    fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        int err = errno;
+        if (err == ENOENT)
+            return PROVHSM_E_NOT_FOUND;
+        if (err == ELOOP) {
+            PH_ERR(MOD, "%s is a symbolic link; store files must be regular files", path);
+            return PROVHSM_E_PERMISSION;
+        }
+        PH_ERR(MOD, "cannot open %s: %s", path, strerror(err));
+        return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+    }
+    if (fstat(fd, &sb) != 0) {
+        PH_ERR(MOD, "cannot stat %s: %s", path, strerror(errno));
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        PH_ERR(MOD, "%s is not a regular file", path);
+        rc = PROVHSM_E_CORRUPT;
+        goto out;
+    }
+    rc = check_owner_mode(&sb, path);
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (sb.st_size < 0 || (unsigned long long)sb.st_size > max_len) {
+        PH_ERR(MOD, "%s is %lld bytes, more than the %zu expected", path, (long long)sb.st_size,
+               max_len);
+        rc = PROVHSM_E_CORRUPT;
+        goto out;
+    }
+    len = (size_t)sb.st_size;
+    /* one spare byte tells a file that grew since fstat */
+    buf = secure ? provhsm_secure_alloc(len + 1) : malloc(len + 1);
+    if (buf == NULL) {
+        PH_ERR(MOD, "out of memory reading %s", path);
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    while (got <= len) {
+        ssize_t n = read(fd, buf + got, len + 1 - got);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n < 0) {
+            PH_ERR(MOD, "cannot read %s: %s", path, strerror(errno));
+            rc = PROVHSM_E_IO;
+            goto out;
+        }
+        if (n == 0)
+            break;
+        got += (size_t)n;
+    }
+    if (got != len) {
+        PH_ERR(MOD, "%s changed size while being read", path);
+        rc = PROVHSM_E_CORRUPT;
+        goto out;
+    }
+    *out = buf;
+    *len_out = len;
+    buf = NULL;
+out:
+    if (buf != NULL) {
+        provhsm_wipe(buf, len + 1);
+        free_buf(buf, secure);
+    }
+    close(fd);
+    return rc;
+}
+
+static provhsm_err write_all(int fd, const uint8_t *buf, size_t len, const char *path)
+{
+    size_t done = 0;
+    while (done < len) {
+        ssize_t n = write(fd, buf + done, len - done);
+        if (n < 0 && errno == EINTR)
+            continue;
+        if (n <= 0) {
+            PH_ERR(MOD, "cannot write %s: %s", path, n < 0 ? strerror(errno) : "short write");
+            return PROVHSM_E_IO;
+        }
+        done += (size_t)n;
+    }
+    return PROVHSM_OK;
+}
+
+static provhsm_err fsync_dir(int dirfd, const char *dir_path)
+{
+    /* some file systems cannot sync a directory; nothing more can be done there */
+    if (fsync(dirfd) != 0 && errno != EINVAL && errno != ENOTSUP) {
+        PH_ERR(MOD, "cannot fsync directory %s: %s", dir_path, strerror(errno));
+        return PROVHSM_E_IO;
+    }
+    return PROVHSM_OK;
+}
+
+enum { WRITE_REPLACE = 0, WRITE_NEW = 1 };
+
+/*
+ * Writes `name` in dirfd atomically through a temp file. WRITE_REPLACE renames over an
+ * existing file; WRITE_NEW links the temp file into place and so fails with
+ * PROVHSM_E_EXISTS rather than replace anything. honour_hook applies the test hook.
+ */
+static provhsm_err write_atomic(int dirfd, const char *dir_path, const char *name,
+                                const uint8_t *buf, size_t len, int how, int honour_hook)
+{
+    provhsm_err rc = PROVHSM_OK;
+    char tmp[FILE_NAME_BUF];
+    char path[PROVHSM_PATH_MAX + FILE_NAME_BUF];
+    uint8_t rnd[8];
+    int fd = -1, tmp_made = 0, n;
+
+    snprintf(path, sizeof(path), "%s/%s", dir_path, name);
+    if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
+        provhsm_log_openssl(MOD, "RAND_bytes (temp file name)");
+        return PROVHSM_E_CRYPTO;
+    }
+    n = snprintf(tmp, sizeof(tmp), TMP_PREFIX "%02x%02x%02x%02x%02x%02x%02x%02x-%s", rnd[0], rnd[1],
+                 rnd[2], rnd[3], rnd[4], rnd[5], rnd[6], rnd[7], name);
+    if (n < 0 || (size_t)n >= sizeof(tmp)) {
+        PH_ERR(MOD, "file name %s is too long", name);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    fd = openat(dirfd, tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        int err = errno;
+        PH_ERR(MOD, "cannot create a temp file in %s: %s", dir_path, strerror(err));
+        return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+    }
+    tmp_made = 1;
+    if (fchmod(fd, 0600) != 0) {
+        PH_ERR(MOD, "cannot set mode 0600 on a temp file for %s: %s", path, strerror(errno));
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    rc = write_all(fd, buf, len, path);
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (fsync(fd) != 0) {
+        PH_ERR(MOD, "cannot fsync the temp file for %s: %s", path, strerror(errno));
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    n = close(fd);
+    fd = -1;
+    if (n != 0) {
+        PH_ERR(MOD, "cannot close the temp file for %s: %s", path, strerror(errno));
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    if (honour_hook && provhsm_store_test_fail_before_rename) {
+        PH_ERR(MOD, "test hook: stopping before renaming the temp file over %s", path);
+        tmp_made = 0; /* left behind, as a crash would */
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    if (how == WRITE_REPLACE) {
+        if (renameat(dirfd, tmp, dirfd, name) != 0) {
+            PH_ERR(MOD, "cannot rename the temp file over %s: %s", path, strerror(errno));
+            rc = PROVHSM_E_IO;
+            goto out;
+        }
+        tmp_made = 0;
+    } else if (linkat(dirfd, tmp, dirfd, name, 0) != 0) {
+        if (errno == EEXIST) {
+            PH_ERR(MOD, "%s already exists; not replacing it", path);
+            rc = PROVHSM_E_EXISTS;
+            goto out;
+        }
+        /* no hard links on this file system: check, then rename */
+        struct stat sb;
+        if (fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+            PH_ERR(MOD, "%s already exists; not replacing it", path);
+            rc = PROVHSM_E_EXISTS;
+            goto out;
+        }
+        if (renameat(dirfd, tmp, dirfd, name) != 0) {
+            PH_ERR(MOD, "cannot rename the temp file to %s: %s", path, strerror(errno));
+            rc = PROVHSM_E_IO;
+            goto out;
+        }
+        tmp_made = 0;
+    }
+    rc = fsync_dir(dirfd, dir_path);
+out:
+    if (fd >= 0)
+        close(fd);
+    if (tmp_made) {
+        unlinkat(dirfd, tmp, 0);
+        if (rc == PROVHSM_OK)
+            rc = fsync_dir(dirfd, dir_path); /* drop the temp name from the directory too */
+    }
+    return rc;
+}
+
+/* ---- sealing ------------------------------------------------------------ */
+
+static provhsm_err add_aad(EVP_CIPHER_CTX *ctx, int enc, const uint8_t *hdr, const char *name,
+                           const uint8_t *extra, size_t extra_len)
+{
+    uint8_t name_len = (uint8_t)strlen(name);
+    int outl;
+    int (*update)(EVP_CIPHER_CTX *, unsigned char *, int *, const unsigned char *, int) =
+        enc ? EVP_EncryptUpdate : EVP_DecryptUpdate;
+
+    if (update(ctx, NULL, &outl, hdr, (int)ENTRY_HDR_LEN) != 1 ||
+        update(ctx, NULL, &outl, &name_len, 1) != 1 ||
+        update(ctx, NULL, &outl, (const unsigned char *)name, (int)name_len) != 1 ||
+        (extra_len > 0 && update(ctx, NULL, &outl, extra, (int)extra_len) != 1)) {
+        provhsm_log_openssl(MOD, "AES-GCM associated data");
+        return PROVHSM_E_CRYPTO;
+    }
+    return PROVHSM_OK;
+}
+
+/* Builds the bytes of an entry file (not secret: header, nonce, ciphertext, tag). */
+static provhsm_err seal(const uint8_t *key, const char *name, const uint8_t *extra,
+                        size_t extra_len, const uint8_t *data, size_t len, uint8_t **out,
+                        size_t *out_len)
+{
+    provhsm_err rc = PROVHSM_OK;
+    EVP_CIPHER_CTX *ctx = NULL;
+    size_t total = ENTRY_OVERHEAD + len;
+    uint8_t *buf = NULL, *nonce, *ct, *tag;
+    int outl = 0;
+
+    buf = malloc(total);
+    if (buf == NULL) {
+        PH_ERR(MOD, "out of memory sealing entry %s", name);
+        return PROVHSM_E_NOMEM;
+    }
+    nonce = buf + ENTRY_HDR_LEN;
+    ct = nonce + NONCE_LEN;
+    tag = ct + len;
+    memcpy(buf, ENTRY_MAGIC, 8);
+    put_be16(buf + 8, FORMAT_VERSION);
+    buf[10] = ENTRY_CIPHER_GCM;
+    buf[11] = 0;
+    put_be32(buf + 12, (uint32_t)len);
+    if (RAND_bytes(nonce, NONCE_LEN) != 1) {
+        provhsm_log_openssl(MOD, "RAND_bytes (nonce)");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL || EVP_EncryptInit_ex2(ctx, EVP_aes_256_gcm(), key, nonce, NULL) != 1) {
+        provhsm_log_openssl(MOD, "AES-256-GCM encrypt init");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    rc = add_aad(ctx, 1, buf, name, extra, extra_len);
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (len > 0 &&
+        (EVP_EncryptUpdate(ctx, ct, &outl, data, (int)len) != 1 || (size_t)outl != len)) {
+        provhsm_log_openssl(MOD, "AES-256-GCM encrypt");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    if (EVP_EncryptFinal_ex(ctx, tag, &outl) != 1 || outl != 0 ||
+        EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_GET_TAG, (int)TAG_LEN, tag) != 1) {
+        provhsm_log_openssl(MOD, "AES-256-GCM encrypt final");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    *out = buf;
+    *out_len = total;
+    buf = NULL;
+out:
+    EVP_CIPHER_CTX_free(ctx);
+    free(buf);
+    return rc;
+}
+
+/*
+ * Checks the structure of an entry file and decrypts it into secure memory.
+ * PROVHSM_E_CORRUPT (logged) for a malformed file, PROVHSM_E_TAMPERED (not logged: the
+ * caller says what it means) when authentication fails.
+ */
+static provhsm_err unseal(const uint8_t *key, const char *name, const uint8_t *extra,
+                          size_t extra_len, const uint8_t *file, size_t file_len, const char *path,
+                          uint8_t **out, size_t *out_len)
+{
+    provhsm_err rc = PROVHSM_OK;
+    EVP_CIPHER_CTX *ctx = NULL;
+    uint8_t *plain = NULL;
+    uint8_t tag[TAG_LEN];
+    size_t len;
+    int outl = 0;
+
+    if (file_len < ENTRY_OVERHEAD) {
+        PH_ERR(MOD, "%s is %zu bytes, too short for a store entry", path, file_len);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (memcmp(file, ENTRY_MAGIC, 8) != 0) {
+        PH_ERR(MOD, "%s is not a store entry (bad magic)", path);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (get_be16(file + 8) != FORMAT_VERSION) {
+        PH_ERR(MOD, "%s has format version %u; this build reads version %u", path,
+               get_be16(file + 8), FORMAT_VERSION);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (file[10] != ENTRY_CIPHER_GCM || file[11] != 0) {
+        PH_ERR(MOD, "%s names unknown cipher %u (flags %u)", path, file[10], file[11]);
+        return PROVHSM_E_CORRUPT;
+    }
+    len = get_be32(file + 12);
+    if (len != file_len - ENTRY_OVERHEAD) {
+        PH_ERR(MOD, "%s: header says %zu bytes of data, file holds %zu", path, len,
+               file_len - ENTRY_OVERHEAD);
+        return PROVHSM_E_CORRUPT;
+    }
+    plain = provhsm_secure_alloc(len);
+    if (plain == NULL) {
+        PH_ERR(MOD, "out of memory decrypting %s", path);
+        return PROVHSM_E_NOMEM;
+    }
+    memcpy(tag, file + ENTRY_HDR_LEN + NONCE_LEN + len, TAG_LEN);
+    ctx = EVP_CIPHER_CTX_new();
+    if (ctx == NULL ||
+        EVP_DecryptInit_ex2(ctx, EVP_aes_256_gcm(), key, file + ENTRY_HDR_LEN, NULL) != 1) {
+        provhsm_log_openssl(MOD, "AES-256-GCM decrypt init");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    rc = add_aad(ctx, 0, file, name, extra, extra_len);
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (len > 0 &&
+        (EVP_DecryptUpdate(ctx, plain, &outl, file + ENTRY_HDR_LEN + NONCE_LEN, (int)len) != 1 ||
+         (size_t)outl != len)) {
+        provhsm_log_openssl(MOD, "AES-256-GCM decrypt");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    if (EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_AEAD_SET_TAG, (int)TAG_LEN, tag) != 1) {
+        provhsm_log_openssl(MOD, "AES-256-GCM set tag");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    if (EVP_DecryptFinal_ex(ctx, plain + len, &outl) != 1) {
+        ERR_clear_error();
+        rc = PROVHSM_E_TAMPERED;
+        goto out;
+    }
+    *out = plain;
+    *out_len = len;
+    plain = NULL;
+out:
+    EVP_CIPHER_CTX_free(ctx);
+    provhsm_secure_free(plain);
+    return rc;
+}
+
+/* ---- keys --------------------------------------------------------------- */
+
+static int scrypt_params_ok(unsigned log2_n, uint32_t r, uint32_t p)
+{
+    if (log2_n < 1 || log2_n > SCRYPT_MAX_LOG2N || r < 1 || r > SCRYPT_MAX_R || p < 1 ||
+        p > SCRYPT_MAX_P)
+        return 0;
+    return 128ull * r * (1ull << log2_n) <= SCRYPT_MAX_MEM;
+}
+
+static provhsm_err derive_scrypt(const uint8_t *pass, size_t pass_len, const uint8_t *salt,
+                                 unsigned log2_n, uint32_t r, uint32_t p, uint8_t *key_out)
+{
+    provhsm_err rc = PROVHSM_OK;
+    EVP_KDF *kdf = NULL;
+    EVP_KDF_CTX *kctx = NULL;
+    OSSL_PARAM params[7];
+    uint64_t n = 1ull << log2_n;
+    /* what OpenSSL's scrypt allocates (128 r (N + p + 2)), plus slack */
+    uint64_t maxmem = 128ull * r * (n + p + 2) + 65536;
+
+    params[0] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_PASSWORD, (void *)pass, pass_len);
+    params[1] = OSSL_PARAM_construct_octet_string(OSSL_KDF_PARAM_SALT, (void *)salt, SALT_LEN);
+    params[2] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_N, &n);
+    params[3] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_R, &r);
+    params[4] = OSSL_PARAM_construct_uint32(OSSL_KDF_PARAM_SCRYPT_P, &p);
+    params[5] = OSSL_PARAM_construct_uint64(OSSL_KDF_PARAM_SCRYPT_MAXMEM, &maxmem);
+    params[6] = OSSL_PARAM_construct_end();
+
+    kdf = EVP_KDF_fetch(NULL, OSSL_KDF_NAME_SCRYPT, NULL);
+    if (kdf == NULL || (kctx = EVP_KDF_CTX_new(kdf)) == NULL) {
+        provhsm_log_openssl(MOD, "EVP_KDF_fetch(SCRYPT)");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    if (EVP_KDF_derive(kctx, key_out, STORE_KEY_LEN, params) != 1) {
+        provhsm_log_openssl(MOD, "scrypt");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+out:
+    EVP_KDF_CTX_free(kctx);
+    EVP_KDF_free(kdf);
+    return rc;
+}
+
+/*
+ * The passphrase, in secure memory: the environment variable named by passphrase_env
+ * when set and non-empty, else the contents of passphrase_file (one trailing newline
+ * dropped). PROVHSM_E_NOT_FOUND, not logged, when neither is configured.
+ */
+static provhsm_err get_passphrase(const provhsm_config *cfg, uint8_t **out, size_t *len_out)
+{
+    provhsm_err rc;
+    const char *env = cfg->passphrase_env[0] != '\0' ? getenv(cfg->passphrase_env) : NULL;
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (env != NULL && *env != '\0') {
+        len = strlen(env);
+        buf = provhsm_secure_alloc(len);
+        if (buf == NULL) {
+            PH_ERR(MOD, "out of memory reading the passphrase");
+            return PROVHSM_E_NOMEM;
+        }
+        memcpy(buf, env, len);
+        *out = buf;
+        *len_out = len;
+        return PROVHSM_OK;
+    }
+    if (cfg->passphrase_file[0] == '\0')
+        return PROVHSM_E_NOT_FOUND;
+    rc = read_file_at(AT_FDCWD, cfg->passphrase_file, cfg->passphrase_file, PASSPHRASE_MAX, 1, &buf,
+                      &len);
+    if (rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD, "passphrase_file %s does not exist", cfg->passphrase_file);
+        return PROVHSM_E_CONFIG;
+    }
+    if (rc != PROVHSM_OK)
+        return rc;
+    if (len > 0 && buf[len - 1] == '\n')
+        buf[--len] = 0;
+    if (len == 0) {
+        PH_ERR(MOD, "passphrase_file %s is empty", cfg->passphrase_file);
+        provhsm_secure_free(buf);
+        return PROVHSM_E_CONFIG;
+    }
+    *out = buf;
+    *len_out = len;
+    return PROVHSM_OK;
+}
+
+static provhsm_err parse_meta(const uint8_t *raw, size_t len, const char *path, store_meta *m)
+{
+    if (len != META_LEN || memcmp(raw, META_MAGIC, 8) != 0) {
+        PH_ERR(MOD, "%s is not a store header (%zu bytes, bad size or magic)", path, len);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (get_be16(raw + 8) != FORMAT_VERSION) {
+        PH_ERR(MOD, "%s has format version %u; this build reads version %u", path,
+               get_be16(raw + 8), FORMAT_VERSION);
+        return PROVHSM_E_CORRUPT;
+    }
+    memcpy(m->raw, raw, META_LEN);
+    m->key_mode = raw[META_OFF_MODE];
+    m->log2_n = raw[META_OFF_LOG2N];
+    m->r = get_be32(raw + META_OFF_R);
+    m->p = get_be32(raw + META_OFF_P);
+    if (!all_zero(raw + META_OFF_RSVD, META_LEN - META_OFF_RSVD)) {
+        PH_ERR(MOD, "%s: reserved bytes are not zero", path);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (m->key_mode == KEY_MODE_FILE) {
+        if (!all_zero(raw + META_OFF_LOG2N, META_OFF_RSVD - META_OFF_LOG2N)) {
+            PH_ERR(MOD, "%s: key-file store with scrypt parameters", path);
+            return PROVHSM_E_CORRUPT;
+        }
+    } else if (m->key_mode == KEY_MODE_PASSPHRASE) {
+        if (!scrypt_params_ok(m->log2_n, m->r, m->p)) {
+            PH_ERR(MOD, "%s: scrypt parameters log2(N)=%u r=%lu p=%lu are out of range", path,
+                   m->log2_n, (unsigned long)m->r, (unsigned long)m->p);
+            return PROVHSM_E_CORRUPT;
+        }
+    } else {
+        PH_ERR(MOD, "%s: unknown key mode %u", path, m->key_mode);
+        return PROVHSM_E_CORRUPT;
+    }
+    return PROVHSM_OK;
+}
+
+/* Loads the store key named by the header into key_out (secure, STORE_KEY_LEN bytes). */
+static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint8_t *key_out)
+{
+    provhsm_err rc;
+    char path[PROVHSM_PATH_MAX];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    if (m->key_mode == KEY_MODE_PASSPHRASE) {
+        rc = get_passphrase(cfg, &buf, &len);
+        if (rc == PROVHSM_E_NOT_FOUND) {
+            PH_ERR(MOD,
+                   "store %s is protected by a passphrase, but none is set: set the "
+                   "environment variable %s or passphrase_file",
+                   cfg->store_dir,
+                   cfg->passphrase_env[0] != '\0' ? cfg->passphrase_env : "(passphrase_env)");
+            return PROVHSM_E_CONFIG;
+        }
+        if (rc != PROVHSM_OK)
+            return rc;
+        rc = derive_scrypt(buf, len, m->raw + META_OFF_SALT, m->log2_n, m->r, m->p, key_out);
+        provhsm_secure_free(buf);
+        return rc;
+    }
+
+    rc = key_file_path(cfg, path, sizeof(path));
+    if (rc != PROVHSM_OK)
+        return rc;
+    rc = read_file_at(AT_FDCWD, path, path, KEYFILE_LEN, 1, &buf, &len);
+    if (rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD, "store %s is locked by key file %s, which does not exist", cfg->store_dir,
+               path);
+        return PROVHSM_E_WRONG_KEY;
+    }
+    if (rc != PROVHSM_OK)
+        return rc;
+    if (len != KEYFILE_LEN || memcmp(buf, KEYFILE_MAGIC, 8) != 0 ||
+        get_be16(buf + 8) != FORMAT_VERSION || get_be16(buf + 10) != 0) {
+        PH_ERR(MOD, "key file %s is malformed (%zu bytes; expected a %u-byte version %u key file)",
+               path, len, KEYFILE_LEN, FORMAT_VERSION);
+        rc = PROVHSM_E_CORRUPT;
+    } else {
+        memcpy(key_out, buf + KEYFILE_OFF_KEY, STORE_KEY_LEN);
+    }
+    provhsm_secure_free(buf);
+    return rc;
+}
+
+/*
+ * Checks owner and mode of every store file in the directory (entries, header, check,
+ * key) and removes stale temp files. Other names are left alone.
+ */
+static provhsm_err scan_store(int dirfd, const char *dir_path)
+{
+    provhsm_err rc = PROVHSM_OK;
+    char path[PROVHSM_PATH_MAX + 300];
+    struct dirent *de;
+    struct stat sb;
+    DIR *d = NULL;
+    time_t now = time(NULL);
+    int fd;
+
+    fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+        PH_ERR(MOD, "cannot list %s: %s", dir_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return PROVHSM_E_IO;
+    }
+    for (;;) {
+        errno = 0;
+        de = readdir(d);
+        if (de == NULL) {
+            if (errno != 0) {
+                PH_ERR(MOD, "cannot list %s: %s", dir_path, strerror(errno));
+                rc = PROVHSM_E_IO;
+            }
+            break;
+        }
+        const char *name = de->d_name;
+        size_t nl = strlen(name);
+        size_t sl = strlen(ENTRY_SUFFIX);
+        int is_tmp = strncmp(name, TMP_PREFIX, strlen(TMP_PREFIX)) == 0;
+        int is_store_file = strcmp(name, META_NAME) == 0 || strcmp(name, CHECK_NAME) == 0 ||
+                            strcmp(name, KEY_DEFAULT) == 0 ||
+                            (nl > sl && strcmp(name + nl - sl, ENTRY_SUFFIX) == 0);
+        if (!is_tmp && !is_store_file)
+            continue;
+        snprintf(path, sizeof(path), "%s/%s", dir_path, name);
+        if (fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
+            if (errno == ENOENT)
+                continue; /* went away meanwhile */
+            PH_ERR(MOD, "cannot stat %s: %s", path, strerror(errno));
+            rc = PROVHSM_E_IO;
+            break;
+        }
+        if (is_tmp) {
+            if (S_ISREG(sb.st_mode) && now - sb.st_mtim.tv_sec > STALE_TMP_SECONDS &&
+                unlinkat(dirfd, name, 0) == 0)
+                PH_INFO(MOD, "removed %s, left by an interrupted write", path);
+            continue;
+        }
+        if (S_ISLNK(sb.st_mode)) {
+            PH_ERR(MOD, "%s is a symbolic link; store files must be regular files", path);
+            rc = PROVHSM_E_PERMISSION;
+            break;
+        }
+        rc = check_owner_mode(&sb, path);
+        if (rc != PROVHSM_OK)
+            break;
+    }
+    closedir(d);
+    return rc;
+}
+
+/* ---- the API ------------------------------------------------------------ */
+
+/*
+ * Makes (with parents) and opens the store directory for create: fails with
+ * PROVHSM_E_EXISTS when it holds a store header, sets it to 0700 otherwise.
+ */
+static provhsm_err prepare_store_dir(const char *dir, int *dirfd_out)
+{
+    provhsm_err rc;
+    struct stat sb;
+    int fd, err;
+
+    rc = mkdir_p(dir);
+    if (rc != PROVHSM_OK)
+        return rc;
+    fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        err = errno;
+        PH_ERR(MOD, "cannot open store directory %s: %s", dir, strerror(err));
+        return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+    }
+    if (fstatat(fd, META_NAME, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+        PH_ERR(MOD, "a store already exists in %s", dir);
+        rc = PROVHSM_E_EXISTS;
+    } else if (errno != ENOENT) {
+        PH_ERR(MOD, "cannot stat %s/%s: %s", dir, META_NAME, strerror(errno));
+        rc = PROVHSM_E_IO;
+    } else if (fstat(fd, &sb) != 0) {
+        PH_ERR(MOD, "cannot stat %s: %s", dir, strerror(errno));
+        rc = PROVHSM_E_IO;
+    } else if (sb.st_uid != geteuid()) {
+        PH_ERR(MOD, "store directory %s is owned by uid %ld, not by uid %ld", dir, (long)sb.st_uid,
+               (long)geteuid());
+        rc = PROVHSM_E_PERMISSION;
+    } else if ((sb.st_mode & 07777) != 0700 && fchmod(fd, 0700) != 0) {
+        PH_ERR(MOD, "cannot set mode 0700 on %s: %s", dir, strerror(errno));
+        rc = PROVHSM_E_IO;
+    }
+    if (rc != PROVHSM_OK) {
+        close(fd);
+        return rc;
+    }
+    *dirfd_out = fd;
+    return PROVHSM_OK;
+}
+
+/*
+ * Key-file mode: draws a random store key into `key` and writes it, never replacing an
+ * existing file. On success *keydirfd_out is the key file's directory and key_base its
+ * name there, so that a later failure can remove it.
+ */
+static provhsm_err make_key_file(const char *key_path, uint8_t *key, int *keydirfd_out,
+                                 char *key_base, size_t baselen)
+{
+    provhsm_err rc;
+    char key_dir[PROVHSM_PATH_MAX];
+    uint8_t *keyfile = NULL;
+    struct stat sb;
+    int fd = -1;
+
+    rc = split_path(key_path, key_dir, sizeof(key_dir), key_base, baselen);
+    if (rc == PROVHSM_OK)
+        rc = mkdir_p(key_dir);
+    if (rc != PROVHSM_OK)
+        return rc;
+    fd = open(key_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) {
+        PH_ERR(MOD, "cannot open key file directory %s: %s", key_dir, strerror(errno));
+        return PROVHSM_E_IO;
+    }
+    if (fstatat(fd, key_base, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
+        PH_ERR(MOD,
+               "key file %s already exists; not replacing it (remove it to create a new store)",
+               key_path);
+        rc = PROVHSM_E_EXISTS;
+        goto out;
+    }
+    if (errno != ENOENT) {
+        PH_ERR(MOD, "cannot stat %s: %s", key_path, strerror(errno));
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    keyfile = provhsm_secure_alloc(KEYFILE_LEN);
+    if (keyfile == NULL) {
+        PH_ERR(MOD, "out of memory");
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    if (RAND_priv_bytes(key, STORE_KEY_LEN) != 1) {
+        provhsm_log_openssl(MOD, "RAND_priv_bytes (store key)");
+        rc = PROVHSM_E_CRYPTO;
+        goto out;
+    }
+    memcpy(keyfile, KEYFILE_MAGIC, 8);
+    put_be16(keyfile + 8, FORMAT_VERSION);
+    put_be16(keyfile + 10, 0);
+    memcpy(keyfile + KEYFILE_OFF_KEY, key, STORE_KEY_LEN);
+    rc = write_atomic(fd, key_dir, key_base, keyfile, KEYFILE_LEN, WRITE_NEW, 0);
+out:
+    provhsm_secure_free(keyfile);
+    if (rc != PROVHSM_OK) {
+        close(fd);
+        return rc;
+    }
+    *keydirfd_out = fd;
+    return PROVHSM_OK;
+}
+
+/* Passphrase mode: records scrypt cost and a fresh salt in meta, derives the key. */
+static provhsm_err make_passphrase_key(const provhsm_config *cfg, const uint8_t *pass,
+                                       size_t pass_len, uint8_t *meta, uint8_t *key)
+{
+    if (!scrypt_params_ok(cfg->scrypt_log2_n, cfg->scrypt_r, cfg->scrypt_p)) {
+        PH_ERR(MOD,
+               "scrypt parameters log2_n=%u r=%lu p=%lu are out of range (log2_n 1..%u, r 1..%u, "
+               "p 1..%u, 128*r*N at most 1 GiB)",
+               (unsigned)cfg->scrypt_log2_n, (unsigned long)cfg->scrypt_r,
+               (unsigned long)cfg->scrypt_p, SCRYPT_MAX_LOG2N, SCRYPT_MAX_R, SCRYPT_MAX_P);
+        return PROVHSM_E_CONFIG;
+    }
+    meta[META_OFF_MODE] = KEY_MODE_PASSPHRASE;
+    meta[META_OFF_LOG2N] = cfg->scrypt_log2_n;
+    put_be32(meta + META_OFF_R, cfg->scrypt_r);
+    put_be32(meta + META_OFF_P, cfg->scrypt_p);
+    if (RAND_bytes(meta + META_OFF_SALT, SALT_LEN) != 1) {
+        provhsm_log_openssl(MOD, "RAND_bytes (salt)");
+        return PROVHSM_E_CRYPTO;
+    }
+    return derive_scrypt(pass, pass_len, meta + META_OFF_SALT, cfg->scrypt_log2_n, cfg->scrypt_r,
+                         cfg->scrypt_p, key);
+}
+
+/* ---- the API ------------------------------------------------------------ */
+
+provhsm_err provhsm_store_create(const provhsm_config *cfg)
+{
+    provhsm_err rc = PROVHSM_OK;
+    char key_path[PROVHSM_PATH_MAX], key_base[FILE_NAME_BUF];
+    uint8_t meta[META_LEN];
+    uint8_t *pass = NULL, *key = NULL, *check = NULL;
+    size_t pass_len = 0, check_len = 0;
+    int dirfd = -1, keydirfd = -1, wrote_check = 0;
+
+    if (cfg == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (!cfg_strings_ok(cfg) || cfg->store_dir[0] == '\0') {
+        PH_ERR(MOD, "store_dir is not set");
+        return PROVHSM_E_CONFIG;
+    }
+    rc = prepare_store_dir(cfg->store_dir, &dirfd);
+    if (rc != PROVHSM_OK)
+        return rc;
+    key = provhsm_secure_alloc(STORE_KEY_LEN);
+    if (key == NULL) {
+        PH_ERR(MOD, "out of memory");
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    memset(meta, 0, sizeof(meta));
+    memcpy(meta, META_MAGIC, 8);
+    put_be16(meta + 8, FORMAT_VERSION);
+
+    /* passphrase mode when a passphrase is available, else a random key in a key file */
+    rc = get_passphrase(cfg, &pass, &pass_len);
+    if (rc == PROVHSM_OK) {
+        rc = make_passphrase_key(cfg, pass, pass_len, meta, key);
+    } else if (rc == PROVHSM_E_NOT_FOUND) {
+        meta[META_OFF_MODE] = KEY_MODE_FILE;
+        rc = key_file_path(cfg, key_path, sizeof(key_path));
+        if (rc == PROVHSM_OK)
+            rc = make_key_file(key_path, key, &keydirfd, key_base, sizeof(key_base));
+    }
+    if (rc != PROVHSM_OK)
+        goto out;
+
+    rc = seal(key, CHECK_NAME, meta, META_LEN, (const uint8_t *)CHECK_PLAIN, strlen(CHECK_PLAIN),
+              &check, &check_len);
+    if (rc != PROVHSM_OK)
+        goto out;
+    /* a check file without a header is left from an interrupted create: replace it */
+    rc = write_atomic(dirfd, cfg->store_dir, CHECK_NAME, check, check_len, WRITE_REPLACE, 0);
+    if (rc != PROVHSM_OK)
+        goto out;
+    wrote_check = 1;
+    /* the header goes last: its presence is what makes a store */
+    rc = write_atomic(dirfd, cfg->store_dir, META_NAME, meta, META_LEN, WRITE_NEW, 0);
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (meta[META_OFF_MODE] == KEY_MODE_PASSPHRASE)
+        PH_INFO(MOD, "created store %s, key from a passphrase (scrypt N=2^%u r=%lu p=%lu)",
+                cfg->store_dir, (unsigned)cfg->scrypt_log2_n, (unsigned long)cfg->scrypt_r,
+                (unsigned long)cfg->scrypt_p);
+    else
+        PH_INFO(MOD, "created store %s, key file %s", cfg->store_dir, key_path);
+out:
+    /* undo a half-made store; on EXISTS from the header, a concurrent create won */
+    if (rc != PROVHSM_OK && rc != PROVHSM_E_EXISTS) {
+        if (wrote_check)
+            unlinkat(dirfd, CHECK_NAME, 0);
+        if (keydirfd >= 0)
+            unlinkat(keydirfd, key_base, 0);
+    }
+    if (keydirfd >= 0)
+        close(keydirfd);
+    close(dirfd);
+    free(check);
+    provhsm_secure_free(key);
+    provhsm_secure_free(pass);
+    return rc;
+}
+
+provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
+{
+    provhsm_err rc = PROVHSM_OK;
+    char path[PROVHSM_PATH_MAX + 32];
+    provhsm_store *st = NULL;
+    store_meta meta;
+    uint8_t *raw = NULL, *check = NULL, *plain = NULL;
+    size_t raw_len = 0, check_len = 0, plain_len = 0;
+    struct stat sb;
+
+    if (cfg == NULL || out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (!cfg_strings_ok(cfg) || cfg->store_dir[0] == '\0') {
+        PH_ERR(MOD, "store_dir is not set");
+        return PROVHSM_E_CONFIG;
+    }
+    st = calloc(1, sizeof(*st));
+    if (st == NULL) {
+        PH_ERR(MOD, "out of memory");
+        return PROVHSM_E_NOMEM;
+    }
+    st->dirfd = -1;
+    snprintf(st->dir, sizeof(st->dir), "%s", cfg->store_dir);
+
+    st->dirfd = open(cfg->store_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (st->dirfd < 0) {
+        int err = errno;
+        if (err == ENOENT) {
+            PH_INFO(MOD, "no store at %s", cfg->store_dir);
+            rc = PROVHSM_E_NOT_FOUND;
+        } else {
+            PH_ERR(MOD, "cannot open store directory %s: %s", cfg->store_dir, strerror(err));
+            rc = err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+        }
+        goto out;
+    }
+    if (fstat(st->dirfd, &sb) != 0) {
+        PH_ERR(MOD, "cannot stat %s: %s", cfg->store_dir, strerror(errno));
+        rc = PROVHSM_E_IO;
+        goto out;
+    }
+    rc = check_owner_mode(&sb, cfg->store_dir);
+    if (rc != PROVHSM_OK)
+        goto out;
+
+    snprintf(path, sizeof(path), "%s/%s", cfg->store_dir, META_NAME);
+    rc = read_file_at(st->dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    if (rc == PROVHSM_E_NOT_FOUND)
+        PH_INFO(MOD, "no store at %s (no %s)", cfg->store_dir, META_NAME);
+    if (rc != PROVHSM_OK)
+        goto out;
+    rc = parse_meta(raw, raw_len, path, &meta);
+    if (rc != PROVHSM_OK)
+        goto out;
+    rc = scan_store(st->dirfd, cfg->store_dir);
+    if (rc != PROVHSM_OK)
+        goto out;
+
+    st->key = provhsm_secure_alloc(STORE_KEY_LEN);
+    if (st->key == NULL) {
+        PH_ERR(MOD, "out of memory");
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    rc = load_key(cfg, &meta, st->key);
+    if (rc != PROVHSM_OK)
+        goto out;
+
+    snprintf(path, sizeof(path), "%s/%s", cfg->store_dir, CHECK_NAME);
+    rc = read_file_at(st->dirfd, CHECK_NAME, path, ENTRY_OVERHEAD + 256, 0, &check, &check_len);
+    if (rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD, "%s is missing: the store is incomplete", path);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    if (rc != PROVHSM_OK)
+        goto out;
+    rc =
+        unseal(st->key, CHECK_NAME, meta.raw, META_LEN, check, check_len, path, &plain, &plain_len);
+    if (rc == PROVHSM_E_TAMPERED) {
+        PH_ERR(MOD, "the store %s does not open with this %s", cfg->store_dir,
+               meta.key_mode == KEY_MODE_PASSPHRASE ? "passphrase" : "key file");
+        rc = PROVHSM_E_WRONG_KEY;
+    }
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (plain_len != strlen(CHECK_PLAIN) || memcmp(plain, CHECK_PLAIN, plain_len) != 0) {
+        PH_ERR(MOD, "%s does not hold the expected check value", path);
+        rc = PROVHSM_E_CORRUPT;
+        goto out;
+    }
+    st->magic = STORE_MAGIC;
+    *out = st;
+    st = NULL;
+out:
+    provhsm_secure_free(plain);
+    free(check);
+    free(raw);
+    provhsm_store_close(st);
+    return rc;
+}
+
+void provhsm_store_close(provhsm_store *st)
+{
+    if (st == NULL)
+        return;
+    provhsm_secure_free(st->key);
+    if (st->dirfd >= 0)
+        close(st->dirfd);
+    st->magic = 0;
+    st->key = NULL;
+    st->dirfd = -1;
+    free(st);
+}
+
+provhsm_err provhsm_store_get(provhsm_store *st, const char *name, uint8_t **data_out,
+                              size_t *len_out)
+{
+    provhsm_err rc;
+    char fname[FILE_NAME_BUF], path[PROVHSM_PATH_MAX + FILE_NAME_BUF];
+    uint8_t *file = NULL, *data = NULL;
+    size_t file_len = 0, len = 0;
+
+    if (!store_ok(st) || data_out == NULL || len_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (!name_is_valid(name)) {
+        PH_ERR(MOD, "invalid entry name (allowed: 1 to 64 of a-z 0-9 _ -)");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    entry_file_name(name, fname, sizeof(fname));
+    snprintf(path, sizeof(path), "%s/%s", st->dir, fname);
+    rc = read_file_at(st->dirfd, fname, path, ENTRY_OVERHEAD + ENTRY_MAX_DATA, 0, &file, &file_len);
+    if (rc == PROVHSM_E_NOT_FOUND)
+        PH_DEBUG(MOD, "no entry %s in %s", name, st->dir);
+    if (rc != PROVHSM_OK)
+        goto out;
+    rc = unseal(st->key, name, NULL, 0, file, file_len, path, &data, &len);
+    if (rc == PROVHSM_E_TAMPERED)
+        PH_ERR(MOD, "%s failed authentication: it was modified, or does not belong to entry %s",
+               path, name);
+    if (rc != PROVHSM_OK)
+        goto out;
+    *data_out = data;
+    *len_out = len;
+out:
+    free(file);
+    return rc;
+}
+
+provhsm_err provhsm_store_put(provhsm_store *st, const char *name, const uint8_t *data, size_t len)
+{
+    provhsm_err rc;
+    char fname[FILE_NAME_BUF];
+    uint8_t *file = NULL;
+    size_t file_len = 0;
+
+    if (!store_ok(st) || (data == NULL && len > 0))
+        return PROVHSM_E_INVALID_ARG;
+    if (!name_is_valid(name)) {
+        PH_ERR(MOD, "invalid entry name (allowed: 1 to 64 of a-z 0-9 _ -)");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    if (len > ENTRY_MAX_DATA) {
+        PH_ERR(MOD, "entry %s: %zu bytes is more than the %u allowed", name, len, ENTRY_MAX_DATA);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    entry_file_name(name, fname, sizeof(fname));
+    rc = seal(st->key, name, NULL, 0, data, len, &file, &file_len);
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(st->dirfd, st->dir, fname, file, file_len, WRITE_REPLACE, 1);
+    free(file);
+    return rc;
+}
+
+provhsm_err provhsm_store_remove(provhsm_store *st, const char *name)
+{
+    char fname[FILE_NAME_BUF];
+
+    if (!store_ok(st))
+        return PROVHSM_E_INVALID_ARG;
+    if (!name_is_valid(name)) {
+        PH_ERR(MOD, "invalid entry name (allowed: 1 to 64 of a-z 0-9 _ -)");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    entry_file_name(name, fname, sizeof(fname));
+    if (unlinkat(st->dirfd, fname, 0) != 0) {
+        if (errno == ENOENT) {
+            PH_DEBUG(MOD, "no entry %s in %s to remove", name, st->dir);
+            return PROVHSM_E_NOT_FOUND;
+        }
+        PH_ERR(MOD, "cannot remove %s/%s: %s", st->dir, fname, strerror(errno));
+        return PROVHSM_E_IO;
+    }
+    return fsync_dir(st->dirfd, st->dir);
+}
+
+int provhsm_store_has(provhsm_store *st, const char *name)
+{
+    char fname[FILE_NAME_BUF];
+    struct stat sb;
+
+    if (!store_ok(st) || !name_is_valid(name))
+        return 0;
+    entry_file_name(name, fname, sizeof(fname));
+    return fstatat(st->dirfd, fname, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode);
+}

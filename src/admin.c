@@ -32,8 +32,9 @@ static provhsm_err open_software_store(const char *attestation, const char *back
                                        const provhsm_config *cfg, provhsm_store **st)
 {
     if (strcmp(backend, "software") != 0) {
-        PH_ERR(MOD, "%s identities are configured for backend '%s'; the store holds only "
-                    "software identities",
+        PH_ERR(MOD,
+               "%s identities are configured for backend '%s'; the store holds only "
+               "software identities",
                attestation, backend);
         return PROVHSM_E_UNSUPPORTED;
     }
@@ -130,13 +131,13 @@ out:
 }
 
 /* The chain must be in order: each certificate issued by the next one. */
-static provhsm_err check_chain_order(STACK_OF(X509) *chain)
+static provhsm_err check_chain_order(STACK_OF(X509) * chain)
 {
     for (int i = 0; i + 1 < sk_X509_num(chain); i++) {
-        if (X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i)) !=
-            X509_V_OK) {
-            PH_ERR(MOD, "certificate %d of the chain is not issued by certificate %d: the "
-                        "chain must be leaf first, then its issuers in order",
+        if (X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i)) != X509_V_OK) {
+            PH_ERR(MOD,
+                   "certificate %d of the chain is not issued by certificate %d: the "
+                   "chain must be leaf first, then its issuers in order",
                    i + 1, i + 2);
             return PROVHSM_E_INVALID_ARG;
         }
@@ -344,8 +345,8 @@ provhsm_err provhsm_sas_token(const char *attestation, const char *scope, uint64
         return PROVHSM_E_NOMEM;
     err = provhsm_sas_string_to_sign(encoded, expiry, &payload);
     if (err == PROVHSM_OK)
-        err = symmetric ? sign_symmetric(payload, &sig, &sig_len)
-                        : sign_tpm(payload, &sig, &sig_len);
+        err =
+            symmetric ? sign_symmetric(payload, &sig, &sig_len) : sign_tpm(payload, &sig, &sig_len);
     if (err == PROVHSM_OK)
         err = provhsm_sas_format(encoded, sig, sig_len, expiry, key_name, token_out);
     provhsm_free_wiped(sig, sig_len);

@@ -38,8 +38,7 @@ char *custom_hsm_get_certificate(HSM_CLIENT_HANDLE handle);
 char *custom_hsm_get_alias_key(HSM_CLIENT_HANDLE handle);
 char *custom_hsm_get_common_name(HSM_CLIENT_HANDLE handle);
 int custom_hsm_get_endorsement_key(HSM_CLIENT_HANDLE handle, unsigned char **key, size_t *key_len);
-int custom_hsm_get_storage_root_key(HSM_CLIENT_HANDLE handle, unsigned char **key,
-                                    size_t *key_len);
+int custom_hsm_get_storage_root_key(HSM_CLIENT_HANDLE handle, unsigned char **key, size_t *key_len);
 int custom_hsm_import_key(HSM_CLIENT_HANDLE handle, const unsigned char *key, size_t key_len);
 int hsm_client_sign_with_identity(HSM_CLIENT_HANDLE handle, const unsigned char *data,
                                   size_t data_len, unsigned char **signed_value,
@@ -200,8 +199,8 @@ static const provhsm_backend *choose_backend(const provhsm_config *cfg, provhsm_
     const char *name = backend_name_for(cfg, kind);
     const provhsm_backend *be = provhsm_backend_find(name);
     if (be == NULL) {
-        PH_ERR(MOD, "%s: backend '%s' (%s) is not built into this library", kind_name[kind],
-               name, cfg->source);
+        PH_ERR(MOD, "%s: backend '%s' (%s) is not built into this library", kind_name[kind], name,
+               cfg->source);
         return NULL;
     }
     if ((be->caps & (1u << kind)) == 0) {
@@ -328,14 +327,14 @@ void custom_hsm_destroy(HSM_CLIENT_HANDLE handle)
 /* ---- dispatch ------------------------------------------------------------ */
 
 /* Looks up the slot; an absent slot means the backend does not serve this operation. */
-#define SLOT_OR_FAIL(h, slot, what)                                                            \
-    do {                                                                                       \
-        if ((h)->backend->slot == NULL) {                                                      \
-            PH_ERR(MOD, "%s: backend %s does not support %s", kind_name[(h)->kind],            \
-                   (h)->backend->name, what);                                                  \
-            err = PROVHSM_E_UNSUPPORTED;                                                       \
-            goto out;                                                                          \
-        }                                                                                      \
+#define SLOT_OR_FAIL(h, slot, what)                                                                \
+    do {                                                                                           \
+        if ((h)->backend->slot == NULL) {                                                          \
+            PH_ERR(MOD, "%s: backend %s does not support %s", kind_name[(h)->kind],                \
+                   (h)->backend->name, what);                                                      \
+            err = PROVHSM_E_UNSUPPORTED;                                                           \
+            goto out;                                                                              \
+        }                                                                                          \
     } while (0)
 
 static char *get_string(HSM_CLIENT_HANDLE handle, provhsm_kind kind, int which)
@@ -471,8 +470,7 @@ int custom_hsm_get_endorsement_key(HSM_CLIENT_HANDLE handle, unsigned char **key
     return get_tpm_public(handle, TPM_EK, key, key_len);
 }
 
-int custom_hsm_get_storage_root_key(HSM_CLIENT_HANDLE handle, unsigned char **key,
-                                    size_t *key_len)
+int custom_hsm_get_storage_root_key(HSM_CLIENT_HANDLE handle, unsigned char **key, size_t *key_len)
 {
     return get_tpm_public(handle, TPM_SRK, key, key_len);
 }
@@ -496,8 +494,7 @@ out:
 }
 
 int hsm_client_sign_with_identity(HSM_CLIENT_HANDLE handle, const unsigned char *data,
-                                  size_t data_len, unsigned char **signed_value,
-                                  size_t *signed_len)
+                                  size_t data_len, unsigned char **signed_value, size_t *signed_len)
 {
     provhsm_err err = PROVHSM_OK;
     uint8_t *sig = NULL;

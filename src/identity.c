@@ -17,7 +17,7 @@ static const uint8_t record_magic[4] = {'P', 'H', 'I', '1'};
 
 enum { KIND_X509 = 1, KIND_SYMMETRIC = 2 };
 enum { TAG_KEY_PEM = 1, TAG_CHAIN_PEM = 2, TAG_REGISTRATION_ID = 3, TAG_SYMMETRIC_KEY = 4 };
-#define TAG_MAX 4
+#define TAG_MAX   4
 #define FIELD_MAX (512u * 1024u)
 
 typedef struct field {
@@ -71,8 +71,8 @@ static provhsm_err record_write(provhsm_store *st, const char *entry, uint8_t ki
  * Splits a record into per-tag strings. Secret tags (`secret_mask` bit set) are copied
  * to secure memory, the others to plain malloc. On error every copy is freed.
  */
-static provhsm_err record_parse(const uint8_t *buf, size_t len, uint8_t kind,
-                                unsigned secret_mask, char *out[TAG_MAX + 1])
+static provhsm_err record_parse(const uint8_t *buf, size_t len, uint8_t kind, unsigned secret_mask,
+                                char *out[TAG_MAX + 1])
 {
     provhsm_err err = PROVHSM_E_CORRUPT;
     size_t off = sizeof(record_magic) + 1;

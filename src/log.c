@@ -41,8 +41,10 @@ static int current_level_locked(void)
         const char *env = getenv("PROVHSM_LOG");
         env_level = provhsm_log_parse_level(env);
         if (env != NULL && *env != '\0' && env_level < 0)
-            fprintf(stderr, "provhsm: warn: [log] PROVHSM_LOG=\"%s\" is not "
-                            "error|warn|info|debug; using warn\n", env);
+            fprintf(stderr,
+                    "provhsm: warn: [log] PROVHSM_LOG=\"%s\" is not "
+                    "error|warn|info|debug; using warn\n",
+                    env);
     }
     if (api_level >= 0)
         return api_level;

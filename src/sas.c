@@ -68,8 +68,8 @@ provhsm_err provhsm_sas_hmac_b64key(const char *key_b64, const uint8_t *data, si
         PH_ERR(MOD, "symmetric key is not valid base64");
         return PROVHSM_E_INVALID_ARG;
     }
-    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, data, len, mac, 32,
-                  &mac_len) == NULL ||
+    if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, data, len, mac, 32, &mac_len) ==
+            NULL ||
         mac_len != 32) {
         provhsm_log_openssl(MOD, "HMAC-SHA256");
         err = PROVHSM_E_CRYPTO;

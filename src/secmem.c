@@ -22,7 +22,7 @@ typedef struct secmem_header {
 } secmem_header;
 
 /* The payload starts max-aligned, like malloc's. */
-#define HEADER_SIZE                                                                            \
+#define HEADER_SIZE                                                                                \
     ((sizeof(secmem_header) + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1))
 
 void provhsm_wipe(void *p, size_t len)

@@ -229,9 +229,9 @@ static void x509_identity_as_the_sdk_uses_it(void **state)
 {
     (void)state;
     char *generated = NULL;
-    assert_int_equal(provhsm_x509_generate("conformance-device-1", PROVHSM_KEY_EC_P256, 30, 0,
-                                           &generated),
-                     PROVHSM_OK);
+    assert_int_equal(
+        provhsm_x509_generate("conformance-device-1", PROVHSM_KEY_EC_P256, 30, 0, &generated),
+        PROVHSM_OK);
     const HSM_CLIENT_X509_INTERFACE *x = hsm_client_x509_interface();
     HSM_CLIENT_HANDLE h = x->hsm_client_x509_create();
     assert_non_null(h);
@@ -271,8 +271,7 @@ static void x509_identity_as_the_sdk_uses_it(void **state)
     assert_int_equal(EVP_DigestSign(md, sig, &sig_len, msg, sizeof(msg)), 1);
     EVP_MD_CTX_free(md);
     md = EVP_MD_CTX_new();
-    assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(cert)),
-                     1);
+    assert_int_equal(EVP_DigestVerifyInit(md, NULL, EVP_sha256(), NULL, X509_get0_pubkey(cert)), 1);
     assert_int_equal(EVP_DigestVerify(md, sig, sig_len, msg, sizeof(msg)), 1);
     EVP_MD_CTX_free(md);
 
@@ -364,9 +363,9 @@ static void group_key_derivation(void **state)
 {
     (void)state;
     char *device_key = NULL;
-    assert_int_equal(provhsm_symmetric_derive(vector("registration_id"), vector("group_key"),
-                                              &device_key),
-                     PROVHSM_OK);
+    assert_int_equal(
+        provhsm_symmetric_derive(vector("registration_id"), vector("group_key"), &device_key),
+        PROVHSM_OK);
     assert_string_equal(device_key, vector("device_key"));
     provhsm_free_secret(device_key);
 }

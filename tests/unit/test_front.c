@@ -80,8 +80,7 @@ static provhsm_err m_cn(void *s, char **out)
 static provhsm_err m_symkey(void *s, char **out)
 {
     (void)s;
-    return m_string(mock.override_key[0] ? mock.override_key : "c3RvcmVkLWtleS0xMjM0NTY3OA==",
-                    out);
+    return m_string(mock.override_key[0] ? mock.override_key : "c3RvcmVkLWtleS0xMjM0NTY3OA==", out);
 }
 
 static provhsm_err m_regid(void *s, char **out)
@@ -235,9 +234,8 @@ static void tpm_dispatch(void **state)
     assert_int_not_equal(t->hsm_client_activate_identity_key(h, (const unsigned char *)"bad", 3),
                          0);
     assert_int_not_equal(t->hsm_client_activate_identity_key(h, NULL, 4), 0);
-    assert_int_equal(t->hsm_client_sign_with_identity(h, (const unsigned char *)"\x0f", 1, &sig,
-                                                      &sig_len),
-                     0);
+    assert_int_equal(
+        t->hsm_client_sign_with_identity(h, (const unsigned char *)"\x0f", 1, &sig, &sig_len), 0);
     assert_int_equal(sig_len, 1);
     assert_int_equal(sig[0], 0xf0);
     free(sig);
@@ -259,9 +257,9 @@ static void symmetric_rules(void **state)
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, "id", NULL), 0);
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, NULL, "a2V5"), 0);
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, "id", "%%%not-base64"), 0);
-    assert_int_not_equal(k->hsm_client_set_symm_key_info(h, "bad id with spaces",
-                                                         "c3RvcmVkLWtleS0xMjM0NTY3OA=="),
-                         0);
+    assert_int_not_equal(
+        k->hsm_client_set_symm_key_info(h, "bad id with spaces", "c3RvcmVkLWtleS0xMjM0NTY3OA=="),
+        0);
     assert_string_equal(mock.override_id, "");
     assert_int_equal(
         k->hsm_client_set_symm_key_info(h, "app-id", "YXBwLWtleS0wMTIzNDU2Nzg5YWJjZA=="), 0);

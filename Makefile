@@ -1,0 +1,30 @@
+# Entry points for developers and CI. Builds go to build/ (plain), build-asan/ and
+# build-fuzz/; nothing is installed outside the tree.
+#   make deps    install (as root) or list the Debian packages needed
+#   make build   configure and build build/ (RelWithDebInfo)
+#   make test    plain + ASan/UBSan + fuzz builds and their tests (scripts/test.sh)
+#   make demo    a software store in .demo/, the CLI, and the SDK walkthrough
+#   make clean   remove the build directories and the demo store
+SHELL := /bin/bash
+JOBS ?= 2
+export JOBS
+
+.PHONY: all deps build test demo clean
+
+all: build
+
+deps:
+	@bash scripts/deps.sh
+
+build:
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo
+	cmake --build build -j$(JOBS)
+
+test:
+	@bash scripts/test.sh
+
+demo: deps build
+	@bash scripts/demo.sh
+
+clean:
+	rm -rf build build-asan build-fuzz .demo

@@ -1,0 +1,145 @@
+#!/usr/bin/env bash
+# `make demo`: a tour of provhsm on a throw-away software store in ./.demo/ (recreated on
+# every run). Uses the tool and examples from build/ (BUILD_DIR overrides):
+#   provhsm init, x509 generate, symmetric set, info, sas-token, then examples/sdk_walkthrough
+#   (the three SDK tables called as the SDK calls them), then the TPM part on swtpm.
+# Nothing here touches /etc or $HOME: the configuration is .demo/provhsm.conf and the store
+# is .demo/store.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+build=${BUILD_DIR:-$root/build}
+demo=$root/.demo
+tool=$build/provhsm
+
+[[ -x $tool ]] || {
+    echo "demo: $tool not found; run 'make build' first" >&2
+    exit 1
+}
+
+rm -rf "$demo"
+mkdir -p "$demo"
+chmod 700 "$demo"
+cat >"$demo/provhsm.conf" <<'CONF'
+# provhsm configuration for the demo: empty on purpose. The built-in defaults apply
+# (software backend for x509 and symmetric keys), and PROVHSM_STORE names the store.
+CONF
+export PROVHSM_CONFIG=$demo/provhsm.conf
+export PROVHSM_STORE=$demo/store
+unset PROVHSM_TCTI PROVHSM_PASSPHRASE
+
+section() {
+    printf '\n---- %s ----\n' "$*"
+}
+run() {
+    printf '$ %s\n' "$*"
+    "$@"
+}
+
+# sdk_walkthrough: from this build when the top level builds examples/, else built here
+# against an installed copy in .demo/prefix (which also exercises the CMake package).
+walkthrough_binary() {
+    if [[ -x $build/examples/sdk_walkthrough ]]; then
+        echo "$build/examples/sdk_walkthrough"
+        return
+    fi
+    cmake --install "$build" --prefix "$demo/prefix" >"$demo/install.log" 2>&1 &&
+        cmake -S "$root/examples" -B "$demo/examples-build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+            -DCMAKE_PREFIX_PATH="$demo/prefix" \
+            -DPROVHSM_SDK_HEADER_DIR="$root/src/sdk" >"$demo/examples.log" 2>&1 &&
+        cmake --build "$demo/examples-build" >>"$demo/examples.log" 2>&1 || {
+        echo "demo: could not build examples/sdk_walkthrough (see $demo/*.log)" >&2
+        return 1
+    }
+    echo "$demo/examples-build/sdk_walkthrough"
+}
+
+# Two adjacent free TCP ports on 127.0.0.1 (swtpm's server and control ports): prints the first.
+free_port_pair() {
+    python3 - <<'PY'
+import socket
+for _ in range(100):
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); port = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", port + 1))
+    except OSError:
+        a.close(); b.close(); continue
+    a.close(); b.close(); print(port); break
+PY
+}
+
+# ==== TPM part: to be completed once the TPM backend lands ====
+# Starts a fresh swtpm with a temporary state on a free port, points provhsm at it
+# (PROVHSM_TCTI), runs `provhsm tpm info`, and stops swtpm. A failure is reported and the
+# demo goes on.
+demo_tpm() {
+    section "TPM 2.0 on swtpm"
+    if ! command -v swtpm >/dev/null; then
+        echo "swtpm is not installed (make deps); skipping the TPM part"
+        return 0
+    fi
+    local state port pid rc=0
+    state=$(mktemp -d "${TMPDIR:-/tmp}/provhsm-demo-tpm.XXXXXX")
+    port=$(free_port_pair)
+    if [[ -z $port ]]; then
+        echo "no free port pair for swtpm; skipping the TPM part"
+        rm -rf "$state"
+        return 0
+    fi
+    swtpm socket --tpm2 --tpmstate dir="$state" \
+        --server type=tcp,port="$port",bindaddr=127.0.0.1 \
+        --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
+        --flags not-need-init,startup-clear >"$state/swtpm.log" 2>&1 &
+    pid=$!
+    local up=0
+    for _ in $(seq 50); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+            up=1
+            break
+        fi
+        sleep 0.1
+    done
+    if ((up)); then
+        echo "swtpm (pid $pid) listening on 127.0.0.1:$port"
+        # tpm2-tss warns about every probe of an empty persistent handle on a fresh TPM
+        PROVHSM_TCTI="swtpm:host=127.0.0.1,port=$port" TSS2_LOG=${TSS2_LOG:-all+error} \
+            run "$tool" tpm info || rc=$?
+        if ((rc != 0)); then
+            echo "demo: 'provhsm tpm info' failed (exit $rc); continuing"
+        fi
+    else
+        echo "demo: swtpm did not start:"
+        cat "$state/swtpm.log"
+    fi
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    rm -rf "$state"
+}
+# ==== end of the TPM part ====
+
+section "a software store in $PROVHSM_STORE"
+run "$tool" init
+
+section "an X.509 identity: device key in the store, self-signed certificate"
+run "$tool" x509 generate --cn demo-device --self-signed
+
+section "a symmetric-key identity (random key, passed on stdin)"
+printf '$ openssl rand -base64 32 | %s symmetric set --registration-id demo-device-sym --key -\n' \
+    "$tool"
+openssl rand -base64 32 | "$tool" symmetric set --registration-id demo-device-sym --key -
+
+section "what the store holds (never a secret)"
+run "$tool" info
+
+section "a SAS token for the provisioning service, valid one hour"
+run "$tool" sas-token --scope "0ne00000000/registrations/demo-device-sym" --expiry 3600
+
+section "the SDK's view: examples/sdk_walkthrough"
+walkthrough=$(walkthrough_binary)
+run "$walkthrough" 0ne00000000
+
+demo_tpm
+
+section "done"
+echo "The demo store is in $demo (removed by 'make clean')."

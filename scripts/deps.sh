@@ -1,0 +1,58 @@
+#!/usr/bin/env bash
+# Installs (as root) or lists (otherwise) the Debian packages that building, testing and
+# the demo need. `make deps` runs it; `scripts/deps.sh --check` only reports and fails
+# when something is missing.
+set -euo pipefail
+
+packages=(
+    build-essential cmake pkg-config
+    libssl-dev openssl
+    libcmocka-dev
+    libtss2-dev swtpm swtpm-tools tpm2-tools
+    clang libclang-rt-14-dev
+    valgrind python3
+)
+
+check_only=0
+if [[ ${1:-} == --check ]]; then
+    check_only=1
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    if [[ $status != installed ]]; then
+        missing+=("$p")
+    fi
+done
+
+if ((${#missing[@]} == 0)); then
+    echo "deps: all ${#packages[@]} packages are installed"
+    exit 0
+fi
+
+echo "deps: missing: ${missing[*]}"
+if ((check_only)); then
+    echo "deps: run 'make deps' (as root) or: sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+if [[ $(id -u) -ne 0 ]]; then
+    echo "deps: not root; install them with:" >&2
+    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    exit 1
+fi
+
+export DEBIAN_FRONTEND=noninteractive
+apt-get update
+apt-get install -y --no-install-recommends "${missing[@]}"
+
+still=()
+for p in "${missing[@]}"; do
+    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
+    [[ $status == installed ]] || still+=("$p")
+done
+if ((${#still[@]} > 0)); then
+    echo "deps: still missing after apt-get install: ${still[*]}" >&2
+    exit 1
+fi
+echo "deps: installed ${missing[*]}"

@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# `make test`: every check the project has, in three builds, each in its own directory:
+#   plain   build/       RelWithDebInfo; all ctest tests (unit, conformance, tool, link,
+#                        symbols, integration with swtpm, valgrind runs)
+#   asan    build-asan/  -fsanitize=address,undefined; all ctest tests except label noasan
+#   fuzz    build-fuzz/  clang, -DPROVHSM_FUZZ=ON; only the fuzz.* tests
+# A failing stage does not stop the later ones; the summary at the end lists each, and the
+# exit status is non-zero when any failed. JOBS (default 2) sets build and ctest parallelism.
+set -uo pipefail
+
+cd "$(dirname "$0")/.."
+jobs=${JOBS:-2}
+stages=()
+results=()
+times=()
+failed=0
+
+banner() {
+    printf '\n==== %s ====\n' "$*"
+}
+
+# run_stage NAME COMMAND...: runs the command, records pass/fail and duration.
+run_stage() {
+    local name=$1
+    shift
+    local start=$SECONDS rc
+    banner "$name"
+    "$@"
+    rc=$?
+    stages+=("$name")
+    times+=("$((SECONDS - start))s")
+    if ((rc == 0)); then
+        results+=("PASS")
+    else
+        results+=("FAIL (exit $rc)")
+        failed=1
+    fi
+    return 0
+}
+
+configure_build() { # DIR CMAKE-ARGS...
+    local dir=$1
+    shift
+    cmake -S . -B "$dir" "$@" && cmake --build "$dir" -j "$jobs"
+}
+
+stage_plain() {
+    configure_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
+        ctest --test-dir build --output-on-failure -j "$jobs" --timeout 1200
+}
+
+stage_asan() {
+    configure_build build-asan -DCMAKE_BUILD_TYPE=Debug \
+        -DPROVHSM_SANITIZE=address,undefined -DPROVHSM_BUILD_BENCH=OFF &&
+        ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1} \
+            UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
+            ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 1200 -LE noasan
+}
+
+stage_fuzz() {
+    CC=clang configure_build build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DPROVHSM_FUZZ=ON -DPROVHSM_BUILD_BENCH=OFF &&
+        ctest --test-dir build-fuzz --output-on-failure -j "$jobs" -R '^fuzz\.' \
+            --no-tests=error
+}
+
+run_stage "dependencies" bash scripts/deps.sh --check
+if ((failed)); then
+    echo "test: packages are missing; run 'make deps' first" >&2
+    exit 1
+fi
+run_stage "plain build + ctest (build/)" stage_plain
+run_stage "ASan+UBSan build + ctest -LE noasan (build-asan/)" stage_asan
+run_stage "fuzz build + ctest -R ^fuzz. (build-fuzz/)" stage_fuzz
+
+banner "summary"
+for i in "${!stages[@]}"; do
+    printf '  %-55s %-14s %s\n' "${stages[$i]}" "${results[$i]}" "${times[$i]}"
+done
+if ((failed)); then
+    echo "make test: FAILED"
+    exit 1
+fi
+echo "make test: all stages passed"

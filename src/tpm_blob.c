@@ -1,0 +1,149 @@
+/*
+ * Parser for the provisioning service's activation blob (see tpm_blob.h and
+ * sdk-contract.md, "The activation blob"). It walks the blob with libtss2-mu, one field
+ * at a time, checking every size against what remains, and then checks that the identity
+ * key's public area is something the TPM backend is willing to import: a KEYEDHASH
+ * HMAC-SHA256 signing key with nameAlg SHA-256.
+ * Callers: the TPM backend (before any TPM command), the fuzz target, the tool.
+ * Keeps nothing static and allocates nothing; the blob itself is never logged.
+ */
+#include <string.h>
+#include <tss2/tss2_mu.h>
+
+#include "log.h"
+#include "tpm_blob.h"
+
+#define MOD "tpm-blob"
+
+/*
+ * One sized field through its MU unmarshaler. MU already refuses a size larger than the
+ * structure or than what remains; the explicit checks below keep that true whatever MU
+ * version is linked, and add the rule that none of these fields may be empty.
+ */
+#define BLOB_TPM2B(mu_fn, field, member, what)                                                     \
+    do {                                                                                           \
+        size_t start_ = off;                                                                       \
+        TSS2_RC rc_ = mu_fn(buf, len, &off, &blob.field);                                          \
+        if (rc_ != TSS2_RC_SUCCESS) {                                                              \
+            PH_ERR(MOD, "%s at offset %zu: truncated or oversized (0x%x)", what, start_,           \
+                   (unsigned)rc_);                                                                 \
+            goto cleanup;                                                                          \
+        }                                                                                          \
+        if (blob.field.size == 0 || blob.field.size > sizeof(blob.field.member) ||                 \
+            off != start_ + 2 + (size_t)blob.field.size) {                                         \
+            PH_ERR(MOD, "%s at offset %zu: bad size %u", what, start_, (unsigned)blob.field.size); \
+            goto cleanup;                                                                          \
+        }                                                                                          \
+    } while (0)
+
+/*
+ * TPM2B_PUBLIC gets its own path: MU unmarshals the inner TPMT_PUBLIC against the whole
+ * buffer rather than the declared size, and some versions (3.2.1 among them) report
+ * success when that inner step fails. So MU only sees the bytes the size field declares,
+ * and the area must consume exactly them.
+ */
+static int parse_public(const uint8_t *buf, size_t len, size_t *off, TPM2B_PUBLIC *pub)
+{
+    size_t start = *off;
+    size_t local = start;
+    uint16_t declared = 0;
+
+    if (Tss2_MU_UINT16_Unmarshal(buf, len, &local, &declared) != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "objectPublic at offset %zu: truncated size", start);
+        return -1;
+    }
+    if (declared == 0 || declared > len - local || declared > sizeof(pub->publicArea)) {
+        PH_ERR(MOD, "objectPublic at offset %zu: bad size %u (%zu bytes remain)", start,
+               (unsigned)declared, len - local);
+        return -1;
+    }
+    size_t end = local + declared;
+    local = start;
+    memset(pub, 0, sizeof(*pub)); /* MU refuses a destination whose size is not zero */
+    TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Unmarshal(buf, end, &local, pub);
+    if (rc != TSS2_RC_SUCCESS || local != end || pub->size != declared) {
+        PH_ERR(MOD, "objectPublic at offset %zu: area does not fill its %u bytes (0x%x)", start,
+               (unsigned)declared, (unsigned)rc);
+        return -1;
+    }
+    *off = end;
+    return 0;
+}
+
+/* The identity key must be an HMAC-SHA256 signing key; anything else is refused here. */
+static int check_identity_public(const TPMT_PUBLIC *p)
+{
+    if (p->type != TPM2_ALG_KEYEDHASH) {
+        PH_ERR(MOD, "objectPublic: type 0x%04x is not KEYEDHASH", (unsigned)p->type);
+        return -1;
+    }
+    if (p->nameAlg != TPM2_ALG_SHA256) {
+        PH_ERR(MOD, "objectPublic: nameAlg 0x%04x is not SHA256", (unsigned)p->nameAlg);
+        return -1;
+    }
+    if ((p->objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) == 0) {
+        PH_ERR(MOD, "objectPublic: sign attribute missing (attributes 0x%08x)",
+               (unsigned)p->objectAttributes);
+        return -1;
+    }
+    const TPMT_KEYEDHASH_SCHEME *s = &p->parameters.keyedHashDetail.scheme;
+    if (s->scheme != TPM2_ALG_HMAC) {
+        PH_ERR(MOD, "objectPublic: scheme 0x%04x is not HMAC", (unsigned)s->scheme);
+        return -1;
+    }
+    if (s->details.hmac.hashAlg != TPM2_ALG_SHA256) {
+        PH_ERR(MOD, "objectPublic: HMAC hash 0x%04x is not SHA256",
+               (unsigned)s->details.hmac.hashAlg);
+        return -1;
+    }
+    return 0;
+}
+
+provhsm_err provhsm_tpm_blob_parse(const uint8_t *buf, size_t len, provhsm_activation_blob *out)
+{
+    provhsm_err err = PROVHSM_E_CORRUPT;
+    provhsm_activation_blob blob;
+    size_t off = 0;
+    uint16_t enc_len = 0;
+
+    if (buf == NULL || out == NULL) {
+        PH_ERR(MOD, "activation blob: NULL argument");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    memset(&blob, 0, sizeof(blob));
+    if (len == 0) {
+        PH_ERR(MOD, "activation blob is empty");
+        goto cleanup;
+    }
+
+    BLOB_TPM2B(Tss2_MU_TPM2B_ID_OBJECT_Unmarshal, credential_blob, credential, "credentialBlob");
+    BLOB_TPM2B(Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal, secret, secret, "secret");
+    BLOB_TPM2B(Tss2_MU_TPM2B_PRIVATE_Unmarshal, duplicate, buffer, "duplicate");
+    BLOB_TPM2B(Tss2_MU_TPM2B_ENCRYPTED_SECRET_Unmarshal, in_sym_seed, secret, "inSymSeed");
+    if (parse_public(buf, len, &off, &blob.object_public) != 0)
+        goto cleanup;
+
+    /* The encrypted-data field an import does not use: only its bounds matter. */
+    size_t enc_start = off;
+    if (Tss2_MU_UINT16_Unmarshal(buf, len, &off, &enc_len) != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "encrypted data at offset %zu: truncated size", enc_start);
+        goto cleanup;
+    }
+    if (enc_len > len - off) {
+        PH_ERR(MOD, "encrypted data at offset %zu: size %u but %zu bytes remain", enc_start,
+               (unsigned)enc_len, len - off);
+        goto cleanup;
+    }
+    off += enc_len;
+    blob.trailing_len = len - off;
+
+    if (check_identity_public(&blob.object_public.publicArea) != 0)
+        goto cleanup;
+
+    *out = blob;
+    err = PROVHSM_OK;
+
+cleanup:
+    /* Public data and encrypted secrets only: nothing here needs a wipe. */
+    return err;
+}

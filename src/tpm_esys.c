@@ -1,0 +1,1012 @@
+/*
+ * The one wrapper around tpm2-tss: the TCTI loader, ESAPI and libtss2-mu. Called only by
+ * backend_tpm.c (and by the integration tests and benchmark, which count commands and
+ * inject faults here). It owns three things:
+ *
+ *  - A counting proxy TCTI placed between ESAPI and the loaded TCTI: every command is
+ *    counted at the transport (per connection and process-wide), and a test hook can
+ *    answer one chosen command with a TPM error without sending it.
+ *  - The call discipline: every ESAPI command runs as _Async + _Finish, retried a few
+ *    times with a short sleep while the TPM says RETRY / YIELDED / TESTING (ESAPI's own
+ *    resubmission gives up without waiting), with one TPM2_Startup if the TPM was never
+ *    started. Running the two halves ourselves also keeps ESAPI's synchronous wrappers
+ *    from printing an ERROR line for expected answers such as "no object at this
+ *    handle"; we log each real failure once, decoded with Tss2_RC_Decode().
+ *  - Error mapping: failures below the TPM (TCTI, lost connection) are
+ *    PROVHSM_E_NO_DEVICE and mark the connection lost, since ESAPI refuses every later
+ *    command on that context; what the TPM refuses is PROVHSM_E_TPM.
+ *
+ * Static state: the process-wide command counter and the armed fault, both atomics.
+ */
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <tss2/tss2_mu.h>
+#include <tss2/tss2_rc.h>
+#include <tss2/tss2_tctildr.h>
+
+#include "log.h"
+#include "secmem.h"
+#include "tpm_esys.h"
+
+#define MOD "tpm"
+
+#define TPM_ATTEMPTS      5   /* runs of one command while the TPM asks for a retry */
+#define TPM_RETRY_BASE_MS 20  /* sleep before retry n: n * this */
+#define PROXY_MAGIC       0x70726f7668736d31ull /* "provhsm1" */
+#define RESPONSE_HDR_LEN  10  /* tag, size, response code */
+#define HANDLES_PER_QUERY 64
+
+/* The proxy TCTI: ESAPI sees `common` (first member), we forward to `inner`. */
+typedef struct proxy_tcti {
+    TSS2_TCTI_CONTEXT_COMMON_V2 common;
+    TSS2_TCTI_CONTEXT *inner;
+    struct provhsm_tpm *owner;
+    int fake_pending;  /* the last transmit was swallowed: answer with fake_rc */
+    TSS2_RC fake_rc;
+} proxy_tcti;
+
+struct provhsm_tpm {
+    proxy_tcti proxy;
+    TSS2_TCTI_CONTEXT *inner; /* from Tss2_TctiLdr_Initialize */
+    ESYS_CONTEXT *esys;
+    uint64_t commands;
+    uint32_t input_buffer;    /* TPM2_PT_INPUT_BUFFER, 0 until read */
+    int lost;
+    int startup_tried;
+    char tcti[512]; /* for log lines */
+};
+
+static atomic_uint_fast64_t commands_total;
+static atomic_uint_fast64_t fail_at;   /* process-wide command number to fake, 0 = none */
+static atomic_uint_fast32_t fail_rc;
+
+/* ---- the proxy TCTI ------------------------------------------------------------- */
+
+static TSS2_RC proxy_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t *command)
+{
+    proxy_tcti *p = (proxy_tcti *)ctx;
+    uint_fast64_t n = atomic_fetch_add(&commands_total, 1) + 1;
+    p->owner->commands++;
+    if (size >= RESPONSE_HDR_LEN && provhsm_log_enabled(PROVHSM_LOG_DEBUG)) {
+        uint32_t cc = 0;
+        size_t off = 6;
+        if (Tss2_MU_UINT32_Unmarshal(command, size, &off, &cc) == TSS2_RC_SUCCESS)
+            PH_DEBUG(MOD, "command 0x%03x (%zu bytes)", (unsigned)cc, size);
+    }
+
+    uint_fast64_t armed = atomic_load(&fail_at);
+    if (armed != 0 && armed == n && atomic_compare_exchange_strong(&fail_at, &armed, 0)) {
+        p->fake_rc = (TSS2_RC)atomic_load(&fail_rc);
+        p->fake_pending = 1;
+        return TSS2_RC_SUCCESS;
+    }
+    return Tss2_Tcti_Transmit(p->inner, size, command);
+}
+
+static TSS2_RC proxy_receive(TSS2_TCTI_CONTEXT *ctx, size_t *size, uint8_t *response,
+                             int32_t timeout)
+{
+    proxy_tcti *p = (proxy_tcti *)ctx;
+    if (!p->fake_pending) {
+        TSS2_RC rc = Tss2_Tcti_Receive(p->inner, size, response, timeout);
+        if (rc == TSS2_RC_SUCCESS && response != NULL && size != NULL &&
+            *size >= RESPONSE_HDR_LEN && provhsm_log_enabled(PROVHSM_LOG_DEBUG)) {
+            uint32_t code = 0;
+            size_t off = 6;
+            if (Tss2_MU_UINT32_Unmarshal(response, *size, &off, &code) == TSS2_RC_SUCCESS &&
+                code != TPM2_RC_SUCCESS)
+                PH_DEBUG(MOD, "response 0x%03x", (unsigned)code);
+        }
+        return rc;
+    }
+
+    if (size == NULL)
+        return TSS2_TCTI_RC_BAD_REFERENCE;
+    if (response == NULL) {
+        *size = RESPONSE_HDR_LEN;
+        return TSS2_RC_SUCCESS;
+    }
+    if (*size < RESPONSE_HDR_LEN) {
+        *size = RESPONSE_HDR_LEN;
+        return TSS2_TCTI_RC_INSUFFICIENT_BUFFER;
+    }
+    size_t off = 0;
+    TSS2_RC rc = Tss2_MU_TPM2_ST_Marshal(TPM2_ST_NO_SESSIONS, response, *size, &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_UINT32_Marshal(RESPONSE_HDR_LEN, response, *size, &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_UINT32_Marshal(p->fake_rc, response, *size, &off);
+    *size = RESPONSE_HDR_LEN;
+    p->fake_pending = 0;
+    return rc;
+}
+
+static void proxy_finalize(TSS2_TCTI_CONTEXT *ctx)
+{
+    (void)ctx; /* the inner TCTI is finalised by provhsm_tpm_disconnect() */
+}
+
+static TSS2_RC proxy_cancel(TSS2_TCTI_CONTEXT *ctx)
+{
+    return Tss2_Tcti_Cancel(((proxy_tcti *)ctx)->inner);
+}
+
+static TSS2_RC proxy_get_poll_handles(TSS2_TCTI_CONTEXT *ctx, TSS2_TCTI_POLL_HANDLE *handles,
+                                      size_t *num_handles)
+{
+    return Tss2_Tcti_GetPollHandles(((proxy_tcti *)ctx)->inner, handles, num_handles);
+}
+
+static TSS2_RC proxy_set_locality(TSS2_TCTI_CONTEXT *ctx, uint8_t locality)
+{
+    return Tss2_Tcti_SetLocality(((proxy_tcti *)ctx)->inner, locality);
+}
+
+static TSS2_RC proxy_make_sticky(TSS2_TCTI_CONTEXT *ctx, TPM2_HANDLE *handle, uint8_t sticky)
+{
+    return Tss2_Tcti_MakeSticky(((proxy_tcti *)ctx)->inner, handle, sticky);
+}
+
+/* ---- response codes ----------------------------------------------------------------- */
+
+/* The TPM's own response code, also when a resource manager relayed it; else 0. */
+static TSS2_RC tpm_code(TSS2_RC rc)
+{
+    TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+    if (layer == TSS2_TPM_RC_LAYER || layer == TSS2_RESMGR_TPM_RC_LAYER)
+        return rc & ~TSS2_RC_LAYER_MASK;
+    return 0;
+}
+
+/* TPM_RC_HANDLE for any handle position: nothing is loaded at that handle. */
+static int rc_is_missing_handle(TSS2_RC rc)
+{
+    TSS2_RC code = tpm_code(rc);
+    return (code & TPM2_RC_FMT1) != 0 && (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_HANDLE;
+}
+
+static int rc_is_try_again(TSS2_RC rc)
+{
+    return (rc & TSS2_RC_LAYER_MASK) != TSS2_TPM_RC_LAYER &&
+           (rc & 0xffff) == TSS2_BASE_RC_TRY_AGAIN;
+}
+
+static provhsm_err map_rc(provhsm_tpm *tpm, TSS2_RC rc)
+{
+    TSS2_RC layer = rc & TSS2_RC_LAYER_MASK;
+    TSS2_RC base = rc & 0xffff;
+    if (tpm_code(rc) != 0)
+        return PROVHSM_E_TPM;
+    if (layer == TSS2_TCTI_RC_LAYER || base == TSS2_BASE_RC_IO_ERROR ||
+        base == TSS2_BASE_RC_NO_CONNECTION) {
+        tpm->lost = 1;
+        return PROVHSM_E_NO_DEVICE;
+    }
+    if (base == TSS2_BASE_RC_MEMORY)
+        return PROVHSM_E_NOMEM;
+    /* ESAPI refuses every command after an internal error: treat the context as gone */
+    if (base == TSS2_BASE_RC_BAD_SEQUENCE)
+        tpm->lost = 1;
+    return PROVHSM_E_TPM;
+}
+
+/* Logs a failed call once and maps it. */
+static provhsm_err fail(provhsm_tpm *tpm, TSS2_RC rc, const char *what)
+{
+    provhsm_err err = map_rc(tpm, rc);
+    if (err == PROVHSM_E_NO_DEVICE)
+        PH_ERR(MOD, "%s: the TPM cannot be reached through \"%s\": %s (0x%08x)", what,
+               tpm->tcti, Tss2_RC_Decode(rc), (unsigned)rc);
+    else
+        PH_ERR(MOD, "%s failed: %s (0x%08x)", what, Tss2_RC_Decode(rc), (unsigned)rc);
+    return err;
+}
+
+static void sleep_ms(unsigned ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+}
+
+/*
+ * Decides whether the command that returned rc runs again. A TPM that was never started
+ * (a simulator without startup flags) gets one TPM2_Startup(CLEAR) per connection.
+ */
+static int should_retry(provhsm_tpm *tpm, TSS2_RC rc, unsigned *attempt)
+{
+    TSS2_RC code = tpm_code(rc);
+    if (code == TPM2_RC_INITIALIZE && !tpm->startup_tried) {
+        tpm->startup_tried = 1;
+        TSS2_RC src = Esys_Startup_Async(tpm->esys, TPM2_SU_CLEAR);
+        if (src == TSS2_RC_SUCCESS) {
+            do
+                src = Esys_Startup_Finish(tpm->esys);
+            while (rc_is_try_again(src));
+        }
+        PH_INFO(MOD, "the TPM was not started; TPM2_Startup(CLEAR): %s", Tss2_RC_Decode(src));
+        return src == TSS2_RC_SUCCESS;
+    }
+    if (code != TPM2_RC_RETRY && code != TPM2_RC_YIELDED && code != TPM2_RC_TESTING)
+        return 0;
+    if (++*attempt >= TPM_ATTEMPTS)
+        return 0;
+    PH_DEBUG(MOD, "the TPM asked for a retry (%s); attempt %u", Tss2_RC_Decode(rc),
+             *attempt + 1);
+    sleep_ms(TPM_RETRY_BASE_MS * *attempt);
+    return 1;
+}
+
+/*
+ * Runs one ESAPI command: the _Async half, then the _Finish half until it stops asking
+ * to be called again, the whole retried per should_retry().
+ */
+#define TPM_RUN(tpm, rc, async_call, finish_call)                                                  \
+    do {                                                                                           \
+        unsigned attempt_ = 0;                                                                     \
+        do {                                                                                       \
+            (rc) = (async_call);                                                                   \
+            if ((rc) == TSS2_RC_SUCCESS) {                                                         \
+                do                                                                                 \
+                    (rc) = (finish_call);                                                          \
+                while (rc_is_try_again(rc));                                                       \
+            }                                                                                      \
+        } while (should_retry((tpm), (rc), &attempt_));                                            \
+    } while (0)
+
+/* Refuses to use a context ESAPI has given up on. */
+#define TPM_REQUIRE_LIVE(tpm, what)                                                                \
+    do {                                                                                           \
+        if ((tpm)->lost) {                                                                         \
+            PH_ERR(MOD, "%s: the TPM connection was lost", (what));                                \
+            return PROVHSM_E_NO_DEVICE;                                                            \
+        }                                                                                          \
+    } while (0)
+
+/* ---- connection --------------------------------------------------------------------- */
+
+provhsm_err provhsm_tpm_connect(const char *tcti, provhsm_tpm **out)
+{
+    provhsm_err err = PROVHSM_OK;
+    provhsm_tpm *tpm = NULL;
+    const char *conf = (tcti != NULL && tcti[0] != '\0') ? tcti : NULL;
+    TSS2_RC rc;
+
+    if (out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    tpm = calloc(1, sizeof(*tpm));
+    if (tpm == NULL) {
+        err = PROVHSM_E_NOMEM;
+        goto cleanup;
+    }
+    snprintf(tpm->tcti, sizeof(tpm->tcti), "%s", conf != NULL ? conf : "(default)");
+    rc = Tss2_TctiLdr_Initialize(conf, &tpm->inner);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "cannot open TCTI \"%s\": %s (0x%08x)", conf != NULL ? conf : "(default)",
+               Tss2_RC_Decode(rc), (unsigned)rc);
+        tpm->inner = NULL;
+        err = PROVHSM_E_NO_DEVICE;
+        goto cleanup;
+    }
+
+    proxy_tcti *p = &tpm->proxy;
+    p->common.v1.magic = PROXY_MAGIC;
+    p->common.v1.version = 2;
+    p->common.v1.transmit = proxy_transmit;
+    p->common.v1.receive = proxy_receive;
+    p->common.v1.finalize = proxy_finalize;
+    p->common.v1.cancel = proxy_cancel;
+    p->common.v1.getPollHandles = proxy_get_poll_handles;
+    p->common.v1.setLocality = proxy_set_locality;
+    p->common.makeSticky = proxy_make_sticky;
+    p->inner = tpm->inner;
+    p->owner = tpm;
+
+    rc = Esys_Initialize(&tpm->esys, (TSS2_TCTI_CONTEXT *)&p->common, NULL);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "cannot initialise ESAPI on \"%s\": %s (0x%08x)",
+               conf != NULL ? conf : "(default)", Tss2_RC_Decode(rc), (unsigned)rc);
+        tpm->esys = NULL;
+        err = (rc & 0xffff) == TSS2_BASE_RC_MEMORY ? PROVHSM_E_NOMEM : PROVHSM_E_NO_DEVICE;
+        goto cleanup;
+    }
+    /* _Finish blocks until the response is there rather than polling */
+    rc = Esys_SetTimeout(tpm->esys, TSS2_TCTI_TIMEOUT_BLOCK);
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "Esys_SetTimeout");
+        goto cleanup;
+    }
+    PH_DEBUG(MOD, "connected through TCTI \"%s\"", conf != NULL ? conf : "(default)");
+    *out = tpm;
+    tpm = NULL;
+
+cleanup:
+    provhsm_tpm_disconnect(tpm);
+    return err;
+}
+
+void provhsm_tpm_disconnect(provhsm_tpm *tpm)
+{
+    if (tpm == NULL)
+        return;
+    if (tpm->esys != NULL)
+        Esys_Finalize(&tpm->esys);
+    if (tpm->inner != NULL)
+        Tss2_TctiLdr_Finalize(&tpm->inner);
+    free(tpm);
+}
+
+int provhsm_tpm_lost(const provhsm_tpm *tpm)
+{
+    return tpm == NULL || tpm->lost;
+}
+
+uint64_t provhsm_tpm_commands(const provhsm_tpm *tpm)
+{
+    return tpm != NULL ? tpm->commands : 0;
+}
+
+uint64_t provhsm_tpm_commands_total(void)
+{
+    return (uint64_t)atomic_load(&commands_total);
+}
+
+void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc)
+{
+    atomic_store(&fail_rc, tpm_rc);
+    atomic_store(&fail_at, nth == 0 ? 0 : (uint_fast64_t)(atomic_load(&commands_total) + nth));
+}
+
+/* ---- objects ------------------------------------------------------------------------ */
+
+/*
+ * ESAPI names a persistent object by an ESYS_TR, which it normally makes with
+ * Esys_TR_FromTPMPublic (a ReadPublic whose result it keeps but does not hand out, and
+ * which logs an ERROR line when the handle is empty). To get both the ESYS_TR and the
+ * public area from one ReadPublic, we build ESYS_TRs with Esys_TR_Deserialize from the
+ * documented serialized form that Esys_TR_Serialize writes (and tpm2-tools and FAPI keep
+ * on disk): TPM handle (UINT32), TPM2B_NAME, resource type (UINT32), and for a key
+ * (type 1) its TPM2B_PUBLIC. A first one, with an empty name and no public area (type
+ * 0), only addresses the handle for ReadPublic. The result is checked against the name
+ * the TPM returned; if anything about this does not hold, we fall back to ESAPI's own
+ * way at the cost of one more command.
+ */
+#define IESYS_RSRC_NONE 0u
+#define IESYS_RSRC_KEY  1u
+
+static TSS2_RC tr_deserialize(provhsm_tpm *tpm, TPM2_HANDLE handle, const TPM2B_NAME *name,
+                              const TPM2B_PUBLIC *pub, ESYS_TR *tr_out)
+{
+    static const TPM2B_NAME no_name = {.size = 0};
+    uint8_t buf[4 + sizeof(TPM2B_NAME) + 4 + sizeof(TPM2B_PUBLIC)];
+    size_t off = 0;
+    TSS2_RC rc = Tss2_MU_TPM2_HANDLE_Marshal(handle, buf, sizeof(buf), &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_TPM2B_NAME_Marshal(name != NULL ? name : &no_name, buf, sizeof(buf), &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_UINT32_Marshal(pub != NULL ? IESYS_RSRC_KEY : IESYS_RSRC_NONE, buf,
+                                    sizeof(buf), &off);
+    if (rc == TSS2_RC_SUCCESS && pub != NULL)
+        rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, sizeof(buf), &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Esys_TR_Deserialize(tpm->esys, buf, off, tr_out);
+    return rc;
+}
+
+/* 1 when tr addresses `handle` and carries `name`. */
+static int tr_matches(provhsm_tpm *tpm, ESYS_TR tr, TPM2_HANDLE handle, const TPM2B_NAME *name)
+{
+    TPM2_HANDLE h = 0;
+    TPM2B_NAME *got = NULL;
+    int ok = Esys_TR_GetTpmHandle(tpm->esys, tr, &h) == TSS2_RC_SUCCESS && h == handle &&
+             Esys_TR_GetName(tpm->esys, tr, &got) == TSS2_RC_SUCCESS && got != NULL &&
+             got->size == name->size && memcmp(got->name, name->name, name->size) == 0;
+    Esys_Free(got);
+    return ok;
+}
+
+/* ESAPI's own way: Esys_TR_FromTPMPublic, then ReadPublic for the public area. */
+static provhsm_err read_public_esys(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out,
+                                    TPM2B_PUBLIC **pub_out)
+{
+    provhsm_err err = PROVHSM_OK;
+    ESYS_TR tr = ESYS_TR_NONE;
+    TPM2B_PUBLIC *pub = NULL;
+    TSS2_RC rc;
+
+    TPM_RUN(tpm, rc,
+            Esys_TR_FromTPMPublic_Async(tpm->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE,
+                                        ESYS_TR_NONE),
+            Esys_TR_FromTPMPublic_Finish(tpm->esys, &tr));
+    if (rc_is_missing_handle(rc)) {
+        PH_DEBUG(MOD, "nothing at handle 0x%08x", (unsigned)handle);
+        err = PROVHSM_E_NOT_FOUND;
+        goto cleanup;
+    }
+    if (rc != TSS2_RC_SUCCESS) {
+        tr = ESYS_TR_NONE;
+        err = fail(tpm, rc, "ReadPublic");
+        goto cleanup;
+    }
+    if (pub_out != NULL) {
+        TPM_RUN(tpm, rc, Esys_ReadPublic_Async(tpm->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE,
+                                               ESYS_TR_NONE),
+                Esys_ReadPublic_Finish(tpm->esys, &pub, NULL, NULL));
+        if (rc != TSS2_RC_SUCCESS) {
+            err = fail(tpm, rc, "ReadPublic");
+            goto cleanup;
+        }
+        *pub_out = pub;
+        pub = NULL;
+    }
+    *tr_out = tr;
+    tr = ESYS_TR_NONE;
+
+cleanup:
+    provhsm_tpm_forget(tpm, &tr);
+    Esys_Free(pub);
+    return err;
+}
+
+provhsm_err provhsm_tpm_read_public(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out,
+                                    TPM2B_PUBLIC **pub_out)
+{
+    provhsm_err err = PROVHSM_OK;
+    ESYS_TR probe = ESYS_TR_NONE, tr = ESYS_TR_NONE;
+    TPM2B_PUBLIC *pub = NULL;
+    TPM2B_NAME *name = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "ReadPublic");
+
+    if (tr_deserialize(tpm, handle, NULL, NULL, &probe) != TSS2_RC_SUCCESS) {
+        PH_DEBUG(MOD, "Esys_TR_Deserialize refused a handle; using Esys_TR_FromTPMPublic");
+        return read_public_esys(tpm, handle, tr_out, pub_out);
+    }
+    TPM_RUN(tpm, rc,
+            Esys_ReadPublic_Async(tpm->esys, probe, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+            Esys_ReadPublic_Finish(tpm->esys, &pub, &name, NULL));
+    provhsm_tpm_forget(tpm, &probe);
+    if (rc_is_missing_handle(rc)) {
+        PH_DEBUG(MOD, "nothing at handle 0x%08x", (unsigned)handle);
+        err = PROVHSM_E_NOT_FOUND;
+        goto cleanup;
+    }
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "ReadPublic");
+        goto cleanup;
+    }
+    if (tr_deserialize(tpm, handle, name, pub, &tr) != TSS2_RC_SUCCESS ||
+        !tr_matches(tpm, tr, handle, name)) {
+        PH_DEBUG(MOD, "Esys_TR_Deserialize did not give the expected object; using "
+                      "Esys_TR_FromTPMPublic");
+        provhsm_tpm_forget(tpm, &tr);
+        Esys_Free(pub);
+        pub = NULL;
+        err = read_public_esys(tpm, handle, &tr, pub_out != NULL ? &pub : NULL);
+        if (err != PROVHSM_OK)
+            goto cleanup;
+    }
+    if (pub_out != NULL) {
+        *pub_out = pub;
+        pub = NULL;
+    }
+    *tr_out = tr;
+    tr = ESYS_TR_NONE;
+
+cleanup:
+    provhsm_tpm_forget(tpm, &tr);
+    Esys_Free(pub);
+    Esys_Free(name);
+    return err;
+}
+
+provhsm_err provhsm_tpm_find_persistent(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out)
+{
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA *data = NULL;
+    ESYS_TR tr = ESYS_TR_NONE;
+    TSS2_RC rc;
+
+    if (tpm == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "GetCapability");
+    /* the TPM lists handles from `handle` on: it is there if it comes first */
+    TPM_RUN(tpm, rc,
+            Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     TPM2_CAP_HANDLES, handle, 1),
+            Esys_GetCapability_Finish(tpm->esys, &more, &data));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "GetCapability(TPM2_CAP_HANDLES)");
+    int present = data->data.handles.count >= 1 && data->data.handles.handle[0] == handle;
+    Esys_Free(data);
+    if (!present) {
+        PH_DEBUG(MOD, "nothing at handle 0x%08x", (unsigned)handle);
+        return PROVHSM_E_NOT_FOUND;
+    }
+    rc = tr_deserialize(tpm, handle, NULL, NULL, &tr);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_DEBUG(MOD, "Esys_TR_Deserialize refused a handle; using Esys_TR_FromTPMPublic");
+        return read_public_esys(tpm, handle, tr_out, NULL);
+    }
+    *tr_out = tr;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_marshal_public(const TPM2B_PUBLIC *pub, uint8_t **out, size_t *len_out)
+{
+    uint8_t buf[sizeof(TPM2B_PUBLIC)];
+    size_t off = 0;
+    if (pub == NULL || out == NULL || len_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, sizeof(buf), &off);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "cannot marshal a public area: %s (0x%08x)", Tss2_RC_Decode(rc),
+               (unsigned)rc);
+        return PROVHSM_E_TPM;
+    }
+    uint8_t *copy = malloc(off);
+    if (copy == NULL)
+        return PROVHSM_E_NOMEM;
+    memcpy(copy, buf, off);
+    *out = copy;
+    *len_out = off;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_set_hierarchy_auth(provhsm_tpm *tpm, ESYS_TR hierarchy,
+                                           const TPM2B_AUTH *auth)
+{
+    static const TPM2B_AUTH empty; /* all zero: overwrites the whole earlier value */
+    if (tpm == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TSS2_RC rc = Esys_TR_SetAuth(tpm->esys, hierarchy, auth != NULL ? auth : &empty);
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Esys_TR_SetAuth");
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_create_primary(provhsm_tpm *tpm, ESYS_TR hierarchy,
+                                       const TPM2B_PUBLIC *tmpl, ESYS_TR *tr_out,
+                                       TPM2B_PUBLIC **pub_out)
+{
+    static const TPM2B_SENSITIVE_CREATE no_sensitive = {.size = 0};
+    static const TPM2B_DATA no_outside_info = {.size = 0};
+    static const TPML_PCR_SELECTION no_pcrs = {.count = 0};
+    ESYS_TR tr = ESYS_TR_NONE;
+    TPM2B_PUBLIC *pub = NULL;
+    TPM2B_CREATION_DATA *creation_data = NULL;
+    TPM2B_DIGEST *creation_hash = NULL;
+    TPMT_TK_CREATION *ticket = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || tmpl == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "CreatePrimary");
+    TPM_RUN(tpm, rc,
+            Esys_CreatePrimary_Async(tpm->esys, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                     ESYS_TR_NONE, &no_sensitive, tmpl, &no_outside_info,
+                                     &no_pcrs),
+            Esys_CreatePrimary_Finish(tpm->esys, &tr, &pub, &creation_data, &creation_hash,
+                                      &ticket));
+    Esys_Free(creation_data);
+    Esys_Free(creation_hash);
+    Esys_Free(ticket);
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "CreatePrimary");
+    *tr_out = tr;
+    if (pub_out != NULL)
+        *pub_out = pub;
+    else
+        Esys_Free(pub);
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_persist(provhsm_tpm *tpm, ESYS_TR object, TPM2_HANDLE handle,
+                                ESYS_TR *persistent_out)
+{
+    ESYS_TR tr = ESYS_TR_NONE;
+    TSS2_RC rc;
+    if (tpm == NULL || persistent_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "EvictControl");
+    TPM_RUN(tpm, rc,
+            Esys_EvictControl_Async(tpm->esys, ESYS_TR_RH_OWNER, object, ESYS_TR_PASSWORD,
+                                    ESYS_TR_NONE, ESYS_TR_NONE, handle),
+            Esys_EvictControl_Finish(tpm->esys, &tr));
+    if (tpm_code(rc) == TPM2_RC_NV_DEFINED) {
+        PH_DEBUG(MOD, "persistent handle 0x%08x is taken", (unsigned)handle);
+        return PROVHSM_E_EXISTS;
+    }
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "EvictControl (persist)");
+    *persistent_out = tr;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_evict(provhsm_tpm *tpm, ESYS_TR *persistent)
+{
+    ESYS_TR none = ESYS_TR_NONE;
+    TPM2_HANDLE handle = 0;
+    TSS2_RC rc;
+    if (tpm == NULL || persistent == NULL || *persistent == ESYS_TR_NONE)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "EvictControl");
+    rc = Esys_TR_GetTpmHandle(tpm->esys, *persistent, &handle);
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Esys_TR_GetTpmHandle");
+    TPM_RUN(tpm, rc,
+            Esys_EvictControl_Async(tpm->esys, ESYS_TR_RH_OWNER, *persistent, ESYS_TR_PASSWORD,
+                                    ESYS_TR_NONE, ESYS_TR_NONE, handle),
+            Esys_EvictControl_Finish(tpm->esys, &none));
+    if (rc_is_missing_handle(rc)) {
+        PH_DEBUG(MOD, "nothing to evict at 0x%08x", (unsigned)handle);
+        provhsm_tpm_forget(tpm, persistent);
+        return PROVHSM_E_NOT_FOUND;
+    }
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "EvictControl (evict)");
+    provhsm_tpm_forget(tpm, persistent);
+    return PROVHSM_OK;
+}
+
+void provhsm_tpm_flush(provhsm_tpm *tpm, ESYS_TR *tr)
+{
+    TSS2_RC rc;
+    if (tpm == NULL || tr == NULL || *tr == ESYS_TR_NONE)
+        return;
+    if (tpm->lost) {
+        provhsm_tpm_forget(tpm, tr);
+        return;
+    }
+    TPM_RUN(tpm, rc, Esys_FlushContext_Async(tpm->esys, *tr), Esys_FlushContext_Finish(tpm->esys));
+    if (rc == TSS2_RC_SUCCESS) {
+        *tr = ESYS_TR_NONE; /* ESAPI released the handle */
+        return;
+    }
+    (void)fail(tpm, rc, "FlushContext");
+    provhsm_tpm_forget(tpm, tr);
+}
+
+void provhsm_tpm_forget(provhsm_tpm *tpm, ESYS_TR *tr)
+{
+    if (tpm == NULL || tr == NULL || *tr == ESYS_TR_NONE)
+        return;
+    (void)Esys_TR_Close(tpm->esys, tr);
+    *tr = ESYS_TR_NONE;
+}
+
+/* ---- credential activation and import ------------------------------------------------ */
+
+provhsm_err provhsm_tpm_ek_policy_session(provhsm_tpm *tpm, ESYS_TR *session_out)
+{
+    static const TPMT_SYM_DEF no_symmetric = {.algorithm = TPM2_ALG_NULL};
+    provhsm_err err = PROVHSM_OK;
+    ESYS_TR session = ESYS_TR_NONE;
+    TPM2B_TIMEOUT *timeout = NULL;
+    TPMT_TK_AUTH *ticket = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || session_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "StartAuthSession");
+    TPM_RUN(tpm, rc,
+            Esys_StartAuthSession_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                        ESYS_TR_NONE, ESYS_TR_NONE, NULL, TPM2_SE_POLICY,
+                                        &no_symmetric, TPM2_ALG_SHA256),
+            Esys_StartAuthSession_Finish(tpm->esys, &session));
+    if (rc != TSS2_RC_SUCCESS) {
+        session = ESYS_TR_NONE;
+        err = fail(tpm, rc, "StartAuthSession");
+        goto cleanup;
+    }
+    TPM_RUN(tpm, rc,
+            Esys_PolicySecret_Async(tpm->esys, ESYS_TR_RH_ENDORSEMENT, session, ESYS_TR_PASSWORD,
+                                    ESYS_TR_NONE, ESYS_TR_NONE, NULL, NULL, NULL, 0),
+            Esys_PolicySecret_Finish(tpm->esys, &timeout, &ticket));
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "PolicySecret(TPM_RH_ENDORSEMENT)");
+        goto cleanup;
+    }
+    /* single use: the TPM flushes it after the command it authorises succeeds */
+    rc = Esys_TRSess_SetAttributes(tpm->esys, session, 0, TPMA_SESSION_CONTINUESESSION);
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "Esys_TRSess_SetAttributes");
+        goto cleanup;
+    }
+    *session_out = session;
+    session = ESYS_TR_NONE;
+
+cleanup:
+    provhsm_tpm_flush(tpm, &session);
+    Esys_Free(timeout);
+    Esys_Free(ticket);
+    return err;
+}
+
+provhsm_err provhsm_tpm_activate_credential(provhsm_tpm *tpm, ESYS_TR activate, ESYS_TR key,
+                                            ESYS_TR *session,
+                                            const TPM2B_ID_OBJECT *credential_blob,
+                                            const TPM2B_ENCRYPTED_SECRET *secret,
+                                            TPM2B_DIGEST **cred_out)
+{
+    TPM2B_DIGEST *cred = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || session == NULL || credential_blob == NULL || secret == NULL ||
+        cred_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "ActivateCredential");
+    TPM_RUN(tpm, rc,
+            Esys_ActivateCredential_Async(tpm->esys, activate, key, ESYS_TR_PASSWORD, *session,
+                                          ESYS_TR_NONE, credential_blob, secret),
+            Esys_ActivateCredential_Finish(tpm->esys, &cred));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "ActivateCredential");
+    /* the session had continueSession clear: the TPM has flushed it */
+    provhsm_tpm_forget(tpm, session);
+
+    TPM2B_DIGEST *secure = provhsm_secure_alloc(sizeof(*secure));
+    if (secure != NULL)
+        memcpy(secure, cred, sizeof(*secure));
+    provhsm_wipe(cred, sizeof(*cred));
+    Esys_Free(cred);
+    if (secure == NULL)
+        return PROVHSM_E_NOMEM;
+    *cred_out = secure;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_import(provhsm_tpm *tpm, ESYS_TR parent, const TPM2B_DATA *encryption_key,
+                               const TPM2B_PUBLIC *object_public, const TPM2B_PRIVATE *duplicate,
+                               const TPM2B_ENCRYPTED_SECRET *in_sym_seed,
+                               const TPMT_SYM_DEF_OBJECT *symmetric, TPM2B_PRIVATE **private_out)
+{
+    TPM2B_PRIVATE *priv = NULL;
+    TSS2_RC rc;
+    if (tpm == NULL || object_public == NULL || duplicate == NULL || in_sym_seed == NULL ||
+        symmetric == NULL || private_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Import");
+    TPM_RUN(tpm, rc,
+            Esys_Import_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                              encryption_key, object_public, duplicate, in_sym_seed, symmetric),
+            Esys_Import_Finish(tpm->esys, &priv));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Import");
+    *private_out = priv;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_load(provhsm_tpm *tpm, ESYS_TR parent, const TPM2B_PRIVATE *in_private,
+                             const TPM2B_PUBLIC *in_public, ESYS_TR *tr_out)
+{
+    ESYS_TR tr = ESYS_TR_NONE;
+    TSS2_RC rc;
+    if (tpm == NULL || in_private == NULL || in_public == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Load");
+    TPM_RUN(tpm, rc,
+            Esys_Load_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                            in_private, in_public),
+            Esys_Load_Finish(tpm->esys, &tr));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Load");
+    *tr_out = tr;
+    return PROVHSM_OK;
+}
+
+/* ---- HMAC ------------------------------------------------------------------------------ */
+
+/* TPM2_PT_INPUT_BUFFER, read once per connection. */
+static provhsm_err input_buffer(provhsm_tpm *tpm, uint32_t *out)
+{
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA *data = NULL;
+    TSS2_RC rc;
+
+    if (tpm->input_buffer == 0) {
+        TPM_RUN(tpm, rc,
+                Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                         TPM2_CAP_TPM_PROPERTIES, TPM2_PT_INPUT_BUFFER, 1),
+                Esys_GetCapability_Finish(tpm->esys, &more, &data));
+        if (rc != TSS2_RC_SUCCESS)
+            return fail(tpm, rc, "GetCapability(TPM2_PT_INPUT_BUFFER)");
+        const TPML_TAGGED_TPM_PROPERTY *props = &data->data.tpmProperties;
+        if (props->count >= 1 && props->tpmProperty[0].property == TPM2_PT_INPUT_BUFFER &&
+            props->tpmProperty[0].value > 0)
+            tpm->input_buffer = props->tpmProperty[0].value;
+        Esys_Free(data);
+        if (tpm->input_buffer == 0) {
+            PH_ERR(MOD, "the TPM does not report TPM2_PT_INPUT_BUFFER");
+            return PROVHSM_E_TPM;
+        }
+        PH_DEBUG(MOD, "TPM input buffer: %u bytes", (unsigned)tpm->input_buffer);
+    }
+    *out = tpm->input_buffer;
+    return PROVHSM_OK;
+}
+
+/* The HMAC key is not there (evicted since we looked): the caller says what that means. */
+static int missing_key(TSS2_RC rc)
+{
+    if (!rc_is_missing_handle(rc))
+        return 0;
+    PH_DEBUG(MOD, "no object at the HMAC key's handle");
+    return 1;
+}
+
+static provhsm_err hmac_sequence(provhsm_tpm *tpm, ESYS_TR key, const uint8_t *data, size_t len,
+                                 TPM2B_DIGEST **mac_out)
+{
+    static const TPM2B_AUTH no_auth = {.size = 0};
+    provhsm_err err = PROVHSM_OK;
+    ESYS_TR seq = ESYS_TR_NONE;
+    TPM2B_MAX_BUFFER chunk;
+    TPM2B_DIGEST *mac = NULL;
+    TPMT_TK_HASHCHECK *validation = NULL;
+    uint32_t max = 0;
+    TSS2_RC rc;
+
+    err = input_buffer(tpm, &max);
+    if (err != PROVHSM_OK)
+        goto cleanup;
+    if (max > sizeof(chunk.buffer))
+        max = sizeof(chunk.buffer);
+
+    TPM_RUN(tpm, rc,
+            Esys_HMAC_Start_Async(tpm->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                  &no_auth, TPM2_ALG_SHA256),
+            Esys_HMAC_Start_Finish(tpm->esys, &seq));
+    if (rc != TSS2_RC_SUCCESS) {
+        seq = ESYS_TR_NONE;
+        err = missing_key(rc) ? PROVHSM_E_NOT_FOUND : fail(tpm, rc, "HMAC_Start");
+        goto cleanup;
+    }
+    /* every chunk but the last through SequenceUpdate; the last one completes it */
+    while (len > max) {
+        chunk.size = (UINT16)max;
+        memcpy(chunk.buffer, data, max);
+        TPM_RUN(tpm, rc,
+                Esys_SequenceUpdate_Async(tpm->esys, seq, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                          ESYS_TR_NONE, &chunk),
+                Esys_SequenceUpdate_Finish(tpm->esys));
+        if (rc != TSS2_RC_SUCCESS) {
+            err = fail(tpm, rc, "SequenceUpdate");
+            goto cleanup;
+        }
+        data += max;
+        len -= max;
+    }
+    chunk.size = (UINT16)len;
+    memcpy(chunk.buffer, data, len);
+    TPM_RUN(tpm, rc,
+            Esys_SequenceComplete_Async(tpm->esys, seq, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                        ESYS_TR_NONE, &chunk, ESYS_TR_RH_NULL),
+            Esys_SequenceComplete_Finish(tpm->esys, &mac, &validation));
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "SequenceComplete");
+        goto cleanup;
+    }
+    seq = ESYS_TR_NONE; /* completed: the TPM and ESAPI released it */
+    *mac_out = mac;
+    mac = NULL;
+
+cleanup:
+    provhsm_tpm_flush(tpm, &seq);
+    Esys_Free(mac);
+    Esys_Free(validation);
+    return err;
+}
+
+provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR key, const uint8_t *data, size_t len,
+                                    uint8_t **mac_out, size_t *mac_len_out)
+{
+    provhsm_err err = PROVHSM_OK;
+    TPM2B_MAX_BUFFER *buf = NULL;
+    TPM2B_DIGEST *mac = NULL;
+    uint8_t *out = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || (data == NULL && len > 0) || mac_out == NULL || mac_len_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "HMAC");
+
+    /*
+     * One TPM2_HMAC when the data fits a TPM2B_MAX_BUFFER and the TPM's input buffer.
+     * The input buffer is read only when a sequence needs it, or when a TPM refuses the
+     * single command as too large (every TPM we know takes at least 1024 bytes).
+     */
+    int single = len <= sizeof(buf->buffer) && (tpm->input_buffer == 0 || len <= tpm->input_buffer);
+    if (single) {
+        buf = malloc(sizeof(*buf));
+        if (buf == NULL) {
+            err = PROVHSM_E_NOMEM;
+            goto cleanup;
+        }
+        buf->size = (UINT16)len;
+        if (len > 0)
+            memcpy(buf->buffer, data, len);
+        TPM_RUN(tpm, rc,
+                Esys_HMAC_Async(tpm->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                buf, TPM2_ALG_SHA256),
+                Esys_HMAC_Finish(tpm->esys, &mac));
+        TSS2_RC code = tpm_code(rc);
+        uint32_t max = 0;
+        if ((code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_SIZE || code == TPM2_RC_COMMAND_SIZE) {
+            err = input_buffer(tpm, &max);
+            if (err != PROVHSM_OK)
+                goto cleanup;
+            if (len > max) {
+                PH_DEBUG(MOD, "%zu bytes exceed the TPM's input buffer; using a sequence", len);
+                single = 0;
+            }
+        }
+        if (single && rc != TSS2_RC_SUCCESS) {
+            err = missing_key(rc) ? PROVHSM_E_NOT_FOUND : fail(tpm, rc, "HMAC");
+            goto cleanup;
+        }
+    }
+    if (!single) {
+        err = hmac_sequence(tpm, key, data, len, &mac);
+        if (err != PROVHSM_OK)
+            goto cleanup;
+    }
+    if (mac->size != 32) {
+        PH_ERR(MOD, "HMAC-SHA256 returned %u bytes", (unsigned)mac->size);
+        err = PROVHSM_E_TPM;
+        goto cleanup;
+    }
+    out = malloc(mac->size);
+    if (out == NULL) {
+        err = PROVHSM_E_NOMEM;
+        goto cleanup;
+    }
+    memcpy(out, mac->buffer, mac->size);
+    *mac_out = out;
+    *mac_len_out = mac->size;
+
+cleanup:
+    free(buf);
+    Esys_Free(mac);
+    return err;
+}
+
+/* ---- inspection ---------------------------------------------------------------------------- */
+
+provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first, uint32_t *count_out)
+{
+    uint32_t count = 0;
+    TPM2_HANDLE next = first;
+    TPMI_YES_NO more = TPM2_YES;
+    TSS2_RC rc;
+
+    if (tpm == NULL || count_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "GetCapability");
+    while (more == TPM2_YES) {
+        TPMS_CAPABILITY_DATA *data = NULL;
+        TPM_RUN(tpm, rc,
+                Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                         TPM2_CAP_HANDLES, next, HANDLES_PER_QUERY),
+                Esys_GetCapability_Finish(tpm->esys, &more, &data));
+        if (rc != TSS2_RC_SUCCESS)
+            return fail(tpm, rc, "GetCapability(TPM2_CAP_HANDLES)");
+        const TPML_HANDLE *h = &data->data.handles;
+        for (uint32_t i = 0; i < h->count; i++)
+            if ((h->handle[i] >> TPM2_HR_SHIFT) == (first >> TPM2_HR_SHIFT))
+                count++;
+        if (h->count == 0)
+            more = TPM2_NO;
+        else
+            next = h->handle[h->count - 1] + 1;
+        Esys_Free(data);
+    }
+    *count_out = count;
+    return PROVHSM_OK;
+}

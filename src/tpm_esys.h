@@ -1,0 +1,172 @@
+/*
+ * The one wrapper around tpm2-tss (ESAPI, SAPI, TCTI loader): a connection to a TPM and
+ * one function per TPM operation the TPM backend needs. Each function retries what the
+ * TPM asks to be retried (TPM_RC_RETRY / YIELDED / TESTING, a few times with a short
+ * sleep), logs a failure once with Tss2_RC_Decode(), and maps it to provhsm_err:
+ * an unreachable TPM (TCTI failure) is PROVHSM_E_NO_DEVICE, anything the TPM refuses is
+ * PROVHSM_E_TPM, a handle with nothing behind it is PROVHSM_E_NOT_FOUND where noted.
+ *
+ * Every command goes through a counting proxy TCTI, so callers and benchmarks can see
+ * how many TPM commands an operation cost. The proxy is also where tests inject faults.
+ *
+ * A connection is used by one thread at a time; different connections may be used at
+ * once. Callers: backend_tpm.c, the integration tests and the TPM benchmark.
+ */
+#ifndef PROVHSM_TPM_ESYS_H
+#define PROVHSM_TPM_ESYS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <tss2/tss2_esys.h>
+
+#include "provhsm/provhsm.h"
+
+typedef struct provhsm_tpm provhsm_tpm;
+
+/*
+ * Loads the TCTI named by `tcti` ("device:/dev/tpmrm0", "swtpm:host=...,port=...", ...;
+ * NULL or "" lets the TCTI loader choose) and makes an ESYS context on it. Sends no TPM
+ * command. PROVHSM_E_NO_DEVICE when the TCTI cannot be loaded or initialised.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_connect(const char *tcti, provhsm_tpm **out);
+
+/* Releases the ESYS context and the TCTI. NULL is fine. Sends no TPM command. */
+void provhsm_tpm_disconnect(provhsm_tpm *tpm);
+
+/*
+ * 1 once a command failed below the TPM (connection lost, TCTI error): the ESYS context
+ * cannot be used again, and the caller should reconnect.
+ */
+int provhsm_tpm_lost(const provhsm_tpm *tpm);
+
+/* TPM commands sent through this connection, and through all connections of the process. */
+uint64_t provhsm_tpm_commands(const provhsm_tpm *tpm);
+uint64_t provhsm_tpm_commands_total(void);
+
+/*
+ * Test hook: the nth TPM command from now (1 = the next one, counted process-wide) is
+ * not sent; its caller receives a response carrying `tpm_rc` instead, as if the TPM had
+ * refused it. nth == 0 disarms. For tests of failure paths only.
+ */
+void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
+
+/* ---- objects ------------------------------------------------------------------ */
+
+/*
+ * Looks up the object at `handle` (persistent or transient): one ReadPublic. *tr_out is
+ * an ESYS handle for it (release with provhsm_tpm_forget()); *pub_out (optional,
+ * malloc'd, free()) its public area. PROVHSM_E_NOT_FOUND, logged only at debug level,
+ * when nothing is there.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_read_public(provhsm_tpm *tpm, TPM2_HANDLE handle,
+                                                       ESYS_TR *tr_out, TPM2B_PUBLIC **pub_out);
+
+/*
+ * Looks for a persistent object at `handle` without reading it: one GetCapability.
+ * *tr_out addresses the handle for commands authorised by password (HMAC, EvictControl);
+ * it carries no name or public area. PROVHSM_E_NOT_FOUND, logged only at debug level,
+ * when nothing is there.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_find_persistent(provhsm_tpm *tpm, TPM2_HANDLE handle,
+                                                           ESYS_TR *tr_out);
+
+/* The marshaled TPM2B_PUBLIC (2-byte size prefix, big-endian), malloc'd. */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_public(const TPM2B_PUBLIC *pub, uint8_t **out,
+                                                          size_t *len_out);
+
+/*
+ * Sets the authorisation value used for a hierarchy (ESYS_TR_RH_OWNER,
+ * ESYS_TR_RH_ENDORSEMENT) on this connection; NULL sets the empty value and overwrites
+ * the earlier one inside ESYS. Sends no command.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_set_hierarchy_auth(provhsm_tpm *tpm, ESYS_TR hierarchy,
+                                                              const TPM2B_AUTH *auth);
+
+/* CreatePrimary under `hierarchy` with `tmpl`; a transient object and its public area. */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_create_primary(provhsm_tpm *tpm, ESYS_TR hierarchy,
+                                                          const TPM2B_PUBLIC *tmpl,
+                                                          ESYS_TR *tr_out,
+                                                          TPM2B_PUBLIC **pub_out);
+
+/*
+ * EvictControl (owner authorisation): makes the transient `object` persistent at
+ * `handle`; *persistent_out is its ESYS handle. PROVHSM_E_EXISTS when the handle is taken.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_persist(provhsm_tpm *tpm, ESYS_TR object,
+                                                   TPM2_HANDLE handle, ESYS_TR *persistent_out);
+
+/*
+ * EvictControl (owner authorisation): removes the persistent object and releases its
+ * ESYS handle (*persistent becomes ESYS_TR_NONE). PROVHSM_E_NOT_FOUND when it was gone.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_evict(provhsm_tpm *tpm, ESYS_TR *persistent);
+
+/*
+ * FlushContext of a transient object, sequence or session; *tr becomes ESYS_TR_NONE
+ * whatever happens (a failure is logged). ESYS_TR_NONE is fine and sends nothing.
+ */
+void provhsm_tpm_flush(provhsm_tpm *tpm, ESYS_TR *tr);
+
+/* Releases an ESYS handle without a TPM command; *tr becomes ESYS_TR_NONE. */
+void provhsm_tpm_forget(provhsm_tpm *tpm, ESYS_TR *tr);
+
+/* ---- credential activation and import ------------------------------------------- */
+
+/*
+ * A policy session satisfying the TCG EK policy: StartAuthSession (policy, SHA-256)
+ * then PolicySecret(TPM_RH_ENDORSEMENT). The session is single-use: the TPM flushes it
+ * after the next command that succeeds with it. On failure nothing is left behind.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_ek_policy_session(provhsm_tpm *tpm,
+                                                             ESYS_TR *session_out);
+
+/*
+ * ActivateCredential: `activate` (password-authorised, e.g. the SRK) is the object the
+ * credential names, `key` (the EK) decrypts it under the policy `*session`. On success
+ * the TPM has consumed the session (*session becomes ESYS_TR_NONE) and *cred_out holds
+ * the credential in provhsm_secure_alloc() memory (free with provhsm_secure_free()).
+ * On failure *session stays for the caller to flush.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_activate_credential(
+    provhsm_tpm *tpm, ESYS_TR activate, ESYS_TR key, ESYS_TR *session,
+    const TPM2B_ID_OBJECT *credential_blob, const TPM2B_ENCRYPTED_SECRET *secret,
+    TPM2B_DIGEST **cred_out);
+
+/* Import under `parent` (password-authorised); *private_out malloc'd (free()). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_import(provhsm_tpm *tpm, ESYS_TR parent,
+                                                  const TPM2B_DATA *encryption_key,
+                                                  const TPM2B_PUBLIC *object_public,
+                                                  const TPM2B_PRIVATE *duplicate,
+                                                  const TPM2B_ENCRYPTED_SECRET *in_sym_seed,
+                                                  const TPMT_SYM_DEF_OBJECT *symmetric,
+                                                  TPM2B_PRIVATE **private_out);
+
+/* Load under `parent` (password-authorised): a transient object. */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_load(provhsm_tpm *tpm, ESYS_TR parent,
+                                                const TPM2B_PRIVATE *in_private,
+                                                const TPM2B_PUBLIC *in_public, ESYS_TR *tr_out);
+
+/* ---- HMAC ------------------------------------------------------------------------ */
+
+/*
+ * HMAC-SHA256 of data with the (password-authorised, empty auth) key `key`: one
+ * TPM2_HMAC when len fits the TPM's input buffer (TPM2_PT_INPUT_BUFFER, read once per
+ * connection when first needed), else an HMAC sequence, flushed on failure.
+ * *mac_out is malloc'd (32 bytes). PROVHSM_E_NOT_FOUND, logged only at debug level,
+ * when no object is at the key's handle.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR key,
+                                                       const uint8_t *data, size_t len,
+                                                       uint8_t **mac_out, size_t *mac_len_out);
+
+/* ---- inspection ------------------------------------------------------------------ */
+
+/*
+ * Number of handles of the type of `first` the TPM reports from `first` on
+ * (GetCapability TPM2_CAP_HANDLES), e.g. TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST,
+ * TPM2_PERSISTENT_FIRST. For leak checks in tests and for the tool.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first,
+                                                         uint32_t *count_out);
+
+#endif

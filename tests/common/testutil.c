@@ -1,0 +1,105 @@
+/*
+ * Test helpers: whole-file reads and hex decoding for fixtures (see testutil.h).
+ * Used by unit and integration tests; keeps no state.
+ */
+#include <ctype.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "testutil.h"
+
+int provhsm_test_read_file(const char *path, uint8_t **buf_out, size_t *len_out)
+{
+    int ret = -1;
+    FILE *f = NULL;
+    uint8_t *buf = NULL;
+    size_t cap = 0;
+    size_t len = 0;
+
+    if (path == NULL || buf_out == NULL || len_out == NULL)
+        return -1;
+    f = fopen(path, "rb");
+    if (f == NULL)
+        goto cleanup;
+    for (;;) {
+        if (cap - len < 2) {
+            size_t ncap = cap == 0 ? 4096 : cap * 2;
+            uint8_t *nbuf = realloc(buf, ncap);
+            if (nbuf == NULL)
+                goto cleanup;
+            buf = nbuf;
+            cap = ncap;
+        }
+        size_t n = fread(buf + len, 1, cap - len - 1, f);
+        len += n;
+        if (n == 0) {
+            if (ferror(f))
+                goto cleanup;
+            break;
+        }
+    }
+    buf[len] = 0;
+    *buf_out = buf;
+    *len_out = len;
+    buf = NULL;
+    ret = 0;
+
+cleanup:
+    if (f != NULL)
+        fclose(f);
+    free(buf);
+    return ret;
+}
+
+int provhsm_test_read_fixture(const char *relpath, uint8_t **buf_out, size_t *len_out)
+{
+    const char *dir = getenv("PROVHSM_FIXTURES");
+    if (dir == NULL || *dir == '\0' || relpath == NULL)
+        return -1;
+    size_t n = strlen(dir) + 1 + strlen(relpath) + 1;
+    char *path = malloc(n);
+    if (path == NULL)
+        return -1;
+    snprintf(path, n, "%s/%s", dir, relpath);
+    int ret = provhsm_test_read_file(path, buf_out, len_out);
+    free(path);
+    return ret;
+}
+
+static int hex_nibble(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+int provhsm_test_hex_decode(const char *hex, uint8_t **buf_out, size_t *len_out)
+{
+    if (hex == NULL || buf_out == NULL || len_out == NULL)
+        return -1;
+    size_t n = strlen(hex);
+    while (n > 0 && isspace((unsigned char)hex[n - 1]))
+        n--;
+    if (n % 2 != 0)
+        return -1;
+    uint8_t *buf = malloc(n / 2 + 1);
+    if (buf == NULL)
+        return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        int hi = hex_nibble(hex[2 * i]);
+        int lo = hex_nibble(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) {
+            free(buf);
+            return -1;
+        }
+        buf[i] = (uint8_t)(hi << 4 | lo);
+    }
+    *buf_out = buf;
+    *len_out = n / 2;
+    return 0;
+}

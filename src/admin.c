@@ -131,7 +131,7 @@ out:
 }
 
 /* The chain must be in order: each certificate issued by the next one. */
-static provhsm_err check_chain_order(STACK_OF(X509) * chain)
+static provhsm_err check_chain_order(STACK_OF(X509) *chain)
 {
     for (int i = 0; i + 1 < sk_X509_num(chain); i++) {
         if (X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i)) != X509_V_OK) {

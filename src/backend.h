@@ -41,8 +41,8 @@ typedef struct provhsm_backend {
     const char *name; /* required: the name used in configuration */
     unsigned caps;    /* required: PROVHSM_CAP_* */
 
-    provhsm_err (*global_init)(void);  /* optional */
-    void (*global_deinit)(void);       /* optional */
+    provhsm_err (*global_init)(void); /* optional */
+    void (*global_deinit)(void);      /* optional */
 
     /* required */
     provhsm_err (*open)(const provhsm_config *cfg, provhsm_kind kind, void **state);

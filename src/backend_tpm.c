@@ -9,8 +9,8 @@
  * One state per SDK handle, each with its own TCTI and ESAPI context. open() reads the
  * EK and SRK (ReadPublic) and looks for the identity key (GetCapability), three commands
  * on a provisioned TPM, and keeps the EK and SRK public areas: the get_* calls send
- * nothing and a signature is one TPM2_HMAC. A missing EK or SRK is created from the templates below and persisted.
- * If the connection to the TPM is lost, the next call reconnects.
+ * nothing and a signature is one TPM2_HMAC. A missing EK or SRK is created from the templates below
+ * and persisted. If the connection to the TPM is lost, the next call reconnects.
  *
  * Static state: one mutex per TCTI string, never freed. A TPM without a resource manager
  * has room for only a few transient objects and sessions, and replacing a persistent key
@@ -18,7 +18,8 @@
  * across commands (activation, key creation, HMAC sequences) or changes a persistent
  * handle runs under that mutex. Single-command operations (HMAC, ReadPublic) do not.
  * With the raw device (device:/dev/tpm0) only one state can be open at a time; the
- * kernel's resource manager (/dev/tpmrm0, the default) has no such limit.
+ * kernel's resource manager (/dev/tpmrm0, the default) has no such limit, and neither
+ * has swtpm, whose TCTI opens a connection per command.
  */
 #include <ctype.h>
 #include <errno.h>
@@ -52,7 +53,7 @@ typedef struct tpm_link {
 } tpm_link;
 
 typedef struct tpm_state {
-    provhsm_config *cfg; /* a copy: tcti, handles, where the authorisations are */
+    provhsm_config *cfg;   /* a copy: tcti, handles, where the authorisations are */
     pthread_mutex_t *lock; /* the one for cfg->tcti */
     tpm_link *link;
 } tpm_state;
@@ -145,8 +146,7 @@ static provhsm_err parse_auth(const char *text, size_t len, const char *what, TP
  * Reads one hierarchy's authorisation from its file or environment variable into
  * secure memory; the empty value when neither is configured.
  */
-static provhsm_err load_auth(const char *file, const char *env, const char *what,
-                             TPM2B_AUTH **out)
+static provhsm_err load_auth(const char *file, const char *env, const char *what, TPM2B_AUTH **out)
 {
     provhsm_err err = PROVHSM_OK;
     TPM2B_AUTH *auth = provhsm_secure_alloc(sizeof(*auth));
@@ -170,8 +170,8 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
         setvbuf(f, NULL, _IONBF, 0); /* no stdio copy of the secret */
         size_t n = fread(text, 1, AUTH_FILE_MAX + 1, f);
         if (ferror(f) || n > AUTH_FILE_MAX) {
-            PH_ERR(MOD, "%s authorisation file %s: unreadable or longer than %d bytes", what,
-                   file, AUTH_FILE_MAX);
+            PH_ERR(MOD, "%s authorisation file %s: unreadable or longer than %d bytes", what, file,
+                   AUTH_FILE_MAX);
             err = ferror(f) ? PROVHSM_E_IO : PROVHSM_E_CONFIG;
             goto cleanup;
         }
@@ -275,8 +275,8 @@ static void link_free(tpm_link *link)
  */
 static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *tpm,
                                              ESYS_TR hierarchy, const TPM2B_PUBLIC *tmpl,
-                                             TPM2_HANDLE handle, const char *what,
-                                             ESYS_TR *tr_out, TPM2B_PUBLIC **pub_out)
+                                             TPM2_HANDLE handle, const char *what, ESYS_TR *tr_out,
+                                             TPM2B_PUBLIC **pub_out)
 {
     provhsm_err err = PROVHSM_OK;
     ESYS_TR transient = ESYS_TR_NONE, persistent = ESYS_TR_NONE;
@@ -555,8 +555,8 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
     wrap_key->size = cred->size;
     memcpy(wrap_key->buffer, cred->buffer, cred->size);
 
-    err = provhsm_tpm_import(tpm, st->link->srk, wrap_key, &blob->object_public,
-                             &blob->duplicate, &blob->in_sym_seed, &aes128cfb, &priv);
+    err = provhsm_tpm_import(tpm, st->link->srk, wrap_key, &blob->object_public, &blob->duplicate,
+                             &blob->in_sym_seed, &aes128cfb, &priv);
     if (err != PROVHSM_OK)
         goto cleanup;
     err = provhsm_tpm_load(tpm, st->link->srk, priv, &blob->object_public, &loaded);

@@ -22,11 +22,11 @@ typedef struct provhsm_config {
     char source[PROVHSM_PATH_MAX];
 
     /* [store] */
-    char store_dir[PROVHSM_PATH_MAX];    /* directory, 0700 */
-    char key_file[PROVHSM_PATH_MAX];     /* store key file; "" = <store_dir>/store.key */
+    char store_dir[PROVHSM_PATH_MAX];       /* directory, 0700 */
+    char key_file[PROVHSM_PATH_MAX];        /* store key file; "" = <store_dir>/store.key */
     char passphrase_file[PROVHSM_PATH_MAX]; /* file holding the passphrase; "" = none */
     char passphrase_env[PROVHSM_NAME_MAX];  /* env var holding the passphrase */
-    uint8_t scrypt_log2_n;               /* scrypt cost N = 2^log2_n, for new stores */
+    uint8_t scrypt_log2_n;                  /* scrypt cost N = 2^log2_n, for new stores */
     uint32_t scrypt_r, scrypt_p;
 
     /* backend per attestation: "software", "tpm", later "pkcs11" */
@@ -35,7 +35,7 @@ typedef struct provhsm_config {
     char tpm_backend[PROVHSM_NAME_MAX];
 
     /* [tpm] */
-    int tpm_configured;                  /* a [tpm] section or PROVHSM_TCTI was seen */
+    int tpm_configured; /* a [tpm] section or PROVHSM_TCTI was seen */
     char tcti[512];
     uint32_t ek_handle, srk_handle, identity_handle;
     char owner_auth_file[PROVHSM_PATH_MAX];

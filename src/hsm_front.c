@@ -17,6 +17,7 @@
  * file or environment takes effect without restarting the process.
  */
 #include <pthread.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -545,7 +546,29 @@ static const HSM_CLIENT_TPM_INTERFACE tpm_table = {
     .hsm_client_sign_with_identity = hsm_client_sign_with_identity,
 };
 
-/* The SDK calls by position: these catch a reordering in our header at compile time. */
+/*
+ * The SDK calls by position. With -DPROVHSM_SDK_DIR these are checked against the SDK's
+ * own header: a reordered, renamed, added or retyped member fails the build.
+ */
+#define SLOT_AT(type, member, index)                                                               \
+    _Static_assert(offsetof(type, member) == (index) * sizeof(void (*)(void)),                     \
+                   #type "." #member " is not slot " #index)
+SLOT_AT(HSM_CLIENT_X509_INTERFACE, hsm_client_x509_create, 0);
+SLOT_AT(HSM_CLIENT_X509_INTERFACE, hsm_client_x509_destroy, 1);
+SLOT_AT(HSM_CLIENT_X509_INTERFACE, hsm_client_get_cert, 2);
+SLOT_AT(HSM_CLIENT_X509_INTERFACE, hsm_client_get_key, 3);
+SLOT_AT(HSM_CLIENT_X509_INTERFACE, hsm_client_get_common_name, 4);
+SLOT_AT(HSM_CLIENT_KEY_INTERFACE, hsm_client_key_create, 0);
+SLOT_AT(HSM_CLIENT_KEY_INTERFACE, hsm_client_key_destroy, 1);
+SLOT_AT(HSM_CLIENT_KEY_INTERFACE, hsm_client_get_symm_key, 2);
+SLOT_AT(HSM_CLIENT_KEY_INTERFACE, hsm_client_get_registration_name, 3);
+SLOT_AT(HSM_CLIENT_KEY_INTERFACE, hsm_client_set_symm_key_info, 4);
+SLOT_AT(HSM_CLIENT_TPM_INTERFACE, hsm_client_tpm_create, 0);
+SLOT_AT(HSM_CLIENT_TPM_INTERFACE, hsm_client_tpm_destroy, 1);
+SLOT_AT(HSM_CLIENT_TPM_INTERFACE, hsm_client_activate_identity_key, 2);
+SLOT_AT(HSM_CLIENT_TPM_INTERFACE, hsm_client_get_ek, 3);
+SLOT_AT(HSM_CLIENT_TPM_INTERFACE, hsm_client_get_srk, 4);
+SLOT_AT(HSM_CLIENT_TPM_INTERFACE, hsm_client_sign_with_identity, 5);
 _Static_assert(sizeof(HSM_CLIENT_X509_INTERFACE) == 5 * sizeof(void (*)(void)), "x509 table");
 _Static_assert(sizeof(HSM_CLIENT_KEY_INTERFACE) == 5 * sizeof(void (*)(void)), "key table");
 _Static_assert(sizeof(HSM_CLIENT_TPM_INTERFACE) == 6 * sizeof(void (*)(void)), "tpm table");

@@ -38,8 +38,8 @@ void provhsm_identity_x509_clear(provhsm_x509_identity *id);
 
 PROVHSM_MUST_CHECK provhsm_err provhsm_identity_symmetric_load(provhsm_store *st,
                                                                provhsm_symmetric_identity *out);
-PROVHSM_MUST_CHECK provhsm_err provhsm_identity_symmetric_save(provhsm_store *st,
-                                                               const provhsm_symmetric_identity *id);
+PROVHSM_MUST_CHECK provhsm_err
+provhsm_identity_symmetric_save(provhsm_store *st, const provhsm_symmetric_identity *id);
 void provhsm_identity_symmetric_clear(provhsm_symmetric_identity *id);
 
 /*

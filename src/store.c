@@ -226,7 +226,6 @@ static provhsm_err split_path(const char *path, char *dir, size_t dirlen, char *
 {
     const char *slash = strrchr(path, '/');
     const char *b = slash != NULL ? slash + 1 : path;
-    size_t dl;
 
     if (*b == '\0' || strlen(b) >= baselen) {
         PH_ERR(MOD, "%s does not name a file", path);
@@ -235,7 +234,7 @@ static provhsm_err split_path(const char *path, char *dir, size_t dirlen, char *
     if (slash == NULL) {
         snprintf(dir, dirlen, ".");
     } else {
-        dl = slash == path ? 1 : (size_t)(slash - path);
+        size_t dl = slash == path ? 1 : (size_t)(slash - path);
         if (dl >= dirlen) {
             PH_ERR(MOD, "%s: path too long", path);
             return PROVHSM_E_CONFIG;
@@ -919,14 +918,14 @@ static provhsm_err prepare_store_dir(const char *dir, int *dirfd_out)
 {
     provhsm_err rc;
     struct stat sb;
-    int fd, err;
+    int fd;
 
     rc = mkdir_p(dir);
     if (rc != PROVHSM_OK)
         return rc;
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0) {
-        err = errno;
+        int err = errno;
         PH_ERR(MOD, "cannot open store directory %s: %s", dir, strerror(err));
         return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
     }

@@ -15,12 +15,12 @@
 #include "provhsm/provhsm.h"
 
 typedef struct provhsm_activation_blob {
-    TPM2B_ID_OBJECT credential_blob;      /* ActivateCredential input */
-    TPM2B_ENCRYPTED_SECRET secret;        /* ActivateCredential input */
-    TPM2B_PRIVATE duplicate;              /* Import input */
-    TPM2B_ENCRYPTED_SECRET in_sym_seed;   /* Import input */
-    TPM2B_PUBLIC object_public;           /* Import input: the identity key's public area */
-    size_t trailing_len;                  /* bytes after the encrypted-data field (ignored) */
+    TPM2B_ID_OBJECT credential_blob;    /* ActivateCredential input */
+    TPM2B_ENCRYPTED_SECRET secret;      /* ActivateCredential input */
+    TPM2B_PRIVATE duplicate;            /* Import input */
+    TPM2B_ENCRYPTED_SECRET in_sym_seed; /* Import input */
+    TPM2B_PUBLIC object_public;         /* Import input: the identity key's public area */
+    size_t trailing_len;                /* bytes after the encrypted-data field (ignored) */
 } provhsm_activation_blob;
 
 /*

@@ -33,10 +33,10 @@
 
 #define MOD "tpm"
 
-#define TPM_ATTEMPTS      5   /* runs of one command while the TPM asks for a retry */
-#define TPM_RETRY_BASE_MS 20  /* sleep before retry n: n * this */
+#define TPM_ATTEMPTS      5  /* runs of one command while the TPM asks for a retry */
+#define TPM_RETRY_BASE_MS 20 /* sleep before retry n: n * this */
 #define PROXY_MAGIC       0x70726f7668736d31ull /* "provhsm1" */
-#define RESPONSE_HDR_LEN  10  /* tag, size, response code */
+#define RESPONSE_HDR_LEN  10                    /* tag, size, response code */
 #define HANDLES_PER_QUERY 64
 
 /* The proxy TCTI: ESAPI sees `common` (first member), we forward to `inner`. */
@@ -44,7 +44,7 @@ typedef struct proxy_tcti {
     TSS2_TCTI_CONTEXT_COMMON_V2 common;
     TSS2_TCTI_CONTEXT *inner;
     struct provhsm_tpm *owner;
-    int fake_pending;  /* the last transmit was swallowed: answer with fake_rc */
+    int fake_pending; /* the last transmit was swallowed: answer with fake_rc */
     TSS2_RC fake_rc;
 } proxy_tcti;
 
@@ -53,14 +53,14 @@ struct provhsm_tpm {
     TSS2_TCTI_CONTEXT *inner; /* from Tss2_TctiLdr_Initialize */
     ESYS_CONTEXT *esys;
     uint64_t commands;
-    uint32_t input_buffer;    /* TPM2_PT_INPUT_BUFFER, 0 until read */
+    uint32_t input_buffer; /* TPM2_PT_INPUT_BUFFER, 0 until read */
     int lost;
     int startup_tried;
     char tcti[512]; /* for log lines */
 };
 
 static atomic_uint_fast64_t commands_total;
-static atomic_uint_fast64_t fail_at;   /* process-wide command number to fake, 0 = none */
+static atomic_uint_fast64_t fail_at; /* process-wide command number to fake, 0 = none */
 static atomic_uint_fast32_t fail_rc;
 
 /* ---- the proxy TCTI ------------------------------------------------------------- */
@@ -198,8 +198,8 @@ static provhsm_err fail(provhsm_tpm *tpm, TSS2_RC rc, const char *what)
 {
     provhsm_err err = map_rc(tpm, rc);
     if (err == PROVHSM_E_NO_DEVICE)
-        PH_ERR(MOD, "%s: the TPM cannot be reached through \"%s\": %s (0x%08x)", what,
-               tpm->tcti, Tss2_RC_Decode(rc), (unsigned)rc);
+        PH_ERR(MOD, "%s: the TPM cannot be reached through \"%s\": %s (0x%08x)", what, tpm->tcti,
+               Tss2_RC_Decode(rc), (unsigned)rc);
     else
         PH_ERR(MOD, "%s failed: %s (0x%08x)", what, Tss2_RC_Decode(rc), (unsigned)rc);
     return err;
@@ -234,8 +234,7 @@ static int should_retry(provhsm_tpm *tpm, TSS2_RC rc, unsigned *attempt)
         return 0;
     if (++*attempt >= TPM_ATTEMPTS)
         return 0;
-    PH_DEBUG(MOD, "the TPM asked for a retry (%s); attempt %u", Tss2_RC_Decode(rc),
-             *attempt + 1);
+    PH_DEBUG(MOD, "the TPM asked for a retry (%s); attempt %u", Tss2_RC_Decode(rc), *attempt + 1);
     sleep_ms(TPM_RETRY_BASE_MS * *attempt);
     return 1;
 }
@@ -417,10 +416,10 @@ static provhsm_err read_public_esys(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_T
     TPM2B_PUBLIC *pub = NULL;
     TSS2_RC rc;
 
-    TPM_RUN(tpm, rc,
-            Esys_TR_FromTPMPublic_Async(tpm->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE,
-                                        ESYS_TR_NONE),
-            Esys_TR_FromTPMPublic_Finish(tpm->esys, &tr));
+    TPM_RUN(
+        tpm, rc,
+        Esys_TR_FromTPMPublic_Async(tpm->esys, handle, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+        Esys_TR_FromTPMPublic_Finish(tpm->esys, &tr));
     if (rc_is_missing_handle(rc)) {
         PH_DEBUG(MOD, "nothing at handle 0x%08x", (unsigned)handle);
         err = PROVHSM_E_NOT_FOUND;
@@ -432,8 +431,8 @@ static provhsm_err read_public_esys(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_T
         goto cleanup;
     }
     if (pub_out != NULL) {
-        TPM_RUN(tpm, rc, Esys_ReadPublic_Async(tpm->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE,
-                                               ESYS_TR_NONE),
+        TPM_RUN(tpm, rc,
+                Esys_ReadPublic_Async(tpm->esys, tr, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
                 Esys_ReadPublic_Finish(tpm->esys, &pub, NULL, NULL));
         if (rc != TSS2_RC_SUCCESS) {
             err = fail(tpm, rc, "ReadPublic");
@@ -546,8 +545,7 @@ provhsm_err provhsm_tpm_marshal_public(const TPM2B_PUBLIC *pub, uint8_t **out, s
         return PROVHSM_E_INVALID_ARG;
     TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, sizeof(buf), &off);
     if (rc != TSS2_RC_SUCCESS) {
-        PH_ERR(MOD, "cannot marshal a public area: %s (0x%08x)", Tss2_RC_Decode(rc),
-               (unsigned)rc);
+        PH_ERR(MOD, "cannot marshal a public area: %s (0x%08x)", Tss2_RC_Decode(rc), (unsigned)rc);
         return PROVHSM_E_TPM;
     }
     uint8_t *copy = malloc(off);
@@ -588,12 +586,11 @@ provhsm_err provhsm_tpm_create_primary(provhsm_tpm *tpm, ESYS_TR hierarchy,
     if (tpm == NULL || tmpl == NULL || tr_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "CreatePrimary");
-    TPM_RUN(tpm, rc,
-            Esys_CreatePrimary_Async(tpm->esys, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE,
-                                     ESYS_TR_NONE, &no_sensitive, tmpl, &no_outside_info,
-                                     &no_pcrs),
-            Esys_CreatePrimary_Finish(tpm->esys, &tr, &pub, &creation_data, &creation_hash,
-                                      &ticket));
+    TPM_RUN(
+        tpm, rc,
+        Esys_CreatePrimary_Async(tpm->esys, hierarchy, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                                 &no_sensitive, tmpl, &no_outside_info, &no_pcrs),
+        Esys_CreatePrimary_Finish(tpm->esys, &tr, &pub, &creation_data, &creation_hash, &ticket));
     Esys_Free(creation_data);
     Esys_Free(creation_hash);
     Esys_Free(ticket);
@@ -933,8 +930,8 @@ provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR key, const uint8_t
         if (len > 0)
             memcpy(buf->buffer, data, len);
         TPM_RUN(tpm, rc,
-                Esys_HMAC_Async(tpm->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                                buf, TPM2_ALG_SHA256),
+                Esys_HMAC_Async(tpm->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, buf,
+                                TPM2_ALG_SHA256),
                 Esys_HMAC_Finish(tpm->esys, &mac));
         TSS2_RC code = tpm_code(rc);
         uint32_t max = 0;

@@ -84,8 +84,7 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_set_hierarchy_auth(provhsm_tpm *tpm, 
 
 /* CreatePrimary under `hierarchy` with `tmpl`; a transient object and its public area. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_create_primary(provhsm_tpm *tpm, ESYS_TR hierarchy,
-                                                          const TPM2B_PUBLIC *tmpl,
-                                                          ESYS_TR *tr_out,
+                                                          const TPM2B_PUBLIC *tmpl, ESYS_TR *tr_out,
                                                           TPM2B_PUBLIC **pub_out);
 
 /*
@@ -127,10 +126,10 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_ek_policy_session(provhsm_tpm *tpm,
  * the credential in provhsm_secure_alloc() memory (free with provhsm_secure_free()).
  * On failure *session stays for the caller to flush.
  */
-PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_activate_credential(
-    provhsm_tpm *tpm, ESYS_TR activate, ESYS_TR key, ESYS_TR *session,
-    const TPM2B_ID_OBJECT *credential_blob, const TPM2B_ENCRYPTED_SECRET *secret,
-    TPM2B_DIGEST **cred_out);
+PROVHSM_MUST_CHECK provhsm_err
+provhsm_tpm_activate_credential(provhsm_tpm *tpm, ESYS_TR activate, ESYS_TR key, ESYS_TR *session,
+                                const TPM2B_ID_OBJECT *credential_blob,
+                                const TPM2B_ENCRYPTED_SECRET *secret, TPM2B_DIGEST **cred_out);
 
 /* Import under `parent` (password-authorised); *private_out malloc'd (free()). */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_import(provhsm_tpm *tpm, ESYS_TR parent,

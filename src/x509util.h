@@ -49,13 +49,13 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_csr(EVP_PKEY *key, const char *cn, c
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_chain_to_pem(STACK_OF(X509) *chain, char **pem_out);
 
 typedef struct provhsm_cert_info {
-    char subject[512];      /* RFC 2253, UTF-8 */
+    char subject[512]; /* RFC 2253, UTF-8 */
     char issuer[512];
-    char not_before[32];    /* ISO 8601 UTC: 2026-11-28T07:00:00Z */
+    char not_before[32]; /* ISO 8601 UTC: 2026-11-28T07:00:00Z */
     char not_after[32];
-    char fingerprint[96];   /* SHA-256, colon-separated uppercase hex */
-    int expired;            /* notAfter < now */
-    int not_yet_valid;      /* notBefore > now */
+    char fingerprint[96]; /* SHA-256, colon-separated uppercase hex */
+    int expired;          /* notAfter < now */
+    int not_yet_valid;    /* notBefore > now */
 } provhsm_cert_info;
 
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_describe(X509 *cert, provhsm_cert_info *info);

@@ -38,7 +38,6 @@ void provhsm_cli_cmd_name(const provhsm_cli_cmd *cmd, char *out, size_t outlen)
 
 int provhsm_cli_usage_error(const provhsm_cli_cmd *cmd, const char *fmt, ...)
 {
-    char name[64];
     va_list ap;
 
     fputs("provhsm: error: ", stderr);
@@ -47,6 +46,7 @@ int provhsm_cli_usage_error(const provhsm_cli_cmd *cmd, const char *fmt, ...)
     va_end(ap);
     fputc('\n', stderr);
     if (cmd != NULL) {
+        char name[64];
         provhsm_cli_cmd_name(cmd, name, sizeof(name));
         fprintf(stderr, "Try 'provhsm %s --help'.\n", name);
     } else {

@@ -23,7 +23,6 @@ static HSM_CLIENT_HANDLE tpm_open(const HSM_CLIENT_TPM_INTERFACE **t_out)
 {
     const HSM_CLIENT_TPM_INTERFACE *t;
     HSM_CLIENT_HANDLE h;
-    char reason[512];
 
     if (provhsm_cli_sdk_init() != 0)
         return NULL;
@@ -31,6 +30,7 @@ static HSM_CLIENT_HANDLE tpm_open(const HSM_CLIENT_TPM_INTERFACE **t_out)
     provhsm_cli_capture_begin();
     h = t != NULL ? t->hsm_client_tpm_create() : NULL;
     if (h == NULL) {
+        char reason[512];
         provhsm_cli_capture_end(reason, sizeof(reason));
         provhsm_cli_error("cannot use the TPM: %s (%s)",
                           reason[0] != '\0' ? reason : "the TPM table could not create a handle",

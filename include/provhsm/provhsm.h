@@ -26,23 +26,23 @@ extern "C" {
 /* One error enum for the whole library; provhsm_strerror() names each. */
 typedef enum provhsm_err {
     PROVHSM_OK = 0,
-    PROVHSM_E_INVALID_ARG,  /* NULL or malformed argument */
-    PROVHSM_E_NOMEM,        /* allocation failed */
-    PROVHSM_E_CONFIG,       /* configuration file or environment is invalid */
-    PROVHSM_E_IO,           /* a file operation failed */
-    PROVHSM_E_PERMISSION,   /* store files are group/world accessible or owned by another user */
-    PROVHSM_E_NOT_FOUND,    /* no such identity / store / file */
-    PROVHSM_E_EXISTS,       /* would overwrite something that exists */
-    PROVHSM_E_WRONG_KEY,    /* the store key or passphrase does not open this store */
-    PROVHSM_E_TAMPERED,     /* an entry failed authentication */
-    PROVHSM_E_CORRUPT,      /* a file or blob is structurally malformed */
-    PROVHSM_E_CRYPTO,       /* a cryptographic library call failed */
-    PROVHSM_E_MISMATCH,     /* private key and certificate do not belong together */
-    PROVHSM_E_NO_CN,        /* certificate subject has no common name */
-    PROVHSM_E_UNSUPPORTED,  /* the configured backend cannot do this */
-    PROVHSM_E_BAD_HANDLE,   /* handle is NULL, destroyed, or from another table */
-    PROVHSM_E_TPM,          /* the TPM refused or failed a command */
-    PROVHSM_E_NO_DEVICE,    /* the TPM or token cannot be reached */
+    PROVHSM_E_INVALID_ARG, /* NULL or malformed argument */
+    PROVHSM_E_NOMEM,       /* allocation failed */
+    PROVHSM_E_CONFIG,      /* configuration file or environment is invalid */
+    PROVHSM_E_IO,          /* a file operation failed */
+    PROVHSM_E_PERMISSION,  /* store files are group/world accessible or owned by another user */
+    PROVHSM_E_NOT_FOUND,   /* no such identity / store / file */
+    PROVHSM_E_EXISTS,      /* would overwrite something that exists */
+    PROVHSM_E_WRONG_KEY,   /* the store key or passphrase does not open this store */
+    PROVHSM_E_TAMPERED,    /* an entry failed authentication */
+    PROVHSM_E_CORRUPT,     /* a file or blob is structurally malformed */
+    PROVHSM_E_CRYPTO,      /* a cryptographic library call failed */
+    PROVHSM_E_MISMATCH,    /* private key and certificate do not belong together */
+    PROVHSM_E_NO_CN,       /* certificate subject has no common name */
+    PROVHSM_E_UNSUPPORTED, /* the configured backend cannot do this */
+    PROVHSM_E_BAD_HANDLE,  /* handle is NULL, destroyed, or from another table */
+    PROVHSM_E_TPM,         /* the TPM refused or failed a command */
+    PROVHSM_E_NO_DEVICE,   /* the TPM or token cannot be reached */
     PROVHSM_E__COUNT
 } provhsm_err;
 

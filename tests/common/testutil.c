@@ -1,5 +1,5 @@
 /*
- * Test helpers: whole-file reads and hex decoding for fixtures (see testutil.h).
+ * Test utilities: whole-file reads and hex decoding for fixtures (see testutil.h).
  * Used by unit and integration tests; keeps no state.
  */
 #include <ctype.h>

@@ -1,5 +1,5 @@
 /*
- * Small helpers shared by the test programs: reading fixture files and decoding hex.
+ * Small utilities shared by the test programs: reading fixture files and decoding hex.
  * Test code only; never linked into the library. Buffers are malloc'd for the caller.
  */
 #ifndef PROVHSM_TESTUTIL_H

@@ -10,8 +10,10 @@
  *    times with a short sleep while the TPM says RETRY / YIELDED / TESTING (ESAPI's own
  *    resubmission gives up without waiting), with one TPM2_Startup if the TPM was never
  *    started. Running the two halves ourselves also keeps ESAPI's synchronous wrappers
- *    from printing an ERROR line for expected answers such as "no object at this
- *    handle"; we log each real failure once, decoded with Tss2_RC_Decode().
+ *    from printing an ERROR line for every TPM error (the _Finish half still prints a
+ *    WARNING at tpm2-tss's default log level, TSS2_LOG); we log each failure once,
+ *    decoded with Tss2_RC_Decode(). The identity key is looked up with GetCapability,
+ *    which an empty handle does not make fail, so an unprovisioned device logs nothing.
  *  - Error mapping: failures below the TPM (TCTI, lost connection) are
  *    PROVHSM_E_NO_DEVICE and mark the connection lost, since ESAPI refuses every later
  *    command on that context; what the TPM refuses is PROVHSM_E_TPM.

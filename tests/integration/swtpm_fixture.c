@@ -208,9 +208,18 @@ static pid_t spawn_swtpm(const provhsm_test_swtpm *s)
         dup2(fd, STDERR_FILENO);
         close(fd);
     }
-    char *const argv[] = {"swtpm",  "socket",   "--tpm2", "--tpmstate", state,
-                          "--server", server,  "--ctrl", ctrl,          "--flags",
-                          "not-need-init,startup-clear", NULL};
+    char *const argv[] = {"swtpm",
+                          "socket",
+                          "--tpm2",
+                          "--tpmstate",
+                          state,
+                          "--server",
+                          server,
+                          "--ctrl",
+                          ctrl,
+                          "--flags",
+                          "not-need-init,startup-clear",
+                          NULL};
     execv(exe, argv);
     _exit(127);
 }
@@ -238,8 +247,8 @@ static int launch(provhsm_test_swtpm *s)
     for (int waited = 0; waited < READY_WAIT_MS; waited += 10) {
         int status = 0;
         if (waitpid(pid, &status, WNOHANG) == pid) {
-            fprintf(stderr, "swtpm fixture: swtpm on port %d exited (status %d), see %s\n",
-                    s->port, status, s->dir);
+            fprintf(stderr, "swtpm fixture: swtpm on port %d exited (status %d), see %s\n", s->port,
+                    status, s->dir);
             return 1;
         }
         if (port_accepts(s->port)) {
@@ -267,8 +276,7 @@ int provhsm_test_swtpm_start(provhsm_test_swtpm *s, const char *state_src)
         return -1;
     }
     snprintf(state, sizeof(state), "%s/state", s->dir);
-    if (mkdir(state, 0700) != 0 ||
-        (state_src != NULL && copy_dir_files(state_src, state) != 0)) {
+    if (mkdir(state, 0700) != 0 || (state_src != NULL && copy_dir_files(state_src, state) != 0)) {
         fprintf(stderr, "swtpm fixture: cannot prepare %s from %s\n", state,
                 state_src != NULL ? state_src : "(empty)");
         provhsm_test_swtpm_stop(s);
@@ -404,12 +412,16 @@ static void capture_line(provhsm_log_level level, const char *module, const char
     if (getenv("PROVHSM_TEST_VERBOSE") != NULL)
         fprintf(stderr, "provhsm: %s: [%s] %s\n", names[level & 3], module, message);
     pthread_mutex_lock(&capture_lock);
-    int n = snprintf(captured + captured_len, sizeof(captured) - captured_len, "[%s] %s\n",
-                     module, message);
-    if (n > 0 && (size_t)n < sizeof(captured) - captured_len)
-        captured_len += (size_t)n;
-    else
-        captured_len = 0; /* full: keep the newest lines */
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int n = snprintf(captured + captured_len, sizeof(captured) - captured_len, "[%s] %s\n",
+                         module, message);
+        if (n > 0 && (size_t)n < sizeof(captured) - captured_len) {
+            captured_len += (size_t)n;
+            break;
+        }
+        captured_len = 0; /* full: start again with the newest lines */
+        captured[0] = '\0';
+    }
     pthread_mutex_unlock(&capture_lock);
 }
 

@@ -44,9 +44,8 @@ static int write_file(const char *path, const void *data, size_t len)
     return fclose(f) == 0 && ok ? 0 : -1;
 }
 
-static int setup(void **unused)
+static int prepare(void)
 {
-    (void)unused;
     char path[512], cmd[4096];
     if (provhsm_test_swtpm_start(&C.swtpm, NULL) != 0)
         return -1;
@@ -89,6 +88,15 @@ static int teardown(void **unused)
     (void)unused;
     provhsm_test_swtpm_stop(&C.swtpm);
     return 0;
+}
+
+/* A setup that fails is not followed by the teardown: clean up here. */
+static int setup(void **unused)
+{
+    if (prepare() == 0)
+        return 0;
+    (void)teardown(unused);
+    return -1;
 }
 
 static void read_tool_output(const char *name, uint8_t **buf, size_t *len)
@@ -184,9 +192,9 @@ static void test_uses_existing_keys(void **unused)
 int main(void)
 {
     if (!provhsm_test_swtpm_available() ||
-        !provhsm_test_programs_available("tpm2_createprimary", "tpm2_evictcontrol",
-                                         "tpm2_import", "tpm2_load", "tpm2_readpublic",
-                                         "tpm2_flushcontext", NULL)) {
+        !provhsm_test_programs_available("tpm2_createprimary", "tpm2_evictcontrol", "tpm2_import",
+                                         "tpm2_load", "tpm2_readpublic", "tpm2_flushcontext",
+                                         NULL)) {
         fprintf(stderr, "skip: swtpm or tpm2-tools is not installed\n");
         return PROVHSM_TEST_SKIP;
     }

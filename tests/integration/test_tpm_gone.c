@@ -32,8 +32,7 @@ static int group_setup(void **unused)
     (void)unused;
     if (provhsm_test_read_fixture("tpm-activation/blob1.bin", &G.blob, &G.blob_len) != 0 ||
         provhsm_test_read_fixture("tpm-activation/payload.txt", &G.payload, &G.payload_len) != 0 ||
-        provhsm_test_read_fixture("tpm-activation/hmac-1.hex", &G.hmac_hex, &G.hmac_hex_len) !=
-            0 ||
+        provhsm_test_read_fixture("tpm-activation/hmac-1.hex", &G.hmac_hex, &G.hmac_hex_len) != 0 ||
         provhsm_test_hex_decode((char *)G.hmac_hex, &G.hmac, &G.hmac_len) != 0)
         return -1;
     if (provhsm_test_swtpm_start(&G.swtpm, provhsm_test_fixture_swtpm_state()) != 0)

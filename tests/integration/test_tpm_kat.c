@@ -69,9 +69,8 @@ static void expect_counts(const provhsm_test_tpm_counts *before)
     assert_int_equal(now.persistent, before->persistent);
 }
 
-static int group_setup(void **unused)
+static int prepare(void)
 {
-    (void)unused;
     const char *state = provhsm_test_fixture_swtpm_state();
     if (state == NULL) {
         fprintf(stderr, "PROVHSM_FIXTURES is not set\n");
@@ -91,7 +90,8 @@ static int group_setup(void **unused)
         fprintf(stderr, "cannot read the tpm-activation fixtures\n");
         return -1;
     }
-    while (K.regid_len > 0 && (K.regid[K.regid_len - 1] == '\n' || K.regid[K.regid_len - 1] == '\r'))
+    while (K.regid_len > 0 &&
+           (K.regid[K.regid_len - 1] == '\n' || K.regid[K.regid_len - 1] == '\r'))
         K.regid[--K.regid_len] = '\0';
     if (provhsm_test_swtpm_start(&K.swtpm, state) != 0)
         return -1;
@@ -125,6 +125,15 @@ static int group_teardown(void **unused)
     free(K.hmac1);
     free(K.hmac2);
     return 0;
+}
+
+/* A setup that fails is not followed by the teardown: clean up here. */
+static int group_setup(void **unused)
+{
+    if (prepare() == 0)
+        return 0;
+    (void)group_teardown(unused);
+    return -1;
 }
 
 /* (a) EK and SRK are the fixture's bytes; the registration id follows from the EK. */

@@ -43,14 +43,16 @@ walkthrough_binary() {
         echo "$build/examples/sdk_walkthrough"
         return
     fi
-    cmake --install "$build" --prefix "$demo/prefix" >"$demo/install.log" 2>&1 &&
-        cmake -S "$root/examples" -B "$demo/examples-build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-            -DCMAKE_PREFIX_PATH="$demo/prefix" \
-            -DPROVHSM_SDK_HEADER_DIR="$root/src/sdk" >"$demo/examples.log" 2>&1 &&
-        cmake --build "$demo/examples-build" >>"$demo/examples.log" 2>&1 || {
+    if ! {
+        cmake --install "$build" --prefix "$demo/prefix" >"$demo/install.log" 2>&1 &&
+            cmake -S "$root/examples" -B "$demo/examples-build" \
+                -DCMAKE_BUILD_TYPE=RelWithDebInfo -DCMAKE_PREFIX_PATH="$demo/prefix" \
+                -DPROVHSM_SDK_HEADER_DIR="$root/src/sdk" >"$demo/examples.log" 2>&1 &&
+            cmake --build "$demo/examples-build" >>"$demo/examples.log" 2>&1
+    }; then
         echo "demo: could not build examples/sdk_walkthrough (see $demo/*.log)" >&2
         return 1
-    }
+    fi
     echo "$demo/examples-build/sdk_walkthrough"
 }
 

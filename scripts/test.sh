@@ -8,7 +8,7 @@
 # exit status is non-zero when any failed. JOBS (default 2) sets build and ctest parallelism.
 set -uo pipefail
 
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 jobs=${JOBS:-2}
 stages=()
 results=()

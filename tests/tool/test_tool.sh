@@ -700,21 +700,39 @@ start_fixture_swtpm() {
     local port i
     command -v swtpm >/dev/null 2>&1 || return 1
     cp -r "$FIXTURES/tpm-activation/swtpm-state" "$CASE/tpmstate" || return 1
-    for i in 1 2 3 4 5; do
-        port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+    # Other tests start simulators in parallel: pick a port P with P and P+1 both free,
+    # and try again with another pair when swtpm loses the race for one of them.
+    for i in $(seq 20); do
+        port=$(python3 -c '
+import socket
+while True:
+    a = socket.socket(); a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
+    b = socket.socket()
+    try:
+        b.bind(("127.0.0.1", p + 1))
+    except OSError:
+        continue
+    print(p)
+    break')
+        rm -f "$CASE/swtpm.pid"
         if swtpm socket --tpm2 --tpmstate dir="$CASE/tpmstate" \
             --server type=tcp,port="$port",bindaddr=127.0.0.1 \
             --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
             --flags not-need-init,startup-clear --pid file="$CASE/swtpm.pid" \
             --log file="$CASE/swtpm.log" --daemon 2>>"$CASE/swtpm.log"; then
             for _ in $(seq 50); do
-                [ -s "$CASE/swtpm.pid" ] && break
+                [ -s "$CASE/swtpm.pid" ] &&
+                    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$port" 2>/dev/null &&
+                    break
                 sleep 0.1
             done
-            cp "$CASE/swtpm.pid" "$WORK/swtpm.pid"
-            export PROVHSM_TCTI="swtpm:host=127.0.0.1,port=$port"
-            return 0
+            if [ -s "$CASE/swtpm.pid" ]; then
+                cp "$CASE/swtpm.pid" "$WORK/swtpm.pid"
+                export PROVHSM_TCTI="swtpm:host=127.0.0.1,port=$port"
+                return 0
+            fi
         fi
+        sleep 0.2
     done
     return 1
 }

@@ -3,7 +3,8 @@
  * does (custom-HSM build), and prints what the SDK would get, never the secrets themselves:
  * X.509 (certificate, alias key, common name), symmetric key (registration name, key, and
  * a SAS token built the SDK's way: HMAC-SHA256 over "<url-encoded scope>\n<expiry>" with the
- * base64-decoded key), and TPM (create only). The SAS token is also asked from
+ * base64-decoded key), and TPM (EK, SRK, the registration id, and a signature when an
+ * identity key has been activated). The SAS token is also asked from
  * provhsm_sas_token() and the two must agree.
  *
  * It defines initialize_hsm_system / deinitialize_hsm_system itself, as the SDK's
@@ -297,7 +298,28 @@ static void walk_symmetric(const char *id_scope)
     printf("  destroy: done\n");
 }
 
-static void walk_tpm(void)
+/* The SDK's TPM registration id: lowercase base32 of SHA-256(EK bytes), no padding. */
+static void registration_id_from_ek(const unsigned char *ek, size_t len, char out[53])
+{
+    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
+    unsigned char digest[32];
+    unsigned int bits = 0, acc = 0;
+    size_t n = 0;
+    EVP_Digest(ek, len, digest, NULL, EVP_sha256(), NULL);
+    for (size_t i = 0; i < sizeof(digest); i++) {
+        acc = (acc << 8) | digest[i];
+        bits += 8;
+        while (bits >= 5) {
+            out[n++] = alphabet[(acc >> (bits - 5)) & 31];
+            bits -= 5;
+        }
+    }
+    if (bits > 0)
+        out[n++] = alphabet[(acc << (5 - bits)) & 31];
+    out[n] = '\0';
+}
+
+static void walk_tpm(const char *id_scope)
 {
     const HSM_CLIENT_TPM_INTERFACE *t = hsm_client_tpm_interface();
     printf("TPM (SECURE_DEVICE_TYPE_TPM)\n");
@@ -307,13 +329,38 @@ static void walk_tpm(void)
                "  the SDK would stop here with an error, which is expected on this setup\n");
         return;
     }
-    unsigned char *ek = NULL;
-    size_t ek_len = 0;
-    if (t->hsm_client_get_ek(h, &ek, &ek_len) == 0)
-        printf("  endorsement key: %zu bytes (TPM2B_PUBLIC)\n", ek_len);
-    else
+    printf("  create: handle\n");
+    unsigned char *ek = NULL, *srk = NULL, *sig = NULL;
+    size_t ek_len = 0, srk_len = 0, sig_len = 0;
+    char regid[53] = "";
+    if (t->hsm_client_get_ek(h, &ek, &ek_len) == 0) {
+        registration_id_from_ek(ek, ek_len, regid);
+        printf("  endorsement key: %zu bytes (TPM2B_PUBLIC); registration id %s\n", ek_len, regid);
+    } else {
         problem("get_endorsement_key failed");
+    }
+    if (t->hsm_client_get_srk(h, &srk, &srk_len) == 0)
+        printf("  storage root key: %zu bytes (TPM2B_PUBLIC)\n", srk_len);
+    else
+        problem("get_storage_root_key failed");
+
+    /* the SAS string the SDK signs after activation: "<url-encoded scope>\n<expiry>" */
+    char scope[160], payload[256];
+    snprintf(scope, sizeof(scope), "%s/registrations/%s", id_scope, regid);
+    char *encoded = sdk_url_encode(scope);
+    snprintf(payload, sizeof(payload), "%s\n%llu", encoded != NULL ? encoded : "",
+             (unsigned long long)time(NULL) + 3600);
+    if (t->hsm_client_sign_with_identity(h, (const unsigned char *)payload, strlen(payload), &sig,
+                                         &sig_len) == 0)
+        printf("  sign_with_identity: %zu-byte HMAC-SHA256 from the identity key in the TPM\n",
+               sig_len);
+    else
+        printf("  sign_with_identity: no identity key yet (the service's activation blob\n"
+               "  brings it; see 'provhsm tpm activate')\n");
+    free(encoded);
     free(ek);
+    free(srk);
+    free(sig);
     t->hsm_client_tpm_destroy(h);
     printf("  destroy: done\n");
 }
@@ -328,7 +375,7 @@ int main(int argc, char **argv)
     }
     walk_x509();
     walk_symmetric(id_scope);
-    walk_tpm();
+    walk_tpm(id_scope);
     deinitialize_hsm_system();
     printf("%s\n", problems == 0 ? "walkthrough: all configured identities behaved"
                                  : "walkthrough: problems found (see above)");

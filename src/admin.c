@@ -280,33 +280,43 @@ provhsm_err provhsm_symmetric_derive(const char *registration_id, const char *gr
     return PROVHSM_OK;
 }
 
+/* The front returns a failure's provhsm_err as its non-zero int (hsm_front.c). */
+static provhsm_err front_error(int rc)
+{
+    return rc > 0 && rc < (int)PROVHSM_E__COUNT ? (provhsm_err)rc : PROVHSM_E_CRYPTO;
+}
+
 /* Signs through the key table exactly as the SDK's prov_auth layer does. */
 static provhsm_err sign_symmetric(const char *payload, uint8_t **sig, size_t *sig_len)
 {
     const HSM_CLIENT_KEY_INTERFACE *t = hsm_client_key_interface();
     provhsm_err err = PROVHSM_E_NOT_FOUND;
     char *key = NULL;
+    uint8_t *mac = NULL;
     HSM_CLIENT_HANDLE h = t->hsm_client_key_create();
     if (h == NULL)
         return PROVHSM_E_NOT_FOUND;
-    if (t->hsm_client_set_symm_key_info(h, NULL, NULL) != 0)
+    int rc = t->hsm_client_set_symm_key_info(h, NULL, NULL);
+    if (rc != 0) {
+        err = front_error(rc);
         goto out;
+    }
     key = t->hsm_client_get_symm_key(h);
     if (key == NULL)
         goto out;
-    *sig = malloc(32);
-    if (*sig == NULL) {
+    mac = malloc(32);
+    if (mac == NULL) {
         err = PROVHSM_E_NOMEM;
         goto out;
     }
-    err = provhsm_sas_hmac_b64key(key, (const uint8_t *)payload, strlen(payload), *sig);
-    if (err != PROVHSM_OK) {
-        free(*sig);
-        *sig = NULL;
+    err = provhsm_sas_hmac_b64key(key, (const uint8_t *)payload, strlen(payload), mac);
+    if (err != PROVHSM_OK)
         goto out;
-    }
+    *sig = mac;
     *sig_len = 32;
+    mac = NULL;
 out:
+    provhsm_free_wiped(mac, 32);
     provhsm_free_wiped_string(key);
     t->hsm_client_key_destroy(h);
     return err;
@@ -321,7 +331,7 @@ static provhsm_err sign_tpm(const char *payload, uint8_t **sig, size_t *sig_len)
     int rc = t->hsm_client_sign_with_identity(h, (const unsigned char *)payload, strlen(payload),
                                               sig, sig_len);
     t->hsm_client_tpm_destroy(h);
-    return rc == 0 ? PROVHSM_OK : PROVHSM_E_TPM;
+    return rc == 0 ? PROVHSM_OK : front_error(rc);
 }
 
 provhsm_err provhsm_sas_token(const char *attestation, const char *scope, uint64_t expiry,

@@ -145,6 +145,29 @@ uint8_t *provhsm_base64_decode(const char *text, size_t *len_out)
     return out;
 }
 
+int provhsm_base64_decode_into(const char *text, uint8_t *out, size_t cap, size_t *len_out)
+{
+    const char *why = NULL;
+    size_t n, decoded_len = 0;
+
+    if (text == NULL || out == NULL || len_out == NULL)
+        return -1;
+    n = strlen(text);
+    if (!b64_check(text, n, &decoded_len, &why)) {
+        PH_DEBUG(MOD, "base64 input of %zu characters rejected: %s", n, why);
+        return -1;
+    }
+    if (n / 4 * 3 > cap)
+        return -1;
+    if (n > 0 && EVP_DecodeBlock(out, (const unsigned char *)text, (int)n) != (int)(n / 4 * 3)) {
+        provhsm_log_openssl(MOD, "EVP_DecodeBlock");
+        provhsm_wipe(out, cap);
+        return -1;
+    }
+    *len_out = decoded_len;
+    return 0;
+}
+
 int provhsm_base64_valid(const char *text)
 {
     const char *why = NULL;

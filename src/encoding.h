@@ -21,6 +21,13 @@ char *provhsm_base64_encode(const uint8_t *data, size_t len);
  */
 uint8_t *provhsm_base64_decode(const char *text, size_t *len_out);
 
+/*
+ * Strict decode into the caller's buffer, for short-lived secrets on a hot path (the
+ * caller wipes it). cap must hold strlen(text) / 4 * 3 bytes. Returns 0, or -1 on a
+ * malformed input or a buffer too small (nothing is written then).
+ */
+int provhsm_base64_decode_into(const char *text, uint8_t *out, size_t cap, size_t *len_out);
+
 /* 1 if text is non-empty valid padded base64, else 0. */
 int provhsm_base64_valid(const char *text);
 

@@ -8,9 +8,10 @@
 #include "config.h"
 
 /*
- * Copies the process configuration into *out, loading it on first use (explicit file
- * from provhsm_config_use_file(), else PROVHSM_CONFIG / /etc/provhsm/provhsm.conf, then
- * the environment). Thread-safe. Errors are logged with file and line.
+ * Loads the configuration into *out, afresh at every call so that a changed file or
+ * environment takes effect (explicit file from provhsm_config_use_file(), else
+ * PROVHSM_CONFIG / /etc/provhsm/provhsm.conf, then the environment), and applies its
+ * [log] level. Thread-safe. Errors are logged with file and line.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_front_config(provhsm_config *out);
 

@@ -64,7 +64,8 @@ provhsm_err provhsm_front_config(provhsm_config *out)
     pthread_mutex_unlock(&front_lock);
 
     provhsm_err err = provhsm_config_load(out, path[0] != '\0' ? path : NULL);
-    if (err == PROVHSM_OK && out->log_level >= 0)
+    /* also when unset (-1): a level removed from the file must stop applying */
+    if (err == PROVHSM_OK)
         provhsm_log_set_config_level((provhsm_log_level)out->log_level);
     return err;
 }

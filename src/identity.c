@@ -151,7 +151,7 @@ provhsm_err provhsm_identity_x509_load(provhsm_store *st, const char *entry,
         return err;
     if (fields[TAG_KEY_PEM] == NULL || fields[TAG_REGISTRATION_ID] != NULL ||
         fields[TAG_SYMMETRIC_KEY] != NULL) {
-        PH_ERR(MOD, "stored X.509 identity '%s' lacks its key", entry);
+        PH_ERR(MOD, "stored X.509 identity '%s' lacks its key or holds foreign fields", entry);
         provhsm_secure_free(fields[TAG_KEY_PEM]);
         free(fields[TAG_CHAIN_PEM]);
         free(fields[TAG_REGISTRATION_ID]);

@@ -81,7 +81,7 @@ void provhsm_set_log_level(provhsm_log_level level)
 void provhsm_log_set_config_level(provhsm_log_level level)
 {
     pthread_mutex_lock(&log_lock);
-    config_level = (int)level;
+    config_level = (level >= PROVHSM_LOG_ERROR && level <= PROVHSM_LOG_DEBUG) ? (int)level : -1;
     pthread_mutex_unlock(&log_lock);
 }
 

@@ -21,7 +21,10 @@ void provhsm_log(provhsm_log_level level, const char *module, const char *fmt, .
 /* 1 when a line at `level` would be emitted: lets callers skip costly formatting. */
 int provhsm_log_enabled(provhsm_log_level level);
 
-/* Sets the level from configuration unless the API or PROVHSM_LOG chose one. */
+/*
+ * Sets the level from configuration, used unless the API or PROVHSM_LOG chose one. A
+ * value outside error..debug (the configuration's -1) means the file sets none.
+ */
 void provhsm_log_set_config_level(provhsm_log_level level);
 
 /* Parses "error|warn|info|debug"; returns -1 for anything else. */

@@ -59,14 +59,23 @@ out:
 provhsm_err provhsm_sas_hmac_b64key(const char *key_b64, const uint8_t *data, size_t len,
                                     uint8_t mac[32])
 {
+    /*
+     * Keys of up to 96 bytes (every key the services issue) are decoded on the stack and
+     * wiped: this runs for every SAS token, and secure heap memory costs two system calls.
+     */
+    uint8_t small[96];
+    uint8_t *key = small;
     size_t key_len = 0, mac_len = 0;
     provhsm_err err = PROVHSM_OK;
+
     if (key_b64 == NULL || data == NULL || mac == NULL)
         return PROVHSM_E_INVALID_ARG;
-    uint8_t *key = provhsm_base64_decode(key_b64, &key_len);
-    if (key == NULL) {
-        PH_ERR(MOD, "symmetric key is not valid base64");
-        return PROVHSM_E_INVALID_ARG;
+    if (provhsm_base64_decode_into(key_b64, small, sizeof(small), &key_len) != 0) {
+        key = provhsm_base64_decode(key_b64, &key_len);
+        if (key == NULL) {
+            PH_ERR(MOD, "symmetric key is not valid base64");
+            return PROVHSM_E_INVALID_ARG;
+        }
     }
     if (EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, key_len, data, len, mac, 32, &mac_len) ==
             NULL ||
@@ -74,6 +83,9 @@ provhsm_err provhsm_sas_hmac_b64key(const char *key_b64, const uint8_t *data, si
         provhsm_log_openssl(MOD, "HMAC-SHA256");
         err = PROVHSM_E_CRYPTO;
     }
-    provhsm_secure_free(key);
+    if (key == small)
+        provhsm_wipe(small, sizeof(small));
+    else
+        provhsm_secure_free(key);
     return err;
 }

@@ -3,20 +3,36 @@
  * carries a small header with its size so provhsm_secure_free() can wipe the whole block
  * without the caller passing a length. mlock() is best effort: a device with a low
  * RLIMIT_MEMLOCK still works, the memory is just swappable.
+ *
+ * A block occupies whole pages of its own. mlock() does not nest: munlock() on free
+ * unlocks every page the block touches, so a block sharing a page with another secret
+ * would make that one swappable when it goes. The slack after the payload is poisoned
+ * under AddressSanitizer so overruns are still caught.
  */
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <unistd.h>
 #include <openssl/crypto.h>
 
 #include "provhsm/provhsm.h"
 #include "secmem.h"
 
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#define SECMEM_POISON(p, n)   ASAN_POISON_MEMORY_REGION(p, n)
+#define SECMEM_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
+#else
+#define SECMEM_POISON(p, n)   ((void)(p), (void)(n))
+#define SECMEM_UNPOISON(p, n) ((void)(p), (void)(n))
+#endif
+
 #define SECMEM_MAGIC 0x5ec3e3a1u
 
 typedef struct secmem_header {
-    size_t len; /* bytes after the header */
+    size_t len;   /* bytes after the header */
+    size_t total; /* whole pages, header included */
     unsigned magic;
     int locked;
 } secmem_header;
@@ -31,16 +47,30 @@ void provhsm_wipe(void *p, size_t len)
         OPENSSL_cleanse(p, len);
 }
 
+static size_t page_size(void)
+{
+    long page = sysconf(_SC_PAGESIZE);
+    return page > 0 ? (size_t)page : 4096;
+}
+
 void *provhsm_secure_alloc(size_t len)
 {
-    if (len > SIZE_MAX - HEADER_SIZE)
+    size_t page = page_size();
+    void *mem = NULL;
+
+    if (len > SIZE_MAX - HEADER_SIZE - page)
         return NULL;
-    secmem_header *h = calloc(1, HEADER_SIZE + len);
-    if (h == NULL)
+    size_t used = HEADER_SIZE + len;
+    size_t total = (used + page - 1) / page * page;
+    if (posix_memalign(&mem, page, total) != 0)
         return NULL;
+    secmem_header *h = mem;
+    memset(mem, 0, used); /* fresh memory, as calloc would give */
     h->len = len;
+    h->total = total;
     h->magic = SECMEM_MAGIC;
-    h->locked = mlock(h, HEADER_SIZE + len) == 0;
+    h->locked = mlock(h, total) == 0;
+    SECMEM_POISON((unsigned char *)mem + used, total - used);
     return (unsigned char *)h + HEADER_SIZE;
 }
 
@@ -51,8 +81,9 @@ void provhsm_secure_free(void *p)
     secmem_header *h = (secmem_header *)((unsigned char *)p - HEADER_SIZE);
     if (h->magic != SECMEM_MAGIC)
         abort(); /* not ours: freeing it would corrupt the heap, and wiping may be wrong */
-    size_t total = HEADER_SIZE + h->len;
+    size_t total = h->total;
     int locked = h->locked;
+    SECMEM_UNPOISON(h, total);
     OPENSSL_cleanse(h, total);
     if (locked)
         munlock(h, total);

@@ -31,8 +31,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "dps_make_blob: the key is not hex\n");
         goto out;
     }
-    if (provhsm_test_dps_make_blob(ek, ek_len, srk, srk_len, key, key_len, &blob, &blob_len) !=
-        0) {
+    if (provhsm_test_dps_make_blob(ek, ek_len, srk, srk_len, key, key_len, &blob, &blob_len) != 0) {
         fprintf(stderr, "dps_make_blob: could not build the blob\n");
         goto out;
     }

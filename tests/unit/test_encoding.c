@@ -360,9 +360,31 @@ static void test_hex_encode(void **state)
     assert_null(provhsm_hex_encode(NULL, 0, 0));
 }
 
+static void base64_decode_into_caller_buffer(void **state)
+{
+    (void)state;
+    uint8_t buf[6];
+    size_t len = 99;
+    assert_int_equal(provhsm_base64_decode_into("Zm9vYmFy", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 6);
+    assert_memory_equal(buf, "foobar", 6);
+    assert_int_equal(provhsm_base64_decode_into("Zm9vYg==", buf, sizeof(buf), &len), 0);
+    assert_int_equal(len, 4);
+    assert_memory_equal(buf, "foob", 4);
+    /* too small a buffer, malformed input, NULLs: -1 and the length untouched */
+    len = 99;
+    assert_int_equal(provhsm_base64_decode_into("Zm9vYmFyYmF6", buf, sizeof(buf), &len), -1);
+    assert_int_equal(provhsm_base64_decode_into("Zm9v!mFy", buf, sizeof(buf), &len), -1);
+    assert_int_equal(provhsm_base64_decode_into("Zm9", buf, sizeof(buf), &len), -1);
+    assert_int_equal(provhsm_base64_decode_into(NULL, buf, sizeof(buf), &len), -1);
+    assert_int_equal(provhsm_base64_decode_into("Zm9v", NULL, sizeof(buf), &len), -1);
+    assert_int_equal(len, 99);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(base64_decode_into_caller_buffer),
         cmocka_unit_test(test_base64_rfc4648_vectors),
         cmocka_unit_test(test_base64_all_symbols),
         cmocka_unit_test(test_base64_decode_rejects_malformed),

@@ -12,6 +12,9 @@
 #include <string.h>
 #include <cmocka.h>
 
+#include <openssl/evp.h>
+
+#include "encoding.h"
 #include "identity.h"
 #include "sas.h"
 #include "secmem.h"
@@ -163,6 +166,19 @@ static void sas_known_answer(void **state)
     free(payload);
     free(token);
     assert_int_not_equal(provhsm_sas_hmac_b64key("@@@", (uint8_t *)"x", 1, mac), PROVHSM_OK);
+
+    /* a key longer than the stack buffer takes the secure-heap path: same HMAC as OpenSSL */
+    uint8_t long_key[120], expected[32];
+    size_t expected_len = 0;
+    for (size_t i = 0; i < sizeof(long_key); i++)
+        long_key[i] = (uint8_t)(i * 7 + 1);
+    char *long_b64 = provhsm_base64_encode(long_key, sizeof(long_key));
+    assert_non_null(EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, long_key, sizeof(long_key),
+                              (const uint8_t *)"payload", 7, expected, 32, &expected_len));
+    assert_int_equal(provhsm_sas_hmac_b64key(long_b64, (const uint8_t *)"payload", 7, mac),
+                     PROVHSM_OK);
+    assert_memory_equal(mac, expected, 32);
+    free(long_b64);
     assert_int_not_equal(provhsm_sas_format(scope, NULL, 32, 1, "registration", &token),
                          PROVHSM_OK);
 }

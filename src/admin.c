@@ -388,11 +388,16 @@ provhsm_err provhsm_identity_remove(const char *attestation)
         return PROVHSM_E_INVALID_ARG;
     }
     err = open_software_store(attestation, backend, &cfg, &st);
-    if (err == PROVHSM_OK)
-        err = provhsm_store_remove(st, entry);
-    if (err == PROVHSM_OK && strcmp(attestation, "x509") == 0 &&
-        provhsm_store_has(st, PROVHSM_ENTRY_X509_PENDING))
+    if (err != PROVHSM_OK)
+        goto out;
+    /* for X.509, a key still waiting for its certificate goes too */
+    int pending =
+        strcmp(attestation, "x509") == 0 && provhsm_store_has(st, PROVHSM_ENTRY_X509_PENDING);
+    if (pending)
         err = provhsm_store_remove(st, PROVHSM_ENTRY_X509_PENDING);
+    if (err == PROVHSM_OK && (!pending || provhsm_store_has(st, entry)))
+        err = provhsm_store_remove(st, entry);
+out:
     provhsm_store_close(st);
     return err;
 }

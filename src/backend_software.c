@@ -22,7 +22,6 @@
 #define MOD "software"
 
 typedef struct sw_state {
-    provhsm_kind kind;
     /* X.509 */
     char *chain_pem;   /* malloc */
     char *alias_key;   /* secure */
@@ -149,7 +148,6 @@ static provhsm_err sw_open(const provhsm_config *cfg, provhsm_kind kind, void **
     st = calloc(1, sizeof(*st));
     if (st == NULL)
         return PROVHSM_E_NOMEM;
-    st->kind = kind;
 
     err = provhsm_store_open(cfg, &store);
     if (err == PROVHSM_E_NOT_FOUND && kind == PROVHSM_KIND_SYMMETRIC) {

@@ -23,10 +23,13 @@
  */
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "front.h"
@@ -151,7 +154,6 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
     provhsm_err err = PROVHSM_OK;
     TPM2B_AUTH *auth = provhsm_secure_alloc(sizeof(*auth));
     char *text = NULL;
-    FILE *f = NULL;
 
     if (auth == NULL)
         return PROVHSM_E_NOMEM;
@@ -161,18 +163,34 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
             err = PROVHSM_E_NOMEM;
             goto cleanup;
         }
-        f = fopen(file, "rb");
-        if (f == NULL) {
+        /* the same rules as the store's passphrase file: ours, 0600 or stricter, a file */
+        int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
+        struct stat sb;
+        if (fd < 0) {
             PH_ERR(MOD, "%s authorisation file %s: %s", what, file, strerror(errno));
             err = errno == ENOENT ? PROVHSM_E_NOT_FOUND : PROVHSM_E_IO;
             goto cleanup;
         }
-        setvbuf(f, NULL, _IONBF, 0); /* no stdio copy of the secret */
-        size_t n = fread(text, 1, AUTH_FILE_MAX + 1, f);
-        if (ferror(f) || n > AUTH_FILE_MAX) {
+        if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid() ||
+            (sb.st_mode & 077) != 0) {
+            PH_ERR(MOD,
+                   "%s authorisation file %s must be a regular file owned by uid %u with "
+                   "mode 0600 or stricter",
+                   what, file, (unsigned)geteuid());
+            close(fd);
+            err = PROVHSM_E_PERMISSION;
+            goto cleanup;
+        }
+        size_t n = 0;
+        ssize_t r = 0;
+        while (n <= AUTH_FILE_MAX &&
+               ((r = read(fd, text + n, AUTH_FILE_MAX + 1 - n)) > 0 || (r < 0 && errno == EINTR)))
+            n += r > 0 ? (size_t)r : 0;
+        close(fd);
+        if (r < 0 || n > AUTH_FILE_MAX) {
             PH_ERR(MOD, "%s authorisation file %s: unreadable or longer than %d bytes", what, file,
                    AUTH_FILE_MAX);
-            err = ferror(f) ? PROVHSM_E_IO : PROVHSM_E_CONFIG;
+            err = r < 0 ? PROVHSM_E_IO : PROVHSM_E_CONFIG;
             goto cleanup;
         }
         err = parse_auth(text, n, file, auth);
@@ -191,8 +209,6 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
     auth = NULL;
 
 cleanup:
-    if (f != NULL)
-        fclose(f);
     provhsm_secure_free(text);
     provhsm_secure_free(auth);
     return err;

@@ -117,11 +117,6 @@ void provhsm_free_wiped(void *p, size_t len)
     free(p);
 }
 
-int provhsm_memcmp_ct(const void *a, const void *b, size_t len)
-{
-    return CRYPTO_memcmp(a, b, len);
-}
-
 void provhsm_free_secret(char *secret)
 {
     provhsm_free_wiped_string(secret);

@@ -31,7 +31,4 @@ void provhsm_free_wiped_string(char *s);
 /* Wipes a plain malloc'd buffer of known size and frees it. */
 void provhsm_free_wiped(void *p, size_t len);
 
-/* Constant-time comparison: 0 when equal. */
-int provhsm_memcmp_ct(const void *a, const void *b, size_t len);
-
 #endif

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "backend.h"
@@ -189,6 +190,10 @@ static void test_hierarchy_authorisations(void **state)
     fputs("ownerpass\n", fp);
     fclose(fp);
     snprintf(cfg.owner_auth_file, sizeof(cfg.owner_auth_file), "%s", auth_file);
+    /* an authorisation file others can read is refused before any TPM command */
+    assert_int_equal(chmod(auth_file, 0644), 0);
+    assert_int_equal(be->open(&cfg, PROVHSM_KIND_TPM, &st), PROVHSM_E_PERMISSION);
+    assert_int_equal(chmod(auth_file, 0600), 0);
     snprintf(cfg.endorsement_auth_env, sizeof(cfg.endorsement_auth_env), "PROVHSM_TEST_EH_AUTH");
     setenv("PROVHSM_TEST_EH_AUTH", "hex:0102ff", 1);
     assert_int_equal(be->open(&cfg, PROVHSM_KIND_TPM, &st), PROVHSM_E_TPM);

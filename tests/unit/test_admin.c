@@ -16,6 +16,7 @@
 #include <cmocka.h>
 
 #include "backend.h"
+#include "hsm_client_data.h"
 #include "log.h"
 
 static struct {
@@ -217,12 +218,62 @@ static void log_level_follows_a_reread_file(void **state)
     rmdir(dir);
 }
 
+/* Administration against a real store in a temporary directory (no mock backend). */
+static void pending_key_lifecycle(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/provhsm-admin-XXXXXX", path[128], *csr = NULL, *cert = NULL;
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof(path), "%s/store", dir);
+    setenv("PROVHSM_STORE", path, 1);
+    setenv("PROVHSM_CONFIG", "/dev/null", 1);
+    provhsm_backend_test_override = NULL;
+    assert_int_equal(provhsm_store_init(), PROVHSM_OK);
+
+    /* a self-signed identity, then a CSR: the working identity stays until import */
+    assert_int_equal(provhsm_x509_generate("dev-a", PROVHSM_KEY_EC_P256, 10, 0, &cert), PROVHSM_OK);
+    assert_int_equal(provhsm_x509_generate("dev-b", PROVHSM_KEY_EC_P256, 0, 0, &csr), PROVHSM_OK);
+    assert_non_null(strstr(csr, "CERTIFICATE REQUEST"));
+    const HSM_CLIENT_X509_INTERFACE *x = hsm_client_x509_interface();
+    HSM_CLIENT_HANDLE h = x->hsm_client_x509_create();
+    assert_non_null(h);
+    char *cn = x->hsm_client_get_common_name(h);
+    assert_string_equal(cn, "dev-a");
+    free(cn);
+    x->hsm_client_x509_destroy(h);
+
+    /* a certificate for neither stored key is refused */
+    char *other = NULL;
+    assert_int_equal(provhsm_x509_generate("dev-c", PROVHSM_KEY_EC_P256, 10, 1, &other),
+                     PROVHSM_OK);
+    /* that replaced dev-a; the pending key for dev-b is still there */
+    assert_int_equal(provhsm_identity_remove("x509"), PROVHSM_OK);
+    /* removed both the identity and the pending key: nothing left to remove */
+    assert_int_equal(provhsm_identity_remove("x509"), PROVHSM_E_NOT_FOUND);
+    assert_null(x->hsm_client_x509_create());
+
+    /* only a pending key: remove takes it away and succeeds */
+    free(csr);
+    csr = NULL;
+    assert_int_equal(provhsm_x509_generate("dev-d", PROVHSM_KEY_EC_P256, 0, 0, &csr), PROVHSM_OK);
+    assert_int_equal(provhsm_identity_remove("x509"), PROVHSM_OK);
+    assert_int_equal(provhsm_identity_remove("x509"), PROVHSM_E_NOT_FOUND);
+
+    free(csr);
+    free(cert);
+    free(other);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(tpm_token_and_its_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(symmetric_token_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(log_level_follows_a_reread_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(pending_key_lifecycle, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -339,7 +339,16 @@ void custom_hsm_destroy(HSM_CLIENT_HANDLE handle)
         }                                                                                          \
     } while (0)
 
-static char *get_string(HSM_CLIENT_HANDLE handle, provhsm_kind kind, int which)
+/* The string getters of the X.509 and key tables. */
+typedef enum string_op {
+    GET_CERTIFICATE,
+    GET_ALIAS_KEY,
+    GET_COMMON_NAME,
+    GET_SYMMETRIC_KEY,
+    GET_REGISTRATION_ID
+} string_op;
+
+static char *get_string(HSM_CLIENT_HANDLE handle, provhsm_kind kind, string_op which)
 {
     char *result = NULL;
     provhsm_err err = PROVHSM_OK;
@@ -348,23 +357,23 @@ static char *get_string(HSM_CLIENT_HANDLE handle, provhsm_kind kind, int which)
         return NULL;
     pthread_mutex_lock(&h->lock);
     switch (which) {
-    case 0:
+    case GET_CERTIFICATE:
         SLOT_OR_FAIL(h, x509_certificate, "get_certificate");
         err = h->backend->x509_certificate(h->state, &result);
         break;
-    case 1:
+    case GET_ALIAS_KEY:
         SLOT_OR_FAIL(h, x509_alias_key, "get_alias_key");
         err = h->backend->x509_alias_key(h->state, &result);
         break;
-    case 2:
+    case GET_COMMON_NAME:
         SLOT_OR_FAIL(h, x509_common_name, "get_common_name");
         err = h->backend->x509_common_name(h->state, &result);
         break;
-    case 3:
+    case GET_SYMMETRIC_KEY:
         SLOT_OR_FAIL(h, symmetric_key, "get_symmetric_key");
         err = h->backend->symmetric_key(h->state, &result);
         break;
-    default:
+    case GET_REGISTRATION_ID:
         SLOT_OR_FAIL(h, registration_id, "get_registration_name");
         err = h->backend->registration_id(h->state, &result);
         break;
@@ -376,27 +385,27 @@ out:
 
 char *custom_hsm_get_certificate(HSM_CLIENT_HANDLE handle)
 {
-    return get_string(handle, PROVHSM_KIND_X509, 0);
+    return get_string(handle, PROVHSM_KIND_X509, GET_CERTIFICATE);
 }
 
 char *custom_hsm_get_alias_key(HSM_CLIENT_HANDLE handle)
 {
-    return get_string(handle, PROVHSM_KIND_X509, 1);
+    return get_string(handle, PROVHSM_KIND_X509, GET_ALIAS_KEY);
 }
 
 char *custom_hsm_get_common_name(HSM_CLIENT_HANDLE handle)
 {
-    return get_string(handle, PROVHSM_KIND_X509, 2);
+    return get_string(handle, PROVHSM_KIND_X509, GET_COMMON_NAME);
 }
 
 char *hsm_client_get_symmetric_key(HSM_CLIENT_HANDLE handle)
 {
-    return get_string(handle, PROVHSM_KIND_SYMMETRIC, 3);
+    return get_string(handle, PROVHSM_KIND_SYMMETRIC, GET_SYMMETRIC_KEY);
 }
 
 char *hsm_client_get_registration_name(HSM_CLIENT_HANDLE handle)
 {
-    return get_string(handle, PROVHSM_KIND_SYMMETRIC, 4);
+    return get_string(handle, PROVHSM_KIND_SYMMETRIC, GET_REGISTRATION_ID);
 }
 
 /*

@@ -58,6 +58,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
@@ -1060,6 +1061,21 @@ provhsm_err provhsm_store_create(const provhsm_config *cfg)
     rc = prepare_store_dir(cfg->store_dir, &dirfd);
     if (rc != PROVHSM_OK)
         return rc;
+    /*
+     * Two creates at once must not interleave their check entry and header: the lock on
+     * the directory serialises them (it goes with the descriptor), and the loser then
+     * finds the winner's header.
+     */
+    if (flock(dirfd, LOCK_EX) != 0) {
+        PH_ERR(MOD, "cannot lock store directory %s: %s", cfg->store_dir, strerror(errno));
+        close(dirfd);
+        return PROVHSM_E_IO;
+    }
+    if (faccessat(dirfd, META_NAME, F_OK, AT_SYMLINK_NOFOLLOW) == 0) {
+        PH_ERR(MOD, "a store exists already in %s", cfg->store_dir);
+        close(dirfd);
+        return PROVHSM_E_EXISTS;
+    }
     key = provhsm_secure_alloc(STORE_KEY_LEN);
     if (key == NULL) {
         PH_ERR(MOD, "out of memory");

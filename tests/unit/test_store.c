@@ -9,6 +9,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <cmocka.h>
 
@@ -1170,10 +1171,51 @@ static void test_format_layout(void **state)
     free(meta);
 }
 
+/* Several creates at once (threads here; processes alike): one store, one winner. */
+typedef struct create_race {
+    const provhsm_config *cfg;
+    provhsm_err result;
+} create_race;
+
+static void *race_create(void *arg)
+{
+    create_race *r = arg;
+    r->result = provhsm_store_create(r->cfg);
+    return NULL;
+}
+
+static void test_concurrent_create(void **state)
+{
+    fixture *fx = *state;
+    enum { RACERS = 4 };
+    pthread_t th[RACERS];
+    create_race r[RACERS];
+    setenv(PASS_ENV, "race passphrase", 1);
+    for (int i = 0; i < RACERS; i++) {
+        r[i].cfg = &fx->cfg;
+        r[i].result = PROVHSM_E__COUNT;
+        assert_int_equal(pthread_create(&th[i], NULL, race_create, &r[i]), 0);
+    }
+    int ok = 0;
+    for (int i = 0; i < RACERS; i++) {
+        assert_int_equal(pthread_join(th[i], NULL), 0);
+        if (r[i].result == PROVHSM_OK)
+            ok++;
+        else
+            assert_int_equal(r[i].result, PROVHSM_E_EXISTS);
+    }
+    assert_int_equal(ok, 1);
+    /* the store the winner made opens with the passphrase */
+    provhsm_store *st = NULL;
+    assert_int_equal(provhsm_store_open(&fx->cfg, &st), PROVHSM_OK);
+    provhsm_store_close(st);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_round_trip_key_file, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrent_create, setup, teardown),
         cmocka_unit_test_setup_teardown(test_size_limit, setup, teardown),
         cmocka_unit_test_setup_teardown(test_round_trip_passphrase, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_passphrase, setup, teardown),

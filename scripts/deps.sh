@@ -10,7 +10,7 @@ packages=(
     libcmocka-dev
     libtss2-dev swtpm swtpm-tools tpm2-tools
     clang libclang-rt-14-dev
-    valgrind python3
+    valgrind python3 cppcheck clang-format
 )
 
 check_only=0

@@ -11,6 +11,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.." || exit 1
 jobs=${JOBS:-2}
 stages=()
+ctest_log=$(mktemp)
+trap 'rm -f "$ctest_log"' EXIT
 results=()
 times=()
 failed=0
@@ -46,7 +48,7 @@ configure_build() { # DIR CMAKE-ARGS...
 
 stage_plain() {
     configure_build build -DCMAKE_BUILD_TYPE=RelWithDebInfo &&
-        ctest --test-dir build --output-on-failure -j "$jobs" --timeout 1200
+        ctest --test-dir build --output-on-failure -j "$jobs" --timeout 1200 | tee -a "$ctest_log"
 }
 
 stage_asan() {
@@ -54,14 +56,15 @@ stage_asan() {
         -DPROVHSM_SANITIZE=address,undefined -DPROVHSM_BUILD_BENCH=OFF &&
         ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:strict_string_checks=1} \
             UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1} \
-            ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 1200 -LE noasan
+            ctest --test-dir build-asan --output-on-failure -j "$jobs" --timeout 1200 -LE noasan |
+            tee -a "$ctest_log"
 }
 
 stage_fuzz() {
     CC=clang configure_build build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
         -DPROVHSM_FUZZ=ON -DPROVHSM_BUILD_BENCH=OFF &&
         ctest --test-dir build-fuzz --output-on-failure -j "$jobs" -R '^fuzz\.' \
-            --no-tests=error
+            --no-tests=error | tee -a "$ctest_log"
 }
 
 run_stage "dependencies" bash scripts/deps.sh --check
@@ -77,8 +80,23 @@ banner "summary"
 for i in "${!stages[@]}"; do
     printf '  %-55s %-14s %s\n' "${stages[$i]}" "${results[$i]}" "${times[$i]}"
 done
+# one closing count over the three ctest runs ("N tests failed out of T" each)
+total=0
+bad=0
+while read -r line; do
+    if [[ $line =~ tests\ passed,\ ([0-9]+)\ tests?\ failed\ out\ of\ ([0-9]+) ]]; then
+        bad=$((bad + BASH_REMATCH[1]))
+        total=$((total + BASH_REMATCH[2]))
+    fi
+done <"$ctest_log"
+passed=$((total - bad))
+if ((failed && bad == 0)); then
+    bad=1 # a stage failed outside ctest (configure or build)
+fi
 if ((failed)); then
     echo "make test: FAILED"
+    echo "tests: $passed passed, $bad failed"
     exit 1
 fi
 echo "make test: all stages passed"
+echo "tests: $passed passed, $bad failed"

@@ -181,6 +181,8 @@ section "a SAS token for the provisioning service, valid one hour"
 run "$tool" sas-token --scope "0ne00000000/registrations/demo-device-sym" --expiry 3600
 
 section "the SDK's view: examples/sdk_walkthrough"
+echo "(no TPM is configured yet, so the TPM table's create fails with a log line, as it"
+echo " would in the SDK; the TPM section below runs the walkthrough again on a swtpm)"
 walkthrough=$(walkthrough_binary)
 run "$walkthrough" 0ne00000000
 

@@ -33,12 +33,12 @@ fi
 
 echo "deps: missing: ${missing[*]}"
 if ((check_only)); then
-    echo "deps: run 'make deps' (as root) or: sudo apt-get install -y ${missing[*]}" >&2
+    echo "deps: run 'make deps' as root, or as root: apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
 fi
 if [[ $(id -u) -ne 0 ]]; then
-    echo "deps: not root; install them with:" >&2
-    echo "  sudo apt-get install -y ${missing[*]}" >&2
+    echo "deps: not root; as root (for example through sudo), run:" >&2
+    echo "  apt-get update && apt-get install -y --no-install-recommends ${missing[*]}" >&2
     exit 1
 fi
 

@@ -24,6 +24,7 @@
 #include <openssl/evp.h>
 #include <openssl/rand.h>
 
+#include "bench_stats.h"
 #include "hsm_client_data.h"
 #include "provhsm/provhsm.h"
 #include "sas.h"
@@ -46,19 +47,6 @@ typedef struct bench_ctx {
 } bench_ctx;
 
 typedef int (*bench_op)(bench_ctx *ctx);
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 /* ---- the operations, each returning 0 on success ---------------------------------- */
 
@@ -186,17 +174,15 @@ static result measure(bench_ctx *c, bench_op op, int runs, double *samples)
         }
     }
     for (int i = 0; i < runs; i++) {
-        double t0 = now_us();
+        double t0 = bench_now_us();
         int rc = op(c);
-        samples[i] = now_us() - t0;
+        samples[i] = bench_now_us() - t0;
         if (rc != 0) {
             c->failed = 1;
             return r;
         }
     }
-    qsort(samples, (size_t)runs, sizeof(double), cmp_double);
-    r.median = runs % 2 ? samples[runs / 2] : (samples[runs / 2 - 1] + samples[runs / 2]) / 2;
-    r.p90 = samples[(size_t)((double)(runs - 1) * 0.9)];
+    bench_stats(samples, runs, &r.median, &r.p90);
     return r;
 }
 

@@ -18,6 +18,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bench_stats.h"
 #include "hsm_client_data.h"
 #include "provhsm/provhsm.h"
 #include "swtpm_fixture.h"
@@ -44,19 +45,6 @@ typedef struct bench_row {
     bench_op prepare;  /* untimed, before each run; may be NULL */
     long max_commands; /* the budget; -1 = none */
 } bench_row;
-
-static double now_us(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (double)ts.tv_sec * 1e6 + (double)ts.tv_nsec / 1e3;
-}
-
-static int cmp_double(const void *a, const void *b)
-{
-    double x = *(const double *)a, y = *(const double *)b;
-    return (x > y) - (x < y);
-}
 
 static int read_whole(const char *dir, const char *name, unsigned char **out, size_t *len)
 {
@@ -162,9 +150,9 @@ static int run_row(bench_ctx *c, const bench_row *row, int runs, double *samples
             return 1;
         }
         uint64_t before = provhsm_tpm_commands_total();
-        double t0 = now_us();
+        double t0 = bench_now_us();
         int rc = row->op(c);
-        samples[i] = now_us() - t0;
+        samples[i] = bench_now_us() - t0;
         uint64_t cmds = provhsm_tpm_commands_total() - before;
         if (rc != 0) {
             printf("%-44s FAILED (run %d)\n", row->name, i + 1);
@@ -175,7 +163,8 @@ static int run_row(bench_ctx *c, const bench_row *row, int runs, double *samples
         if (cmds > max_cmds)
             max_cmds = cmds;
     }
-    qsort(samples, (size_t)runs, sizeof(double), cmp_double);
+    double median, p90;
+    bench_stats(samples, runs, &median, &p90);
     char cmds[32], target[32];
     if (min_cmds == max_cmds)
         snprintf(cmds, sizeof(cmds), "%llu", (unsigned long long)max_cmds);
@@ -187,8 +176,7 @@ static int run_row(bench_ctx *c, const bench_row *row, int runs, double *samples
         snprintf(target, sizeof(target), "<= %ld  %s", row->max_commands, over ? "FAIL" : "PASS");
     else
         snprintf(target, sizeof(target), "-");
-    printf("%-44s %10.0f %10.0f %9s   %s\n", row->name, samples[runs / 2], samples[(runs * 9) / 10],
-           cmds, target);
+    printf("%-44s %10.0f %10.0f %9s   %s\n", row->name, median, p90, cmds, target);
     return over;
 }
 

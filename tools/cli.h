@@ -132,6 +132,12 @@ typedef struct provhsm_cli_buf {
 void provhsm_cli_buf_add(provhsm_cli_buf *b, const char *s, size_t n);
 void provhsm_cli_buf_puts(provhsm_cli_buf *b, const char *s);
 void provhsm_cli_buf_printf(provhsm_cli_buf *b, const char *fmt, ...) PROVHSM_CLI_PRINTF(2, 3);
+/*
+ * Appends s for a reader at a terminal: C0 and C1 control characters, DEL and bytes that
+ * are not UTF-8 become "\xNN", so a name taken from a certificate or the store cannot
+ * forge output lines or send escape sequences. (JSON output escapes on its own.)
+ */
+void provhsm_cli_buf_text(provhsm_cli_buf *b, const char *s);
 /* Writes the buffer to stdout; returns 0, or 1 (reported) on a write or allocation error. */
 int provhsm_cli_buf_flush(provhsm_cli_buf *b);
 /* Wipes and frees. */

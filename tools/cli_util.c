@@ -338,6 +338,7 @@ void provhsm_cli_buf_printf(provhsm_cli_buf *b, const char *fmt, ...)
         OPENSSL_cleanse(small, sizeof(small));
         return;
     }
+    OPENSSL_cleanse(small, sizeof(small)); /* the start of a long token or key */
     if (buf_reserve(b, (size_t)n) != 0)
         return;
     va_start(ap, fmt);
@@ -448,6 +449,27 @@ static void json_string(provhsm_cli_buf *b, const char *s)
         n--;
     }
     provhsm_cli_buf_add(b, "\"", 1);
+}
+
+void provhsm_cli_buf_text(provhsm_cli_buf *b, const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s);
+
+    while (n > 0) {
+        size_t len = *p >= 0x80 ? utf8_len(p, n) : 1;
+        if (len == 0 || *p < 0x20 || *p == 0x7f || (*p == 0xc2 && p[1] < 0xa0)) {
+            /* a C1 control (U+0080..U+009F) is 0xc2 0x80..0x9f */
+            size_t bad = len == 0 ? 1 : len;
+            for (size_t i = 0; i < bad; i++)
+                provhsm_cli_buf_printf(b, "\\x%02X", p[i]);
+            len = bad;
+        } else {
+            provhsm_cli_buf_add(b, (const char *)p, len);
+        }
+        p += len;
+        n -= len;
+    }
 }
 
 static void json_member(provhsm_cli_json *j, const char *key)
@@ -695,6 +717,11 @@ int provhsm_cli_read_secret_line(char *buf, size_t buflen)
         }
         if (got == 0 || c == '\n')
             break;
+        if (c == '\0') {
+            /* a key cut short at the NUL would be stored without a word */
+            OPENSSL_cleanse(buf, buflen);
+            return provhsm_cli_error("the line on standard input contains a NUL byte");
+        }
         if (n + 1 >= buflen) {
             OPENSSL_cleanse(buf, buflen);
             OPENSSL_cleanse(&c, sizeof(c));

@@ -217,20 +217,27 @@ static void info_json(provhsm_cli_buf *out, const char *store_dir, attestation_i
     provhsm_cli_json_end(&j);
 }
 
+/* value may come from a certificate or the store: written through provhsm_cli_buf_text */
 static void info_line(provhsm_cli_buf *out, const char *label, const char *value,
                       const char *suffix)
 {
-    provhsm_cli_buf_printf(out, "  %-20s %s%s\n", label, value, suffix != NULL ? suffix : "");
+    provhsm_cli_buf_printf(out, "  %-20s ", label);
+    provhsm_cli_buf_text(out, value);
+    provhsm_cli_buf_printf(out, "%s\n", suffix != NULL ? suffix : "");
 }
 
 static void info_text(provhsm_cli_buf *out, const char *store_dir, attestation_info *atts, size_t n)
 {
-    provhsm_cli_buf_printf(out, "store: %s\n", store_dir);
+    provhsm_cli_buf_puts(out, "store: ");
+    provhsm_cli_buf_text(out, store_dir);
+    provhsm_cli_buf_puts(out, "\n");
     for (size_t i = 0; i < n; i++) {
         attestation_info *a = &atts[i];
         provhsm_cli_buf_printf(out, "\n%s (backend: %s)\n", a->name, a->backend);
         if (!a->present) {
-            provhsm_cli_buf_printf(out, "  %-20s none (%s)\n", "identity:", a->reason);
+            provhsm_cli_buf_printf(out, "  %-20s none (", "identity:");
+            provhsm_cli_buf_text(out, a->reason);
+            provhsm_cli_buf_puts(out, ")\n");
             continue;
         }
         info_line(out, "identity:", "present", NULL);
@@ -249,9 +256,11 @@ static void info_text(provhsm_cli_buf *out, const char *store_dir, attestation_i
         if (strcmp(a->name, "tpm") == 0) {
             if (a->activated)
                 info_line(out, "identity key:", "activated", NULL);
-            else
-                provhsm_cli_buf_printf(out, "  %-20s not activated (%s)\n",
-                                       "identity key:", a->activation_reason);
+            else {
+                provhsm_cli_buf_printf(out, "  %-20s not activated (", "identity key:");
+                provhsm_cli_buf_text(out, a->activation_reason);
+                provhsm_cli_buf_puts(out, ")\n");
+            }
         }
     }
 }

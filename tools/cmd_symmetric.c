@@ -25,10 +25,11 @@ static int take_secret(const provhsm_cli_opt *o, char **argv, char *buf, size_t 
     if (strcmp(o->value, "-") == 0)
         return provhsm_cli_read_secret_line(buf, buflen);
     n = strlen(o->value);
+    if (n + 1 <= buflen)
+        memcpy(buf, o->value, n + 1);
+    OPENSSL_cleanse(argv[o->value_index], strlen(argv[o->value_index]));
     if (n + 1 > buflen)
         return provhsm_cli_error("the value of --%s is too long", o->name);
-    memcpy(buf, o->value, n + 1);
-    OPENSSL_cleanse(argv[o->value_index], strlen(argv[o->value_index]));
     return 0;
 }
 

@@ -49,8 +49,11 @@ static void describe_cert(provhsm_cli_buf *out, const provhsm_cli_cert_info *ci,
         provhsm_cli_json_int(j, "chain_length", ci->count);
         return;
     }
-    provhsm_cli_buf_printf(out, "subject:             %s\n", ci->subject);
-    provhsm_cli_buf_printf(out, "issuer:              %s\n", ci->issuer);
+    provhsm_cli_buf_puts(out, "subject:             ");
+    provhsm_cli_buf_text(out, ci->subject);
+    provhsm_cli_buf_puts(out, "\nissuer:              ");
+    provhsm_cli_buf_text(out, ci->issuer);
+    provhsm_cli_buf_puts(out, "\n");
     provhsm_cli_buf_printf(out, "not after:           %s%s\n", ci->not_after,
                            ci->expired ? " (EXPIRED)" : "");
     provhsm_cli_buf_printf(out, "SHA-256 fingerprint: %s\n", ci->fingerprint);
@@ -78,16 +81,37 @@ static int write_all(int fd, const char *text, size_t len)
 /*
  * Opens the CSR output before the key is generated, so an unwritable path fails before
  * the store changes. *created tells whether the file is new (removed again on failure).
+ * An existing file is reused only when it is a plain file with one link, opened without
+ * following a symbolic link: the tool often runs as root in a shared directory, and the
+ * file is later truncated and set to 0644, which must not reach another file through a
+ * planted link (nor block on a FIFO).
  */
 static int open_csr_file(const char *path, int *fd_out, int *created)
 {
-    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+    struct stat st;
+    int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0644);
 
     *created = fd >= 0;
-    if (fd < 0 && errno == EEXIST)
-        fd = open(path, O_WRONLY | O_CLOEXEC);
-    if (fd < 0)
+    if (fd >= 0) {
+        *fd_out = fd;
+        return 0;
+    }
+    if (errno == EEXIST)
+        fd = open(path, O_WRONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) {
+        if (errno == ELOOP)
+            return provhsm_cli_error("cannot write %s: it is a symbolic link", path);
+        if (errno == ENXIO) /* a FIFO without a reader */
+            return provhsm_cli_error("cannot write %s: not a regular file (use '-' for stdout)",
+                                     path);
         return provhsm_cli_error("cannot open %s for writing: %s", path, strerror(errno));
+    }
+    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink != 1) {
+        close(fd);
+        return provhsm_cli_error("cannot write %s: not a regular file with a single link "
+                                 "(use '-' for stdout)",
+                                 path);
+    }
     *fd_out = fd;
     return 0;
 }
@@ -212,8 +236,9 @@ int provhsm_cli_cmd_x509_generate(const provhsm_cli_cmd *cmd, int argc, char **a
         } else if (strcmp(csr_path, "-") == 0) {
             provhsm_cli_buf_puts(&out, pem);
         } else {
-            provhsm_cli_buf_printf(&out, "wrote the certificate request for %s to %s\n", cn,
-                                   csr_path);
+            provhsm_cli_buf_puts(&out, "wrote the certificate request for ");
+            provhsm_cli_buf_text(&out, cn);
+            provhsm_cli_buf_printf(&out, " to %s\n", csr_path);
         }
     } else {
         if (provhsm_cli_cert_summary(pem, &ci) != 0) {
@@ -224,8 +249,9 @@ int provhsm_cli_cmd_x509_generate(const provhsm_cli_cmd *cmd, int argc, char **a
         if (json) {
             provhsm_cli_json_str(&j, "key_type", label);
         } else {
-            provhsm_cli_buf_printf(&out, "generated X.509 identity %s (%s, self-signed)\n", cn,
-                                   label);
+            provhsm_cli_buf_puts(&out, "generated X.509 identity ");
+            provhsm_cli_buf_text(&out, cn);
+            provhsm_cli_buf_printf(&out, " (%s, self-signed)\n", label);
         }
         describe_cert(&out, &ci, json, &j);
     }
@@ -313,16 +339,17 @@ int provhsm_cli_cmd_x509_import(const provhsm_cli_cmd *cmd, int argc, char **arg
         describe_cert(&out, &ci, 1, &j);
         provhsm_cli_json_end(&j);
     } else {
-        provhsm_cli_buf_printf(&out, "imported X.509 identity %s%s\n",
-                               ci.common_name != NULL ? ci.common_name : "",
-                               key != NULL ? " with its key" : "");
+        provhsm_cli_buf_puts(&out, "imported X.509 identity ");
+        provhsm_cli_buf_text(&out, ci.common_name != NULL ? ci.common_name : "");
+        provhsm_cli_buf_puts(&out, key != NULL ? " with its key\n" : "\n");
         describe_cert(&out, &ci, 0, NULL);
     }
     rc = provhsm_cli_buf_flush(&out);
 cleanup:
     provhsm_cli_cert_info_free(&ci);
     provhsm_cli_buf_free(&out);
-    free(chain);
+    /* a chain file given by mistake may also hold the private key */
+    provhsm_cli_free_wiped(chain, chain_len + 1);
     provhsm_cli_free_wiped(key, key_len + 1);
     return rc;
 }

@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <openssl/bio.h>
@@ -702,7 +703,31 @@ cleanup:
     return rc;
 }
 
+/*
+ * A key typed at a terminal must not show on the screen: echo is off while the line is
+ * read, and back as it was afterwards (also on error).
+ */
+static int read_secret_line_raw(char *buf, size_t buflen);
+
 int provhsm_cli_read_secret_line(char *buf, size_t buflen)
+{
+    struct termios saved, quiet;
+    int tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+    if (tty) {
+        quiet = saved;
+        quiet.c_lflag &= ~(tcflag_t)ECHO;
+        quiet.c_lflag |= ECHONL;
+        fputs("key (not echoed): ", stderr);
+        fflush(stderr);
+        tty = tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) == 0;
+    }
+    int rc = read_secret_line_raw(buf, buflen);
+    if (tty)
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    return rc;
+}
+
+static int read_secret_line_raw(char *buf, size_t buflen)
 {
     size_t n = 0;
 

@@ -936,13 +936,39 @@ print(base64.b32encode(hashlib.sha256(ek).digest()).decode().lower().rstrip("=")
     fi
 }
 
+# A key typed at a terminal (`--key -`) is not echoed. script(1) gives the tool a pty;
+# the key must not come back in what the terminal shows, and it must be stored.
+t_tty_key_not_echoed() {
+    local key
+    if ! command -v script >/dev/null 2>&1; then
+        echo "note: no script(1); the terminal case is not run"
+        return 0
+    fi
+    expect_ok init
+    key=$(randkey 32)
+    (
+        sleep 0.5
+        printf '%s\n' "$key"
+    ) | script -qec "'$TOOL' symmetric set --registration-id tty-dev --key -" /dev/null \
+        >"$CASE/tty.txt" 2>&1 || fail "symmetric set on a terminal failed: $(cat "$CASE/tty.txt")"
+    grep -q "stored symmetric identity for tty-dev" "$CASE/tty.txt" ||
+        fail "no confirmation on the terminal: $(cat "$CASE/tty.txt")"
+    if grep -qF "$key" "$CASE/tty.txt"; then
+        fail "the key was echoed on the terminal"
+    fi
+    info_json
+    expect_eq "symmetric.registration_id" "$(jget "$CASE/info.json" symmetric.registration_id)" \
+        tty-dev
+}
+
 # ---- driver ----------------------------------------------------------------------------
 
 CASES=(t_help t_usage_errors t_init_twice t_config_option t_x509_self_signed t_x509_force
     t_store_no_cleartext t_csr_chain t_csr_stdout t_csr_no_store t_import_mismatch
     t_import_no_cn t_import_expired t_json_escaping t_symmetric_invalid t_symmetric_stdin
     t_derive t_sas_symmetric t_sas_errors t_csr_file_safety t_stdin_secret_edges
-    t_text_output_controls t_integer_limits t_export_identity_remove t_info_empty t_tpm_absent)
+    t_text_output_controls t_integer_limits t_export_identity_remove t_info_empty t_tpm_absent
+    t_tty_key_not_echoed)
 if [ "${PROVHSM_TEST_WITH_TPM:-1}" = 0 ]; then
     echo "note: the library was built without TPM support: only the TPM-absent case runs"
 elif [ -n "${PROVHSM_TEST_TCTI:-}" ]; then

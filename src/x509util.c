@@ -18,6 +18,7 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/err.h>
+#include <openssl/decoder.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
@@ -326,6 +327,32 @@ provhsm_err provhsm_x509_key_from_pem(const char *pem, EVP_PKEY **out)
 cleanup:
     BIO_free(bio);
     return err;
+}
+
+provhsm_err provhsm_x509_stored_key_from_pem(const char *pem, const char *key_type, EVP_PKEY **out)
+{
+    EVP_PKEY *key = NULL;
+    if (pem == NULL || key_type == NULL || out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    /*
+     * Naming the input exactly (PEM, PKCS#8, one key type) lets OpenSSL try one decoder
+     * instead of all of them: a third of the time of PEM_read_bio_PrivateKey, which is
+     * most of what an X.509 create costs.
+     */
+    OSSL_DECODER_CTX *dctx = OSSL_DECODER_CTX_new_for_pkey(&key, "PEM", "PrivateKeyInfo", key_type,
+                                                           OSSL_KEYMGMT_SELECT_KEYPAIR, NULL, NULL);
+    const unsigned char *data = (const unsigned char *)pem;
+    size_t len = strlen(pem);
+    int ok = dctx != NULL && OSSL_DECODER_from_data(dctx, &data, &len) == 1 && key != NULL;
+    OSSL_DECODER_CTX_free(dctx);
+    if (!ok) {
+        EVP_PKEY_free(key);
+        ERR_clear_error();
+        PH_ERR(MOD, "the stored private key is not an unencrypted PKCS#8 %s key", key_type);
+        return PROVHSM_E_MISMATCH;
+    }
+    *out = key;
+    return PROVHSM_OK;
 }
 
 /* ---- certificates and requests ------------------------------------------------ */

@@ -38,6 +38,15 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_key_to_pem(EVP_PKEY *key, char **pem
 /* Reads a PEM private key (PKCS#8 or traditional, unencrypted). */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_key_from_pem(const char *pem, EVP_PKEY **out);
 
+/*
+ * Reads a private key as the store keeps it (unencrypted PKCS#8 PEM) when its type is
+ * known, e.g. "EC" or "RSA" from the certificate's public key: much faster than
+ * provhsm_x509_key_from_pem(). A key of another type is PROVHSM_E_MISMATCH.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_from_pem(const char *pem,
+                                                                const char *key_type,
+                                                                EVP_PKEY **out);
+
 /* Self-signed certificate, CN=cn, valid from now for `days`, as malloc'd PEM. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_self_signed(EVP_PKEY *key, const char *cn, int days,
                                                         char **pem_out);

@@ -599,6 +599,36 @@ static void test_key_pem_round_trip(void **state)
     free(trad);
 }
 
+/* The store's fast path: PKCS#8 PEM of a known type. */
+static void test_stored_key_typed(void **state)
+{
+    keys *k = *state;
+    char *ec_pem = NULL, *rsa_pem = NULL;
+    EVP_PKEY *back = NULL;
+    assert_int_equal(provhsm_x509_key_to_pem(k->ec1, &ec_pem), PROVHSM_OK);
+    assert_int_equal(provhsm_x509_key_to_pem(k->rsa1, &rsa_pem), PROVHSM_OK);
+
+    assert_int_equal(provhsm_x509_stored_key_from_pem(ec_pem, "EC", &back), PROVHSM_OK);
+    assert_same_private_key(k->ec1, back);
+    EVP_PKEY_free(back);
+    back = NULL;
+    assert_int_equal(provhsm_x509_stored_key_from_pem(rsa_pem, "RSA", &back), PROVHSM_OK);
+    assert_same_private_key(k->rsa1, back);
+    EVP_PKEY_free(back);
+    back = NULL;
+
+    /* a key of another type than the certificate's is a mismatch, output untouched */
+    assert_int_equal(provhsm_x509_stored_key_from_pem(ec_pem, "RSA", &back), PROVHSM_E_MISMATCH);
+    assert_int_equal(provhsm_x509_stored_key_from_pem(rsa_pem, "EC", &back), PROVHSM_E_MISMATCH);
+    assert_int_equal(provhsm_x509_stored_key_from_pem("garbage", "EC", &back), PROVHSM_E_MISMATCH);
+    assert_null(back);
+    assert_int_equal(provhsm_x509_stored_key_from_pem(NULL, "EC", &back), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(provhsm_x509_stored_key_from_pem(ec_pem, NULL, &back), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(ERR_peek_error(), 0);
+    provhsm_secure_free(ec_pem);
+    provhsm_secure_free(rsa_pem);
+}
+
 static void test_key_from_pem_rejects(void **state)
 {
     keys *k = *state;
@@ -929,6 +959,7 @@ int main(void)
         cmocka_unit_test(test_parse_rejects),
         cmocka_unit_test(test_key_matches),
         cmocka_unit_test(test_generate_key_types),
+        cmocka_unit_test(test_stored_key_typed),
         cmocka_unit_test(test_key_pem_round_trip),
         cmocka_unit_test(test_key_from_pem_rejects),
         cmocka_unit_test(test_self_signed),

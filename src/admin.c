@@ -152,22 +152,18 @@ static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf, char 
     static const char *const entries[] = {PROVHSM_ENTRY_X509_PENDING, PROVHSM_ENTRY_X509};
     for (int i = 0; i < 2; i++) {
         provhsm_x509_identity id = {0};
-        EVP_PKEY *key = NULL;
         provhsm_err err = provhsm_identity_x509_load(st, entries[i], &id);
         if (err == PROVHSM_E_NOT_FOUND)
             continue;
         if (err != PROVHSM_OK)
             return err;
-        err = provhsm_x509_key_from_pem(id.key_pem, &key);
-        if (err == PROVHSM_OK && provhsm_x509_key_matches(key, leaf) == PROVHSM_OK) {
-            EVP_PKEY_free(key);
+        if (provhsm_x509_stored_key_matches(id.key_pem, leaf) == PROVHSM_OK) {
             *key_pem = id.key_pem;
             id.key_pem = NULL;
             *from_pending = i == 0;
             provhsm_identity_x509_clear(&id);
             return PROVHSM_OK;
         }
-        EVP_PKEY_free(key);
         provhsm_identity_x509_clear(&id);
     }
     PH_ERR(MOD, "the certificate does not match any key in the store (generate one with "

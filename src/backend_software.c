@@ -70,23 +70,17 @@ static void sw_close(void *p)
 static provhsm_err x509_validate(const provhsm_x509_identity *id, char **cn_out)
 {
     STACK_OF(X509) *chain = NULL;
-    EVP_PKEY *key = NULL;
     provhsm_err err = provhsm_x509_parse_chain(id->chain_pem, &chain);
     if (err != PROVHSM_OK)
         goto out;
     X509 *leaf = sk_X509_value(chain, 0);
-    const char *key_type = EVP_PKEY_get0_type_name(X509_get0_pubkey(leaf));
-    err = key_type != NULL ? provhsm_x509_stored_key_from_pem(id->key_pem, key_type, &key)
-                           : PROVHSM_E_MISMATCH;
-    if (err == PROVHSM_OK)
-        err = provhsm_x509_key_matches(key, leaf);
+    err = provhsm_x509_stored_key_matches(id->key_pem, leaf);
     if (err != PROVHSM_OK) {
         PH_ERR(MOD, "stored private key does not match the stored certificate");
         goto out;
     }
     err = provhsm_x509_common_name(leaf, cn_out);
 out:
-    EVP_PKEY_free(key);
     sk_X509_pop_free(chain, X509_free);
     return err;
 }

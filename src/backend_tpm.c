@@ -570,6 +570,8 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
     }
     wrap_key->size = cred->size;
     memcpy(wrap_key->buffer, cred->buffer, cred->size);
+    provhsm_secure_free(cred); /* one copy of the key, in the type Import takes */
+    cred = NULL;
 
     err = provhsm_tpm_import(tpm, st->link->srk, wrap_key, &blob->object_public, &blob->duplicate,
                              &blob->in_sym_seed, &aes128cfb, &priv);

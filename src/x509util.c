@@ -348,11 +348,26 @@ provhsm_err provhsm_x509_stored_key_from_pem(const char *pem, const char *key_ty
     if (!ok) {
         EVP_PKEY_free(key);
         ERR_clear_error();
-        PH_ERR(MOD, "the stored private key is not an unencrypted PKCS#8 %s key", key_type);
+        PH_DEBUG(MOD, "the stored private key is not an unencrypted PKCS#8 %s key", key_type);
         return PROVHSM_E_MISMATCH;
     }
     *out = key;
     return PROVHSM_OK;
+}
+
+provhsm_err provhsm_x509_stored_key_matches(const char *key_pem, X509 *cert)
+{
+    EVP_PKEY *key = NULL;
+    if (key_pem == NULL || cert == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    const char *key_type = EVP_PKEY_get0_type_name(X509_get0_pubkey(cert));
+    provhsm_err err = key_type != NULL ? provhsm_x509_stored_key_from_pem(key_pem, key_type, &key)
+                                       : PROVHSM_E_MISMATCH;
+    if (err == PROVHSM_OK)
+        err = EVP_PKEY_eq(key, X509_get0_pubkey(cert)) == 1 ? PROVHSM_OK : PROVHSM_E_MISMATCH;
+    EVP_PKEY_free(key);
+    ERR_clear_error();
+    return err;
 }
 
 /* ---- certificates and requests ------------------------------------------------ */

@@ -41,11 +41,18 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_key_from_pem(const char *pem, EVP_PK
 /*
  * Reads a private key as the store keeps it (unencrypted PKCS#8 PEM) when its type is
  * known, e.g. "EC" or "RSA" from the certificate's public key: much faster than
- * provhsm_x509_key_from_pem(). A key of another type is PROVHSM_E_MISMATCH.
+ * provhsm_x509_key_from_pem(). A key of another type is PROVHSM_E_MISMATCH (not logged).
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_from_pem(const char *pem,
                                                                 const char *key_type,
                                                                 EVP_PKEY **out);
+
+/*
+ * PROVHSM_OK when the stored key (unencrypted PKCS#8 PEM) is the private half of the
+ * certificate's public key, PROVHSM_E_MISMATCH otherwise. Logs nothing: a mismatch means
+ * different things to different callers, and they say which.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_matches(const char *key_pem, X509 *cert);
 
 /* Self-signed certificate, CN=cn, valid from now for `days`, as malloc'd PEM. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_self_signed(EVP_PKEY *key, const char *cn, int days,

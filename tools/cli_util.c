@@ -37,15 +37,20 @@ void provhsm_cli_cmd_name(const provhsm_cli_cmd *cmd, char *out, size_t outlen)
         snprintf(out, outlen, "%s", cmd->name);
 }
 
+/* "provhsm: <kind>: <message><suffix>\n" on stderr: every diagnostic has this shape. */
+static void report(const char *kind, const char *suffix, const char *fmt, va_list ap)
+{
+    fprintf(stderr, "provhsm: %s: ", kind);
+    vfprintf(stderr, fmt, ap);
+    fprintf(stderr, "%s\n", suffix);
+}
+
 int provhsm_cli_usage_error(const provhsm_cli_cmd *cmd, const char *fmt, ...)
 {
     va_list ap;
-
-    fputs("provhsm: error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    report("error", "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     if (cmd != NULL) {
         char name[64];
         provhsm_cli_cmd_name(cmd, name, sizeof(name));
@@ -59,36 +64,29 @@ int provhsm_cli_usage_error(const provhsm_cli_cmd *cmd, const char *fmt, ...)
 int provhsm_cli_error(const char *fmt, ...)
 {
     va_list ap;
-
-    fputs("provhsm: error: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    report("error", "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
     return PROVHSM_CLI_FAIL;
 }
 
 int provhsm_cli_fail(provhsm_err err, const char *fmt, ...)
 {
+    char suffix[128];
     va_list ap;
-
-    fputs("provhsm: error: ", stderr);
+    snprintf(suffix, sizeof(suffix), ": %s", provhsm_strerror(err));
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    report("error", suffix, fmt, ap);
     va_end(ap);
-    fprintf(stderr, ": %s\n", provhsm_strerror(err));
     return PROVHSM_CLI_FAIL;
 }
 
 void provhsm_cli_warn(const char *fmt, ...)
 {
     va_list ap;
-
-    fputs("provhsm: warning: ", stderr);
     va_start(ap, fmt);
-    vfprintf(stderr, fmt, ap);
+    report("warning", "", fmt, ap);
     va_end(ap);
-    fputc('\n', stderr);
 }
 
 int provhsm_cli_parse_u64(const char *text, uint64_t min, uint64_t max, uint64_t *out)

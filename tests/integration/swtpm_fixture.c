@@ -398,6 +398,21 @@ int provhsm_test_tpm_counts_get(const char *tcti, provhsm_test_tpm_counts *out)
     return ret;
 }
 
+int provhsm_test_tpm_counts_unchanged(const char *tcti, const provhsm_test_tpm_counts *before)
+{
+    provhsm_test_tpm_counts now;
+    if (provhsm_test_tpm_counts_get(tcti, &now) != 0)
+        return -1;
+    if (now.transient == before->transient && now.sessions == before->sessions &&
+        now.persistent == before->persistent)
+        return 0;
+    fprintf(stderr,
+            "TPM handles changed: transient %u -> %u, sessions %u -> %u, persistent %u -> %u\n",
+            (unsigned)before->transient, (unsigned)now.transient, (unsigned)before->sessions,
+            (unsigned)now.sessions, (unsigned)before->persistent, (unsigned)now.persistent);
+    return -1;
+}
+
 /* ---- log capture ---------------------------------------------------------------------- */
 
 static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;

@@ -63,6 +63,9 @@ typedef struct provhsm_test_tpm_counts {
 
 int provhsm_test_tpm_counts_get(const char *tcti, provhsm_test_tpm_counts *out);
 
+/* 0 when the counts behind tcti equal *before; else -1 with the differences on stderr. */
+int provhsm_test_tpm_counts_unchanged(const char *tcti, const provhsm_test_tpm_counts *before);
+
 /*
  * Captures the library's log lines (instead of stderr) from now on; lines are still
  * echoed to stderr when PROVHSM_TEST_VERBOSE is set. provhsm_test_log_seen() tells

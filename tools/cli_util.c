@@ -38,7 +38,11 @@ void provhsm_cli_cmd_name(const provhsm_cli_cmd *cmd, char *out, size_t outlen)
 }
 
 /* "provhsm: <kind>: <message><suffix>\n" on stderr: every diagnostic has this shape. */
-static void report(const char *kind, const char *suffix, const char *fmt, va_list ap)
+#if defined(__GNUC__) || defined(__clang__)
+__attribute__((format(printf, 3, 0)))
+#endif
+static void
+report(const char *kind, const char *suffix, const char *fmt, va_list ap)
 {
     fprintf(stderr, "provhsm: %s: ", kind);
     vfprintf(stderr, fmt, ap);

@@ -74,11 +74,13 @@ extern const provhsm_backend *const provhsm_backends[];
 /* Backend by configuration name, or NULL. */
 const provhsm_backend *provhsm_backend_find(const char *name);
 
+#ifdef PROVHSM_TEST_HOOKS
 /*
- * Test hook: when non-NULL, every lookup returns this backend, so unit tests can run
- * the front against a mock descriptor. Always NULL in production.
+ * Test hook (test build only): when non-NULL, every lookup returns this backend, so unit tests can
+ * run the front against a mock descriptor. Always NULL in production.
  */
 extern const provhsm_backend *provhsm_backend_test_override;
+#endif
 
 extern const provhsm_backend provhsm_backend_software;
 #ifdef PROVHSM_WITH_TPM

@@ -14,14 +14,18 @@ const provhsm_backend *const provhsm_backends[] = {
     NULL,
 };
 
+#ifdef PROVHSM_TEST_HOOKS
 const provhsm_backend *provhsm_backend_test_override;
+#endif
 
 const provhsm_backend *provhsm_backend_find(const char *name)
 {
     if (name == NULL)
         return NULL;
+#ifdef PROVHSM_TEST_HOOKS
     if (provhsm_backend_test_override != NULL)
         return provhsm_backend_test_override;
+#endif
     for (size_t i = 0; provhsm_backends[i] != NULL; i++)
         if (strcmp(provhsm_backends[i]->name, name) == 0)
             return provhsm_backends[i];

@@ -139,7 +139,12 @@ typedef struct store_meta {
     uint32_t r, p;
 } store_meta;
 
+#ifdef PROVHSM_TEST_HOOKS
 int provhsm_store_test_fail_before_rename = 0;
+#define FAIL_BEFORE_RENAME provhsm_store_test_fail_before_rename
+#else
+#define FAIL_BEFORE_RENAME 0
+#endif
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -459,7 +464,7 @@ static provhsm_err write_atomic(int dirfd, const char *dir_path, const char *nam
         rc = PROVHSM_E_IO;
         goto out;
     }
-    if (honour_hook && provhsm_store_test_fail_before_rename) {
+    if (honour_hook && FAIL_BEFORE_RENAME) {
         PH_ERR(MOD, "test hook: stopping before renaming the temp file over %s", path);
         tmp_made = 0; /* left behind, as a crash would */
         rc = PROVHSM_E_IO;

@@ -51,8 +51,10 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_remove(provhsm_store *st, const cha
 /* 1 if an entry file exists (no decryption), else 0. */
 int provhsm_store_has(provhsm_store *st, const char *name);
 
-/* Test hook: when set, provhsm_store_put stops after writing the temp file and before
- * the rename, returning PROVHSM_E_IO, as a crash there would. */
+#ifdef PROVHSM_TEST_HOOKS
+/* Test hook (test build only): when set, provhsm_store_put stops after writing the temp file and
+ * before the rename, returning PROVHSM_E_IO, as a crash there would. */
 extern int provhsm_store_test_fail_before_rename;
+#endif
 
 #endif

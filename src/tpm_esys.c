@@ -62,8 +62,10 @@ struct provhsm_tpm {
 };
 
 static atomic_uint_fast64_t commands_total;
+#ifdef PROVHSM_TEST_HOOKS
 static atomic_uint_fast64_t fail_at; /* process-wide command number to fake, 0 = none */
 static atomic_uint_fast32_t fail_rc;
+#endif
 
 /* ---- the proxy TCTI ------------------------------------------------------------- */
 
@@ -79,12 +81,16 @@ static TSS2_RC proxy_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t
             PH_DEBUG(MOD, "command 0x%03x (%zu bytes)", (unsigned)cc, size);
     }
 
+#ifdef PROVHSM_TEST_HOOKS
     uint_fast64_t armed = atomic_load(&fail_at);
     if (armed != 0 && armed == n && atomic_compare_exchange_strong(&fail_at, &armed, 0)) {
         p->fake_rc = (TSS2_RC)atomic_load(&fail_rc);
         p->fake_pending = 1;
         return TSS2_RC_SUCCESS;
     }
+#else
+    (void)n;
+#endif
     return Tss2_Tcti_Transmit(p->inner, size, command);
 }
 
@@ -355,11 +361,13 @@ uint64_t provhsm_tpm_commands_total(void)
     return (uint64_t)atomic_load(&commands_total);
 }
 
+#ifdef PROVHSM_TEST_HOOKS
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc)
 {
     atomic_store(&fail_rc, tpm_rc);
     atomic_store(&fail_at, nth == 0 ? 0 : (uint_fast64_t)(atomic_load(&commands_total) + nth));
 }
+#endif
 
 /* ---- objects ------------------------------------------------------------------------ */
 

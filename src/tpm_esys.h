@@ -43,12 +43,15 @@ int provhsm_tpm_lost(const provhsm_tpm *tpm);
 uint64_t provhsm_tpm_commands(const provhsm_tpm *tpm);
 uint64_t provhsm_tpm_commands_total(void);
 
+#ifdef PROVHSM_TEST_HOOKS
 /*
- * Test hook: the nth TPM command from now (1 = the next one, counted process-wide) is
+ * Test hook (built only into the test copy of the library, never the installed archive):
+ * the nth TPM command from now (1 = the next one, counted process-wide) is
  * not sent; its caller receives a response carrying `tpm_rc` instead, as if the TPM had
  * refused it. nth == 0 disarms. For tests of failure paths only.
  */
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
+#endif
 
 /* ---- objects ------------------------------------------------------------------ */
 

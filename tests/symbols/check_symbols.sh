@@ -5,7 +5,9 @@
 #   - the per-operation names of the seed document are defined (T);
 #   - initialize_hsm_system / deinitialize_hsm_system are not defined (the SDK defines them);
 #   - every other defined global symbol starts with provhsm_, so nothing can collide with
-#     the SDK or its dependencies.
+#     the SDK or its dependencies;
+#   - no test hook (a global with _test_ in its name) is in the installed archive: hooks
+#     are compiled only into the test copy of the library (PROVHSM_TEST_HOOKS).
 # Usage: check_symbols.sh path/to/libprovhsm.a   (exit 0 = clean; offenders are printed)
 # Registered as ctest symbols.archive by tests/link/CMakeLists.txt.
 set -euo pipefail
@@ -68,6 +70,10 @@ allowed=" ${contract[*]} ${seed[*]} ${forbidden[*]} "
 checked=0
 for s in "${!type_of[@]}"; do
     checked=$((checked + 1))
+    if [[ $s == *_test_* ]]; then
+        report "test hook in the installed archive: $s (${type_of[$s]})"
+        continue
+    fi
     [[ $s == provhsm_* ]] && continue
     [[ $allowed == *" $s "* ]] && continue
     [[ $s =~ $toolchain_re ]] && continue

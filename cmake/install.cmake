@@ -31,6 +31,7 @@ install(TARGETS provhsm EXPORT provhsmTargets
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/provhsm
         DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}
         FILES_MATCHING PATTERN "*.h")
+install(FILES ${PROJECT_SOURCE_DIR}/LICENSE DESTINATION ${CMAKE_INSTALL_DOCDIR})
 
 # ---- CMake package -------------------------------------------------------
 install(EXPORT provhsmTargets NAMESPACE provhsm:: DESTINATION ${PROVHSM_CMAKE_INSTALL_DIR})

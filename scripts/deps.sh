@@ -18,12 +18,24 @@ if [[ ${1:-} == --check ]]; then
     check_only=1
 fi
 
+native_arch=$(dpkg --print-architecture)
+
+# installed PACKAGE: true when the package is installed for this machine's architecture
+# (or is architecture-independent). With a foreign architecture enabled (cross builds),
+# dpkg-query prints one line per installed architecture, so each line is read on its own.
+installed() {
+    local status arch
+    while read -r status arch; do
+        if [[ $status == installed && ($arch == "$native_arch" || $arch == all) ]]; then
+            return 0
+        fi
+    done < <(dpkg-query -W -f='${db:Status-Status} ${Architecture}\n' "$1" 2>/dev/null || true)
+    return 1
+}
+
 missing=()
 for p in "${packages[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-    if [[ $status != installed ]]; then
-        missing+=("$p")
-    fi
+    installed "$p" || missing+=("$p")
 done
 
 if ((${#missing[@]} == 0)); then
@@ -48,8 +60,7 @@ apt-get install -y --no-install-recommends "${missing[@]}"
 
 still=()
 for p in "${missing[@]}"; do
-    status=$(dpkg-query -W -f='${db:Status-Status}' "$p" 2>/dev/null || true)
-    [[ $status == installed ]] || still+=("$p")
+    installed "$p" || still+=("$p")
 done
 if ((${#still[@]} > 0)); then
     echo "deps: still missing after apt-get install: ${still[*]}" >&2

@@ -5,7 +5,9 @@
 #   - pkg-config provhsm (lib/pkgconfig/provhsm.pc).
 #   - the Azure IoT C SDK's -Dhsm_custom_lib=<list>: the value is the variable
 #     hsm_custom_lib in provhsm.pc and the file share/provhsm/hsm_custom_lib.txt. It is a
-#     CMake list of absolute paths: the installed archive, then what it needs in link order.
+#     CMake list: the installed archive, then what it needs in link order as -l flags
+#     (never a path of the build machine). In provhsm.pc the archive is ${libdir}/...,
+#     which pkg-config prefixes with PKG_CONFIG_SYSROOT_DIR when one is set.
 # Included at the end of the top-level CMakeLists.txt; reads PROVHSM_LINK_DEPS,
 # PROVHSM_PC_REQUIRES and PROVHSM_WITH_TPM from there. The SDK's hsm_client_data.h is not
 # installed: the SDK brings its own.
@@ -58,7 +60,10 @@ foreach(dep IN LISTS PROVHSM_LINK_DEPS)
     list(APPEND PROVHSM_CUSTOM_LIB_DEPS "-lpthread")
   elseif(TARGET ${dep})
     message(FATAL_ERROR "provhsm: PROVHSM_LINK_DEPS holds the target '${dep}'; "
-                        "hsm_custom_lib needs library paths or -l flags")
+                        "hsm_custom_lib needs -l flags")
+  elseif(NOT dep MATCHES "^-l")
+    message(FATAL_ERROR "provhsm: PROVHSM_LINK_DEPS holds '${dep}'; hsm_custom_lib names "
+                        "dependencies by -l flags only, so that it holds in any sysroot")
   else()
     list(APPEND PROVHSM_CUSTOM_LIB_DEPS "${dep}")
   endif()

@@ -67,21 +67,73 @@ static provhsm_err record_write(provhsm_store *st, const char *entry, uint8_t ki
     return err;
 }
 
+/* Which fields hold secrets: they are decoded into secure memory, the others into malloc. */
+static int tag_is_secret(uint8_t tag)
+{
+    return tag == TAG_KEY_PEM || tag == TAG_SYMMETRIC_KEY;
+}
+
+#define TAG_BIT(tag) (1u << (tag))
+
 /*
- * Splits a record into per-tag strings. Secret tags (`secret_mask` bit set) are copied
- * to secure memory, the others to plain malloc. On error every copy is freed.
+ * One decoded field and how it was allocated, so that releasing it never depends on a
+ * second, separately kept idea of which fields are secret (a plain block handed to
+ * provhsm_secure_free() aborts the process).
  */
-static provhsm_err record_parse(const uint8_t *buf, size_t len, uint8_t kind, unsigned secret_mask,
-                                char *out[TAG_MAX + 1])
+typedef struct parsed_field {
+    char *value; /* NULL: field absent */
+    int secure;  /* value came from provhsm_secure_alloc() */
+} parsed_field;
+
+static void fields_release(parsed_field f[TAG_MAX + 1])
+{
+    for (int t = 0; t <= TAG_MAX; t++) {
+        if (f[t].secure)
+            provhsm_secure_free(f[t].value);
+        else
+            free(f[t].value);
+        f[t].value = NULL;
+        f[t].secure = 0;
+    }
+}
+
+/* Moves a field's value out; its allocation is the one tag_is_secret() names. */
+static char *field_take(parsed_field *f)
+{
+    char *value = f->value;
+    f->value = NULL;
+    f->secure = 0;
+    return value;
+}
+
+static provhsm_err field_copy(parsed_field *f, uint8_t tag, const uint8_t *bytes, uint32_t len)
+{
+    int secure = tag_is_secret(tag);
+    char *copy = secure ? provhsm_secure_alloc((size_t)len + 1) : malloc((size_t)len + 1);
+    if (copy == NULL)
+        return PROVHSM_E_NOMEM;
+    memcpy(copy, bytes, len);
+    copy[len] = '\0';
+    f->value = copy;
+    f->secure = secure;
+    return PROVHSM_OK;
+}
+
+/*
+ * Splits a record of `kind` into per-tag strings. Only the tags in `allowed` may appear,
+ * each at most once, and every tag in `required` must. On error nothing is left allocated.
+ */
+static provhsm_err record_parse(const char *entry, const uint8_t *buf, size_t len, uint8_t kind,
+                                unsigned allowed, unsigned required, parsed_field out[TAG_MAX + 1])
 {
     provhsm_err err = PROVHSM_E_CORRUPT;
     size_t off = sizeof(record_magic) + 1;
+    unsigned seen = 0;
 
-    for (int t = 0; t <= TAG_MAX; t++)
-        out[t] = NULL;
+    memset(out, 0, sizeof(parsed_field) * (TAG_MAX + 1));
     if (len < off || memcmp(buf, record_magic, sizeof(record_magic)) != 0 ||
         buf[sizeof(record_magic)] != kind) {
-        PH_ERR(MOD, "stored identity has an unknown format");
+        PH_ERR(MOD, "stored identity '%s' has an unknown format", entry);
         goto out;
     }
     while (off < len) {
@@ -91,51 +143,45 @@ static provhsm_err record_parse(const uint8_t *buf, size_t len, uint8_t kind, un
         uint32_t flen = ((uint32_t)buf[off + 1] << 24) | ((uint32_t)buf[off + 2] << 16) |
                         ((uint32_t)buf[off + 3] << 8) | buf[off + 4];
         off += 5;
-        if (tag == 0 || tag > TAG_MAX || out[tag] != NULL) {
-            PH_ERR(MOD, "stored identity has an unexpected field %u", tag);
+        if (tag > TAG_MAX || !(allowed & TAG_BIT(tag)) || (seen & TAG_BIT(tag))) {
+            PH_ERR(MOD, "stored identity '%s' has an unexpected or repeated field %u", entry, tag);
             goto out;
         }
         if (flen > len - off)
             goto truncated;
         if (memchr(buf + off, '\0', flen) != NULL) {
-            PH_ERR(MOD, "stored identity field %u contains a NUL byte", tag);
+            PH_ERR(MOD, "stored identity '%s': field %u contains a NUL byte", entry, tag);
             goto out;
         }
-        int secret = (secret_mask >> tag) & 1u;
-        char *copy = secret ? provhsm_secure_alloc((size_t)flen + 1) : malloc((size_t)flen + 1);
-        if (copy == NULL) {
-            err = PROVHSM_E_NOMEM;
+        err = field_copy(&out[tag], tag, buf + off, flen);
+        if (err != PROVHSM_OK)
             goto out;
-        }
-        memcpy(copy, buf + off, flen);
-        copy[flen] = '\0';
-        out[tag] = copy;
+        err = PROVHSM_E_CORRUPT;
+        seen |= TAG_BIT(tag);
         off += flen;
+    }
+    if ((seen & required) != required) {
+        PH_ERR(MOD, "stored identity '%s' lacks a required field", entry);
+        goto out;
     }
     return PROVHSM_OK;
 
 truncated:
-    PH_ERR(MOD, "stored identity is truncated");
+    PH_ERR(MOD, "stored identity '%s' is truncated", entry);
 out:
-    for (int t = 0; t <= TAG_MAX; t++) {
-        if ((secret_mask >> t) & 1u)
-            provhsm_secure_free(out[t]);
-        else
-            free(out[t]);
-        out[t] = NULL;
-    }
+    fields_release(out);
     return err;
 }
 
-static provhsm_err record_load(provhsm_store *st, const char *entry, uint8_t kind,
-                               unsigned secret_mask, char *out[TAG_MAX + 1])
+static provhsm_err record_load(provhsm_store *st, const char *entry, uint8_t kind, unsigned allowed,
+                               unsigned required, parsed_field out[TAG_MAX + 1])
 {
     uint8_t *buf = NULL;
     size_t len = 0;
     provhsm_err err = provhsm_store_get(st, entry, &buf, &len);
     if (err != PROVHSM_OK)
         return err;
-    err = record_parse(buf, len, kind, secret_mask, out);
+    err = record_parse(entry, buf, len, kind, allowed, required, out);
     provhsm_secure_free(buf);
     return err;
 }
@@ -143,23 +189,17 @@ static provhsm_err record_load(provhsm_store *st, const char *entry, uint8_t kin
 provhsm_err provhsm_identity_x509_load(provhsm_store *st, const char *entry,
                                        provhsm_x509_identity *out)
 {
-    char *fields[TAG_MAX + 1];
+    parsed_field fields[TAG_MAX + 1];
     if (st == NULL || entry == NULL || out == NULL)
         return PROVHSM_E_INVALID_ARG;
-    provhsm_err err = record_load(st, entry, KIND_X509, 1u << TAG_KEY_PEM, fields);
+    provhsm_err err =
+        record_load(st, entry, KIND_X509, TAG_BIT(TAG_KEY_PEM) | TAG_BIT(TAG_CHAIN_PEM),
+                    TAG_BIT(TAG_KEY_PEM), fields);
     if (err != PROVHSM_OK)
         return err;
-    if (fields[TAG_KEY_PEM] == NULL || fields[TAG_REGISTRATION_ID] != NULL ||
-        fields[TAG_SYMMETRIC_KEY] != NULL) {
-        PH_ERR(MOD, "stored X.509 identity '%s' lacks its key or holds foreign fields", entry);
-        provhsm_secure_free(fields[TAG_KEY_PEM]);
-        free(fields[TAG_CHAIN_PEM]);
-        free(fields[TAG_REGISTRATION_ID]);
-        provhsm_secure_free(fields[TAG_SYMMETRIC_KEY]);
-        return PROVHSM_E_CORRUPT;
-    }
-    out->key_pem = fields[TAG_KEY_PEM];
-    out->chain_pem = fields[TAG_CHAIN_PEM];
+    out->key_pem = field_take(&fields[TAG_KEY_PEM]);     /* secure, as identity.h says */
+    out->chain_pem = field_take(&fields[TAG_CHAIN_PEM]); /* plain malloc */
+    fields_release(fields);
     return PROVHSM_OK;
 }
 
@@ -184,24 +224,16 @@ void provhsm_identity_x509_clear(provhsm_x509_identity *id)
 
 provhsm_err provhsm_identity_symmetric_load(provhsm_store *st, provhsm_symmetric_identity *out)
 {
-    char *fields[TAG_MAX + 1];
+    parsed_field fields[TAG_MAX + 1];
     if (st == NULL || out == NULL)
         return PROVHSM_E_INVALID_ARG;
-    provhsm_err err = record_load(st, PROVHSM_ENTRY_SYMMETRIC, KIND_SYMMETRIC,
-                                  (1u << TAG_SYMMETRIC_KEY) | (1u << TAG_KEY_PEM), fields);
+    const unsigned both = TAG_BIT(TAG_REGISTRATION_ID) | TAG_BIT(TAG_SYMMETRIC_KEY);
+    provhsm_err err = record_load(st, PROVHSM_ENTRY_SYMMETRIC, KIND_SYMMETRIC, both, both, fields);
     if (err != PROVHSM_OK)
         return err;
-    if (fields[TAG_REGISTRATION_ID] == NULL || fields[TAG_SYMMETRIC_KEY] == NULL ||
-        fields[TAG_KEY_PEM] != NULL || fields[TAG_CHAIN_PEM] != NULL) {
-        PH_ERR(MOD, "stored symmetric identity is incomplete");
-        free(fields[TAG_REGISTRATION_ID]);
-        provhsm_secure_free(fields[TAG_SYMMETRIC_KEY]);
-        provhsm_secure_free(fields[TAG_KEY_PEM]);
-        free(fields[TAG_CHAIN_PEM]);
-        return PROVHSM_E_CORRUPT;
-    }
-    out->registration_id = fields[TAG_REGISTRATION_ID];
-    out->key_b64 = fields[TAG_SYMMETRIC_KEY];
+    out->registration_id = field_take(&fields[TAG_REGISTRATION_ID]); /* plain malloc */
+    out->key_b64 = field_take(&fields[TAG_SYMMETRIC_KEY]);           /* secure */
+    fields_release(fields);
     return PROVHSM_OK;
 }
 

@@ -3,8 +3,9 @@
  * entry. The store encrypts and authenticates; this file only lays fields out.
  *
  * Record format (inside the encrypted entry): "PHI1", one kind byte, then fields as
- * tag (1 byte) | length (4 bytes, big-endian) | bytes. Unknown tags are an error, each
- * tag appears at most once. Strings are stored without their NUL.
+ * tag (1 byte) | length (4 bytes, big-endian) | bytes. A tag that does not belong to the
+ * record's kind is an error, each tag appears at most once. Strings are stored without
+ * their NUL. Loading never aborts on a bad record: it is PROVHSM_E_CORRUPT.
  *
  * Callers: the software backend (read) and the admin API (read and write).
  */

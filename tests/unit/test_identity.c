@@ -124,6 +124,96 @@ static void malformed_records(void **state)
     assert_null(s.registration_id);
 }
 
+/* A record of `kind` whose fields are given as (tag, value) pairs; returns its length. */
+static size_t make_record(uint8_t *buf, uint8_t kind, const uint8_t *tags,
+                          const char *const *values, size_t n)
+{
+    size_t off = 0;
+    memcpy(buf, "PHI1", 4);
+    off += 4;
+    buf[off++] = kind;
+    for (size_t i = 0; i < n; i++) {
+        uint32_t len = (uint32_t)strlen(values[i]);
+        buf[off++] = tags[i];
+        buf[off++] = (uint8_t)(len >> 24);
+        buf[off++] = (uint8_t)(len >> 16);
+        buf[off++] = (uint8_t)(len >> 8);
+        buf[off++] = (uint8_t)len;
+        memcpy(buf + off, values[i], len);
+        off += len;
+    }
+    return off;
+}
+
+static void expect_x509_corrupt(const uint8_t *rec, size_t len)
+{
+    provhsm_x509_identity x = {0};
+    put_raw("x509", rec, len);
+    assert_int_equal(provhsm_identity_x509_load(st, "x509", &x), PROVHSM_E_CORRUPT);
+    assert_null(x.key_pem);
+    assert_null(x.chain_pem);
+}
+
+static void expect_symmetric_corrupt(const uint8_t *rec, size_t len)
+{
+    provhsm_symmetric_identity s = {0};
+    put_raw("symmetric", rec, len);
+    assert_int_equal(provhsm_identity_symmetric_load(st, &s), PROVHSM_E_CORRUPT);
+    assert_null(s.registration_id);
+    assert_null(s.key_b64);
+}
+
+/*
+ * Records that carry every other kind's fields, each tag twice, and every truncation of a
+ * well-formed record: each is PROVHSM_E_CORRUPT, whatever mix of secret and public fields
+ * was decoded before the parser stopped (freeing one of them the wrong way aborts).
+ */
+static void foreign_duplicate_and_truncated_fields(void **state)
+{
+    (void)state;
+    enum { KEY = 1, CHAIN = 2, REGID = 3, SYMKEY = 4 };
+    static const uint8_t tags[] = {KEY, CHAIN, REGID, SYMKEY};
+    const char *const values[] = {"KEY", "CHAIN", "dev-1", "c2VjcmV0"};
+    uint8_t rec[256];
+
+    for (size_t i = 0; i < 4; i++) {
+        /* an X.509 record (key and chain) plus one more field: foreign or duplicated */
+        const uint8_t x_tags[] = {KEY, CHAIN, tags[i]};
+        const char *const x_values[] = {"KEY", "CHAIN", values[i]};
+        expect_x509_corrupt(rec, make_record(rec, 1, x_tags, x_values, 3));
+        /* the extra field first, before the record's own */
+        const uint8_t x_first[] = {tags[i], KEY, CHAIN};
+        const char *const x_first_values[] = {values[i], "KEY", "CHAIN"};
+        if (tags[i] != KEY && tags[i] != CHAIN)
+            expect_x509_corrupt(rec, make_record(rec, 1, x_first, x_first_values, 3));
+
+        /* a symmetric record (registration id and key) plus one more field */
+        const uint8_t s_tags[] = {REGID, SYMKEY, tags[i]};
+        const char *const s_values[] = {"dev-1", "c2VjcmV0", values[i]};
+        expect_symmetric_corrupt(rec, make_record(rec, 2, s_tags, s_values, 3));
+    }
+
+    /* every strict prefix of a complete record is refused, of either kind */
+    size_t key_only = make_record(rec, 1, tags, values, 1);
+    size_t full = make_record(rec, 1, tags, values, 2);
+    for (size_t cut = 0; cut < full; cut++)
+        if (cut != key_only) /* a key without its chain is a complete pending-key record */
+            expect_x509_corrupt(rec, cut);
+    const uint8_t s_tags[] = {REGID, SYMKEY};
+    const char *const s_values[] = {"dev-1", "c2VjcmV0"};
+    full = make_record(rec, 2, s_tags, s_values, 2);
+    for (size_t cut = 0; cut < full; cut++)
+        expect_symmetric_corrupt(rec, cut);
+
+    /* what was refused left the loader usable: a good record still loads */
+    provhsm_x509_identity x = {0};
+    put_raw("x509", rec, make_record(rec, 1, tags, values, 2));
+    assert_int_equal(provhsm_identity_x509_load(st, "x509", &x), PROVHSM_OK);
+    assert_string_equal(x.key_pem, "KEY");
+    assert_string_equal(x.chain_pem, "CHAIN");
+    provhsm_identity_x509_clear(&x);
+}
+
 static void validation(void **state)
 {
     (void)state;
@@ -189,6 +279,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(x509_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(symmetric_round_trip, setup, teardown),
         cmocka_unit_test_setup_teardown(malformed_records, setup, teardown),
+        cmocka_unit_test_setup_teardown(foreign_duplicate_and_truncated_fields, setup, teardown),
         cmocka_unit_test(validation),
         cmocka_unit_test(sas_known_answer),
     };

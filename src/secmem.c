@@ -8,7 +8,16 @@
  * unlocks every page the block touches, so a block sharing a page with another secret
  * would make that one swappable when it goes. The slack after the payload is poisoned
  * under AddressSanitizer so overruns are still caught.
+ *
+ * Whole pages also let the block be left out of core dumps (MADV_DONTDUMP): a crashing
+ * host must not write our keys into a core file. The pages are marked dumpable again on
+ * free, since the allocator hands them to ordinary data next.
+ *
+ * A failed mlock() is said once, at debug level: it is the normal case under a low
+ * RLIMIT_MEMLOCK, and a line per secret would flood the log.
  */
+#define _DEFAULT_SOURCE /* madvise() and MADV_DONTDUMP are not in POSIX */
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,8 +25,11 @@
 #include <unistd.h>
 #include <openssl/crypto.h>
 
+#include "log.h"
 #include "provhsm/provhsm.h"
 #include "secmem.h"
+
+#define MOD "secmem"
 
 #if defined(__SANITIZE_ADDRESS__)
 #include <sanitizer/asan_interface.h>
@@ -41,10 +53,32 @@ typedef struct secmem_header {
 #define HEADER_SIZE                                                                                \
     ((sizeof(secmem_header) + _Alignof(max_align_t) - 1) & ~(_Alignof(max_align_t) - 1))
 
+#ifdef PROVHSM_TEST_HOOKS
+int provhsm_secmem_test_fail_mlock;
+void (*provhsm_secmem_test_before_free)(const void *block, size_t len);
+#endif
+
+static atomic_int mlock_failure_reported;
+
 void provhsm_wipe(void *p, size_t len)
 {
     if (p != NULL && len > 0)
         OPENSSL_cleanse(p, len);
+}
+
+/* mlock() the block; says once per process when the OS refuses. */
+static int lock_pages(void *block, size_t total)
+{
+    int locked = mlock(block, total) == 0;
+#ifdef PROVHSM_TEST_HOOKS
+    if (locked && provhsm_secmem_test_fail_mlock) {
+        munlock(block, total);
+        locked = 0;
+    }
+#endif
+    if (!locked && atomic_exchange(&mlock_failure_reported, 1) == 0)
+        PH_DEBUG(MOD, "mlock failed (RLIMIT_MEMLOCK too low?): secrets may be swapped out");
+    return locked;
 }
 
 static size_t page_size(void)
@@ -69,7 +103,10 @@ void *provhsm_secure_alloc(size_t len)
     h->len = len;
     h->total = total;
     h->magic = SECMEM_MAGIC;
-    h->locked = mlock(h, total) == 0;
+    h->locked = lock_pages(h, total);
+#ifdef MADV_DONTDUMP
+    (void)madvise(h, total, MADV_DONTDUMP); /* best effort, like mlock */
+#endif
     SECMEM_POISON((unsigned char *)mem + used, total - used);
     return (unsigned char *)h + HEADER_SIZE;
 }
@@ -85,8 +122,15 @@ void provhsm_secure_free(void *p)
     int locked = h->locked;
     SECMEM_UNPOISON(h, total);
     OPENSSL_cleanse(h, total);
+#ifdef PROVHSM_TEST_HOOKS
+    if (provhsm_secmem_test_before_free != NULL)
+        provhsm_secmem_test_before_free(h, total);
+#endif
     if (locked)
         munlock(h, total);
+#ifdef MADV_DODUMP
+    (void)madvise(h, total, MADV_DODUMP);
+#endif
     free(h);
 }
 

@@ -31,4 +31,11 @@ void provhsm_free_wiped_string(char *s);
 /* Wipes a plain malloc'd buffer of known size and frees it. */
 void provhsm_free_wiped(void *p, size_t len);
 
+#ifdef PROVHSM_TEST_HOOKS
+/* Non-zero: every mlock() counts as failed (the test runs as root, where it never fails). */
+extern int provhsm_secmem_test_fail_mlock;
+/* Called with the whole block (header included) after the wipe, right before free(). */
+extern void (*provhsm_secmem_test_before_free)(const void *block, size_t len);
+#endif
+
 #endif

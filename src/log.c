@@ -1,6 +1,9 @@
 /*
  * Logging front: level selection and the sink (callback or stderr). Process-wide state
- * guarded by one mutex so a callback swap never races a line being written.
+ * guarded by one mutex. A line takes the level and the callback under the lock and is
+ * delivered after it is released, so a callback that calls back into provhsm (which may
+ * log, or change the level) cannot deadlock; a line already on its way when the callback
+ * is replaced still goes to the old one.
  */
 #include <pthread.h>
 #include <stdarg.h>
@@ -91,18 +94,20 @@ void provhsm_log(provhsm_log_level level, const char *module, const char *fmt, .
     va_list ap;
 
     pthread_mutex_lock(&log_lock);
-    if ((int)level > current_level_locked()) {
-        pthread_mutex_unlock(&log_lock);
+    int enabled = (int)level <= current_level_locked();
+    provhsm_log_fn fn = log_callback;
+    void *ctx = log_callback_ctx;
+    pthread_mutex_unlock(&log_lock);
+    if (!enabled)
         return;
-    }
     va_start(ap, fmt);
     vsnprintf(line, sizeof(line), fmt, ap);
     va_end(ap);
-    if (log_callback != NULL)
-        log_callback(level, module, line, log_callback_ctx);
+    /* Outside the lock: a callback may call provhsm (even set the level or the callback). */
+    if (fn != NULL)
+        fn(level, module, line, ctx);
     else
         fprintf(stderr, "provhsm: %s: [%s] %s\n", level_names[level], module, line);
-    pthread_mutex_unlock(&log_lock);
 }
 
 void provhsm_log_openssl(const char *module, const char *what)

@@ -64,7 +64,9 @@ typedef enum provhsm_log_level {
 /*
  * Receives every log line at or above the current level instead of stderr. `module` is a
  * short tag ("store", "x509", ...). Log lines never carry secrets. The callback may be
- * called from any thread that uses the library; it must not call back into provhsm.
+ * called from any thread that uses the library, with no library lock held: it may call
+ * provhsm functions (a line it causes comes back to it, so beware of endless recursion).
+ * A line being delivered while the callback is replaced may still reach the old one.
  */
 typedef void (*provhsm_log_fn)(provhsm_log_level level, const char *module, const char *message,
                                void *ctx);

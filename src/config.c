@@ -24,11 +24,13 @@
 
 #include "config.h"
 #include "log.h"
+#include "safefile.h"
 
 #define MOD "config"
 
 #define CONFIG_SYSTEM_FILE  "/etc/provhsm/provhsm.conf"
 #define CONFIG_DEFAULTS     "built-in defaults"
+#define CONFIG_NONE         "/dev/null"
 #define CONFIG_LINE_MAX     4096
 #define CONFIG_FILE_MAX     (1024 * 1024)
 #define CONFIG_KEY_FILENAME "/store.key"
@@ -512,15 +514,21 @@ out:
 /*
  * Reads and applies `path`; `via` names what chose it ("PROVHSM_CONFIG") for the error
  * message, or NULL. Sets cfg->source on success.
+ *
+ * The file is read through safefile.c under the TRUSTED rule (owner = euid or root, not
+ * writable by group or others, a regular file opened without following a link): the
+ * configuration names the TCTI, and the TCTI loader loads whatever library that names,
+ * so whoever could write this file could run code in the host process. /dev/null is
+ * taken as an empty configuration.
  */
 static provhsm_err parse_file_via(provhsm_config *cfg, const char *path, const char *via,
                                   char *errbuf, size_t errlen)
 {
-    provhsm_err err = PROVHSM_E_IO;
-    char *buf = NULL, *nul;
-    size_t len = 0, cap = 4096;
-    char viatext[64] = "";
-    int fd = -1;
+    provhsm_err err;
+    uint8_t *buf = NULL;
+    const char *nul;
+    size_t len = 0;
+    char what[96];
 
     if (errbuf != NULL && errlen > 0)
         errbuf[0] = '\0';
@@ -528,85 +536,42 @@ static provhsm_err parse_file_via(provhsm_config *cfg, const char *path, const c
         PH_ERR(MOD, "provhsm_config_parse_file: NULL argument");
         return PROVHSM_E_INVALID_ARG;
     }
-    if (via != NULL)
-        snprintf(viatext, sizeof(viatext), " (named by %s)", via);
+    snprintf(what, sizeof(what), "configuration file%s%s%s", via != NULL ? " (named by " : "",
+             via != NULL ? via : "", via != NULL ? ")" : "");
     if (strlen(path) >= sizeof(cfg->source)) {
-        fail_plain(errbuf, errlen, "configuration file path%s is longer than %d bytes", viatext,
-                   PROVHSM_PATH_MAX - 1);
+        fail_plain(errbuf, errlen, "%s path is longer than %d bytes", what, PROVHSM_PATH_MAX - 1);
         return PROVHSM_E_CONFIG;
     }
-    fd = open(path, O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) {
-        int e = errno;
-        fail_plain(errbuf, errlen, "cannot open configuration file %s%s: %s", path, viatext,
-                   strerror(e));
-        return (e == ENOENT || e == ENOTDIR) ? PROVHSM_E_NOT_FOUND : PROVHSM_E_IO;
+    if (strcmp(path, CONFIG_NONE) == 0) {
+        /* the usual way to say "no configuration file": empty, and not a regular file */
+        err = provhsm_config_parse(cfg, "", path, errbuf, errlen);
+        if (err == PROVHSM_OK)
+            (void)copy_str(cfg->source, sizeof(cfg->source), path);
+        return err;
     }
-    buf = malloc(cap);
-    if (buf == NULL) {
-        err = PROVHSM_E_NOMEM;
-        fail_plain(errbuf, errlen, "out of memory reading %s", path);
-        goto out;
-    }
-    for (;;) {
-        ssize_t n;
-
-        if (len + 1 >= cap) {
-            char *bigger;
-
-            if (cap > CONFIG_FILE_MAX) {
-                err = PROVHSM_E_CONFIG;
-                fail_plain(errbuf, errlen, "configuration file %s is larger than %d bytes", path,
-                           CONFIG_FILE_MAX);
-                goto out;
-            }
-            bigger = realloc(buf, cap * 2);
-            if (bigger == NULL) {
-                err = PROVHSM_E_NOMEM;
-                fail_plain(errbuf, errlen, "out of memory reading %s", path);
-                goto out;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        n = read(fd, buf + len, cap - 1 - len);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            fail_plain(errbuf, errlen, "cannot read configuration file %s: %s", path,
-                       strerror(errno));
-            goto out;
-        }
-        if (n == 0)
-            break;
-        len += (size_t)n;
-    }
-    if (len > CONFIG_FILE_MAX) {
-        err = PROVHSM_E_CONFIG;
-        fail_plain(errbuf, errlen, "configuration file %s is larger than %d bytes", path,
-                   CONFIG_FILE_MAX);
-        goto out;
-    }
-    buf[len] = '\0';
+    const provhsm_file_ref f = {AT_FDCWD, path, path, what, errbuf, errlen};
+    err = provhsm_safefile_read(&f, PROVHSM_FILE_TRUSTED, CONFIG_FILE_MAX, &buf, &len);
+    if (err == PROVHSM_E_NOT_FOUND)
+        fail_plain(errbuf, errlen, "cannot open %s %s: %s", what, path, strerror(ENOENT));
+    if (err != PROVHSM_OK)
+        return err;
 
     nul = memchr(buf, '\0', len);
     if (nul != NULL) {
         unsigned line = 1;
 
-        for (const char *q = buf; q < nul; q++)
+        for (const char *q = (const char *)buf; q < nul; q++)
             line += *q == '\n';
         err = PROVHSM_E_CONFIG;
         fail_plain(errbuf, errlen, "%s:%u: NUL byte in configuration file", path, line);
         goto out;
     }
 
-    err = provhsm_config_parse(cfg, buf, path, errbuf, errlen);
+    err = provhsm_config_parse(cfg, (const char *)buf, path, errbuf, errlen);
     if (err == PROVHSM_OK)
         (void)copy_str(cfg->source, sizeof(cfg->source), path); /* length checked above */
 out:
     free(buf);
-    if (fd >= 0)
-        close(fd);
     return err;
 }
 

@@ -6,9 +6,11 @@
  * handle is immutable after open (a directory fd and the key in secure memory), so one
  * handle may be used from several threads at once.
  *
- * Every file is opened with O_NOFOLLOW and its owner and mode are checked on the opened
- * fd, so what is checked is what is read. Writes go to a temp file in the same directory
- * (O_EXCL, 0600), are fsync'ed, renamed over the target, and the directory is fsync'ed.
+ * Every file is read through safefile.c: opened with O_NOFOLLOW, its owner and mode
+ * checked on the opened fd, so what is checked is what is read. The key file's directory
+ * is checked too. Writes go to a temp file in the same directory (O_EXCL, 0600), are
+ * fsync'ed, renamed over the target, and the directory is fsync'ed. Sequences of writes
+ * are serialised by an flock on the store directory (provhsm_store_lock).
  *
  * On-disk format, version 1. Integers are big-endian.
  *
@@ -70,6 +72,7 @@
 #include <openssl/rand.h>
 
 #include "log.h"
+#include "safefile.h"
 #include "secmem.h"
 #include "store.h"
 
@@ -141,9 +144,16 @@ typedef struct store_meta {
 
 #ifdef PROVHSM_TEST_HOOKS
 int provhsm_store_test_fail_before_rename = 0;
+void (*provhsm_store_test_before_remove)(const char *name) = NULL;
 #define FAIL_BEFORE_RENAME provhsm_store_test_fail_before_rename
+#define BEFORE_REMOVE(name)                                                                        \
+    do {                                                                                           \
+        if (provhsm_store_test_before_remove != NULL)                                              \
+            provhsm_store_test_before_remove(name);                                                \
+    } while (0)
 #else
-#define FAIL_BEFORE_RENAME 0
+#define FAIL_BEFORE_RENAME  0
+#define BEFORE_REMOVE(name) ((void)0)
 #endif
 
 /* ---- small helpers ------------------------------------------------------ */
@@ -252,12 +262,17 @@ static provhsm_err split_path(const char *path, char *dir, size_t dirlen, char *
     return PROVHSM_OK;
 }
 
-/* mkdir -p: missing directories are made 0700 (the umask can only make them stricter). */
-static provhsm_err mkdir_p(const char *path)
+/*
+ * mkdir -p: missing directories are made 0700 (the umask can only make them stricter).
+ * *created (optional) tells whether the last component was made here.
+ */
+static provhsm_err mkdir_p(const char *path, int *created)
 {
     char buf[PROVHSM_PATH_MAX];
     size_t len = strlen(path);
 
+    if (created != NULL)
+        *created = 0;
     if (len == 0 || len >= sizeof(buf)) {
         PH_ERR(MOD, "directory path \"%s\" is empty or too long", path);
         return PROVHSM_E_CONFIG;
@@ -270,118 +285,37 @@ static provhsm_err mkdir_p(const char *path)
             continue;
         char saved = buf[i];
         buf[i] = '\0';
-        if (mkdir(buf, 0700) != 0 && errno != EEXIST) {
+        int made = mkdir(buf, 0700) == 0;
+        if (!made && errno != EEXIST) {
             int err = errno;
             PH_ERR(MOD, "cannot create directory %s: %s", buf, strerror(err));
             return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
         }
+        if (created != NULL)
+            *created = made;
         buf[i] = saved;
     }
     return PROVHSM_OK;
 }
 
-/* Owner must be the effective uid and nobody else may have any access. */
+/* Checks a stat'ed store file or directory: owner = euid, no access for anyone else. */
 static provhsm_err check_owner_mode(const struct stat *sb, const char *path)
 {
-    int is_dir = S_ISDIR(sb->st_mode);
-    if (sb->st_uid == geteuid() && (sb->st_mode & 077) == 0)
-        return PROVHSM_OK;
-    PH_ERR(MOD,
-           "%s has mode %04o and owner uid %ld; it must be %s or stricter and owned by uid %ld",
-           path, (unsigned)(sb->st_mode & 07777), (long)sb->st_uid, is_dir ? "0700" : "0600",
-           (long)geteuid());
-    return PROVHSM_E_PERMISSION;
-}
-
-static void free_buf(uint8_t *p, int secure)
-{
-    if (secure)
-        provhsm_secure_free(p);
-    else
-        free(p);
+    const provhsm_file_ref f = {AT_FDCWD, path, path, "store file", NULL, 0};
+    return provhsm_safefile_check(&f, sb, PROVHSM_FILE_PRIVATE);
 }
 
 /*
- * Reads a whole regular file (relative to dirfd) of at most max_len bytes after checking
- * its owner and mode on the opened fd. A missing file is PROVHSM_E_NOT_FOUND and is not
- * logged (the caller knows what it means); every other failure is logged here.
+ * Reads a whole store file (relative to dirfd) of at most max_len bytes through
+ * safefile.c (owner, mode and type checked on the opened fd). A missing file is
+ * PROVHSM_E_NOT_FOUND and is not logged; every other failure is logged there.
  */
 static provhsm_err read_file_at(int dirfd, const char *name, const char *path, size_t max_len,
                                 int secure, uint8_t **out, size_t *len_out)
 {
-    provhsm_err rc = PROVHSM_OK;
-    uint8_t *buf = NULL;
-    size_t len = 0, got = 0;
-    struct stat sb;
-    int fd;
-
-    fd = openat(dirfd, name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
-    if (fd < 0) {
-        int err = errno;
-        if (err == ENOENT)
-            return PROVHSM_E_NOT_FOUND;
-        if (err == ELOOP) {
-            PH_ERR(MOD, "%s is a symbolic link; store files must be regular files", path);
-            return PROVHSM_E_PERMISSION;
-        }
-        PH_ERR(MOD, "cannot open %s: %s", path, strerror(err));
-        return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
-    }
-    if (fstat(fd, &sb) != 0) {
-        PH_ERR(MOD, "cannot stat %s: %s", path, strerror(errno));
-        rc = PROVHSM_E_IO;
-        goto out;
-    }
-    if (!S_ISREG(sb.st_mode)) {
-        PH_ERR(MOD, "%s is not a regular file", path);
-        rc = PROVHSM_E_CORRUPT;
-        goto out;
-    }
-    rc = check_owner_mode(&sb, path);
-    if (rc != PROVHSM_OK)
-        goto out;
-    if (sb.st_size < 0 || (unsigned long long)sb.st_size > max_len) {
-        PH_ERR(MOD, "%s is %lld bytes, more than the %zu expected", path, (long long)sb.st_size,
-               max_len);
-        rc = PROVHSM_E_CORRUPT;
-        goto out;
-    }
-    len = (size_t)sb.st_size;
-    /* one spare byte tells a file that grew since fstat */
-    buf = secure ? provhsm_secure_alloc(len + 1) : malloc(len + 1);
-    if (buf == NULL) {
-        PH_ERR(MOD, "out of memory reading %s", path);
-        rc = PROVHSM_E_NOMEM;
-        goto out;
-    }
-    while (got <= len) {
-        ssize_t n = read(fd, buf + got, len + 1 - got);
-        if (n < 0 && errno == EINTR)
-            continue;
-        if (n < 0) {
-            PH_ERR(MOD, "cannot read %s: %s", path, strerror(errno));
-            rc = PROVHSM_E_IO;
-            goto out;
-        }
-        if (n == 0)
-            break;
-        got += (size_t)n;
-    }
-    if (got != len) {
-        PH_ERR(MOD, "%s changed size while being read", path);
-        rc = PROVHSM_E_CORRUPT;
-        goto out;
-    }
-    *out = buf;
-    *len_out = len;
-    buf = NULL;
-out:
-    if (buf != NULL) {
-        provhsm_wipe(buf, len + 1);
-        free_buf(buf, secure);
-    }
-    close(fd);
-    return rc;
+    const provhsm_file_ref f = {dirfd, name, path, secure ? "secret file" : "store file", NULL, 0};
+    return provhsm_safefile_read(&f, secure ? PROVHSM_FILE_SECRET : PROVHSM_FILE_PRIVATE, max_len,
+                                 out, len_out);
 }
 
 static provhsm_err write_all(int fd, const uint8_t *buf, size_t len, const char *path)
@@ -530,9 +464,9 @@ static provhsm_err add_aad(EVP_CIPHER_CTX *ctx, int enc, const uint8_t *hdr, con
 }
 
 /* Builds the bytes of an entry file (not secret: header, nonce, ciphertext, tag). */
-static provhsm_err seal(const uint8_t *key, const char *name, const uint8_t *extra,
-                        size_t extra_len, const uint8_t *data, size_t len, uint8_t **out,
-                        size_t *out_len)
+provhsm_err provhsm_store_seal(const uint8_t *key, const char *name, const uint8_t *extra,
+                               size_t extra_len, const uint8_t *data, size_t len, uint8_t **out,
+                               size_t *out_len)
 {
     provhsm_err rc = PROVHSM_OK;
     EVP_CIPHER_CTX *ctx = NULL;
@@ -540,6 +474,10 @@ static provhsm_err seal(const uint8_t *key, const char *name, const uint8_t *ext
     uint8_t *buf = NULL, *nonce, *ct, *tag;
     int outl = 0;
 
+    if (key == NULL || name == NULL || strlen(name) > UINT8_MAX || (data == NULL && len > 0) ||
+        (extra == NULL && extra_len > 0) || extra_len > META_LEN || len > ENTRY_MAX_DATA ||
+        out == NULL || out_len == NULL)
+        return PROVHSM_E_INVALID_ARG;
     buf = malloc(total);
     if (buf == NULL) {
         PH_ERR(MOD, "out of memory sealing entry %s", name);
@@ -593,9 +531,9 @@ out:
  * PROVHSM_E_CORRUPT (logged) for a malformed file, PROVHSM_E_TAMPERED (not logged: the
  * caller says what it means) when authentication fails.
  */
-static provhsm_err unseal(const uint8_t *key, const char *name, const uint8_t *extra,
-                          size_t extra_len, const uint8_t *file, size_t file_len, const char *path,
-                          uint8_t **out, size_t *out_len)
+provhsm_err provhsm_store_unseal(const uint8_t *key, const char *name, const uint8_t *extra,
+                                 size_t extra_len, const uint8_t *file, size_t file_len,
+                                 const char *path, uint8_t **out, size_t *out_len)
 {
     provhsm_err rc = PROVHSM_OK;
     EVP_CIPHER_CTX *ctx = NULL;
@@ -604,6 +542,10 @@ static provhsm_err unseal(const uint8_t *key, const char *name, const uint8_t *e
     size_t len;
     int outl = 0;
 
+    if (key == NULL || name == NULL || strlen(name) > UINT8_MAX || (file == NULL && file_len > 0) ||
+        (extra == NULL && extra_len > 0) || extra_len > META_LEN || path == NULL || out == NULL ||
+        out_len == NULL)
+        return PROVHSM_E_INVALID_ARG;
     if (file_len < ENTRY_OVERHEAD) {
         PH_ERR(MOD, "%s is %zu bytes, too short for a store entry", path, file_len);
         return PROVHSM_E_CORRUPT;
@@ -799,11 +741,28 @@ static provhsm_err parse_meta(const uint8_t *raw, size_t len, const char *path, 
     return PROVHSM_OK;
 }
 
+/*
+ * Opens the key file's directory: whoever may write there could replace the key file, so
+ * it must belong to us or root and be writable by nobody else (safefile.h, TRUSTED).
+ * key_base receives the key file's name in that directory. PROVHSM_E_NOT_FOUND, not
+ * logged, when the directory does not exist.
+ */
+static provhsm_err open_key_dir(const char *key_path, char *key_base, size_t baselen, int *fd_out)
+{
+    char key_dir[PROVHSM_PATH_MAX];
+    provhsm_err rc = split_path(key_path, key_dir, sizeof(key_dir), key_base, baselen);
+    if (rc != PROVHSM_OK)
+        return rc;
+    const provhsm_file_ref f = {AT_FDCWD, key_dir, key_dir, "key file directory", NULL, 0};
+    return provhsm_safefile_open_dir(&f, PROVHSM_FILE_TRUSTED, fd_out);
+}
+
 /* Loads the store key named by the header into key_out (secure, STORE_KEY_LEN bytes). */
 static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint8_t *key_out)
 {
     provhsm_err rc;
-    char path[PROVHSM_PATH_MAX];
+    char path[PROVHSM_PATH_MAX], base[FILE_NAME_BUF];
+    int keydirfd = -1;
     uint8_t *buf = NULL;
     size_t len = 0;
 
@@ -825,9 +784,12 @@ static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint
     }
 
     rc = key_file_path(cfg, path, sizeof(path));
-    if (rc != PROVHSM_OK)
-        return rc;
-    rc = read_file_at(AT_FDCWD, path, path, KEYFILE_LEN, 1, &buf, &len);
+    if (rc == PROVHSM_OK)
+        rc = open_key_dir(path, base, sizeof(base), &keydirfd);
+    if (rc == PROVHSM_OK) {
+        rc = read_file_at(keydirfd, base, path, KEYFILE_LEN, 1, &buf, &len);
+        close(keydirfd);
+    }
     if (rc == PROVHSM_E_NOT_FOUND) {
         PH_ERR(MOD, "store %s is locked by key file %s, which does not exist", cfg->store_dir,
                path);
@@ -918,15 +880,18 @@ static provhsm_err scan_store(int dirfd, const char *dir_path)
 
 /*
  * Makes (with parents) and opens the store directory for create: fails with
- * PROVHSM_E_EXISTS when it holds a store header, sets it to 0700 otherwise.
+ * PROVHSM_E_EXISTS when it holds a store header. A directory made here is set to 0700;
+ * one that existed already must be ours and closed to others (check_owner_mode), and is
+ * refused otherwise rather than changed: its mode is someone's decision, and the path
+ * may name a directory shared with other things.
  */
 static provhsm_err prepare_store_dir(const char *dir, int *dirfd_out)
 {
     provhsm_err rc;
     struct stat sb;
-    int fd;
+    int fd, created = 0;
 
-    rc = mkdir_p(dir);
+    rc = mkdir_p(dir, &created);
     if (rc != PROVHSM_OK)
         return rc;
     fd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
@@ -948,9 +913,19 @@ static provhsm_err prepare_store_dir(const char *dir, int *dirfd_out)
         PH_ERR(MOD, "store directory %s is owned by uid %ld, not by uid %ld", dir, (long)sb.st_uid,
                (long)geteuid());
         rc = PROVHSM_E_PERMISSION;
-    } else if ((sb.st_mode & 07777) != 0700 && fchmod(fd, 0700) != 0) {
-        PH_ERR(MOD, "cannot set mode 0700 on %s: %s", dir, strerror(errno));
-        rc = PROVHSM_E_IO;
+    } else if (created) {
+        /* ours: the umask may have taken more than group and other bits */
+        if ((sb.st_mode & 07777) != 0700 && fchmod(fd, 0700) != 0) {
+            PH_ERR(MOD, "cannot set mode 0700 on %s: %s", dir, strerror(errno));
+            rc = PROVHSM_E_IO;
+        }
+    } else if ((sb.st_mode & 077) != 0) {
+        PH_ERR(MOD,
+               "store directory %s exists with mode %04o; provhsm does not change the mode of a "
+               "directory it did not create: make it 0700 (chmod 700 %s) or choose another "
+               "store path",
+               dir, (unsigned)(sb.st_mode & 07777), dir);
+        rc = PROVHSM_E_PERMISSION;
     }
     if (rc != PROVHSM_OK) {
         close(fd);
@@ -976,14 +951,13 @@ static provhsm_err make_key_file(const char *key_path, uint8_t *key, int *keydir
 
     rc = split_path(key_path, key_dir, sizeof(key_dir), key_base, baselen);
     if (rc == PROVHSM_OK)
-        rc = mkdir_p(key_dir);
+        rc = mkdir_p(key_dir, NULL);
+    if (rc == PROVHSM_OK)
+        rc = open_key_dir(key_path, key_base, baselen, &fd);
+    if (rc == PROVHSM_E_NOT_FOUND)
+        PH_ERR(MOD, "key file directory of %s went away while the store was created", key_path);
     if (rc != PROVHSM_OK)
-        return rc;
-    fd = open(key_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) {
-        PH_ERR(MOD, "cannot open key file directory %s: %s", key_dir, strerror(errno));
-        return PROVHSM_E_IO;
-    }
+        return rc == PROVHSM_E_NOT_FOUND ? PROVHSM_E_IO : rc;
     if (fstatat(fd, key_base, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
         PH_ERR(MOD,
                "key file %s already exists; not replacing it (remove it to create a new store)",
@@ -1104,8 +1078,8 @@ provhsm_err provhsm_store_create(const provhsm_config *cfg)
     if (rc != PROVHSM_OK)
         goto out;
 
-    rc = seal(key, CHECK_NAME, meta, META_LEN, (const uint8_t *)CHECK_PLAIN, strlen(CHECK_PLAIN),
-              &check, &check_len);
+    rc = provhsm_store_seal(key, CHECK_NAME, meta, META_LEN, (const uint8_t *)CHECK_PLAIN,
+                            strlen(CHECK_PLAIN), &check, &check_len);
     if (rc != PROVHSM_OK)
         goto out;
     /* a check file without a header is left from an interrupted create: replace it */
@@ -1216,8 +1190,8 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     }
     if (rc != PROVHSM_OK)
         goto out;
-    rc =
-        unseal(st->key, CHECK_NAME, meta.raw, META_LEN, check, check_len, path, &plain, &plain_len);
+    rc = provhsm_store_unseal(st->key, CHECK_NAME, meta.raw, META_LEN, check, check_len, path,
+                              &plain, &plain_len);
     if (rc == PROVHSM_E_TAMPERED) {
         PH_ERR(MOD, "the store %s does not open with this %s", cfg->store_dir,
                meta.key_mode == KEY_MODE_PASSPHRASE ? "passphrase" : "key file");
@@ -1239,6 +1213,32 @@ out:
     free(raw);
     provhsm_store_close(st);
     return rc;
+}
+
+/* flock(LOCK_EX) on the directory, retried on EINTR; 0 or errno. */
+static int lock_dir(int dirfd, int nonblocking)
+{
+    int r;
+    do {
+        r = flock(dirfd, LOCK_EX | (nonblocking ? LOCK_NB : 0));
+    } while (r != 0 && errno == EINTR);
+    return r == 0 ? 0 : errno;
+}
+
+provhsm_err provhsm_store_lock(provhsm_store *st)
+{
+    if (!store_ok(st))
+        return PROVHSM_E_INVALID_ARG;
+    int err = lock_dir(st->dirfd, 1);
+    if (err == EWOULDBLOCK) {
+        PH_INFO(MOD, "waiting for another writer of store %s", st->dir);
+        err = lock_dir(st->dirfd, 0);
+    }
+    if (err != 0) {
+        PH_ERR(MOD, "cannot lock store directory %s: %s", st->dir, strerror(err));
+        return PROVHSM_E_IO;
+    }
+    return PROVHSM_OK;
 }
 
 void provhsm_store_close(provhsm_store *st)
@@ -1275,7 +1275,7 @@ provhsm_err provhsm_store_get(provhsm_store *st, const char *name, uint8_t **dat
         PH_DEBUG(MOD, "no entry %s in %s", name, st->dir);
     if (rc != PROVHSM_OK)
         goto out;
-    rc = unseal(st->key, name, NULL, 0, file, file_len, path, &data, &len);
+    rc = provhsm_store_unseal(st->key, name, NULL, 0, file, file_len, path, &data, &len);
     if (rc == PROVHSM_E_TAMPERED)
         PH_ERR(MOD, "%s failed authentication: it was modified, or does not belong to entry %s",
                path, name);
@@ -1306,7 +1306,7 @@ provhsm_err provhsm_store_put(provhsm_store *st, const char *name, const uint8_t
         return PROVHSM_E_INVALID_ARG;
     }
     entry_file_name(name, fname, sizeof(fname));
-    rc = seal(st->key, name, NULL, 0, data, len, &file, &file_len);
+    rc = provhsm_store_seal(st->key, name, NULL, 0, data, len, &file, &file_len);
     if (rc == PROVHSM_OK)
         rc = write_atomic(st->dirfd, st->dir, fname, file, file_len, WRITE_REPLACE, 1);
     free(file);
@@ -1324,6 +1324,7 @@ provhsm_err provhsm_store_remove(provhsm_store *st, const char *name)
         return PROVHSM_E_INVALID_ARG;
     }
     entry_file_name(name, fname, sizeof(fname));
+    BEFORE_REMOVE(name);
     if (unlinkat(st->dirfd, fname, 0) != 0) {
         if (errno == ENOENT) {
             PH_DEBUG(MOD, "no entry %s in %s to remove", name, st->dir);

@@ -30,7 +30,19 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_create(const provhsm_config *cfg);
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out);
 
-/* Wipes the key and frees. NULL is fine. */
+/*
+ * Takes the store's write lock: an exclusive flock on the store directory, held through
+ * this handle until provhsm_store_close(). It excludes every other handle, in this
+ * process or another, and provhsm_store_create(). Every sequence that reads entries and
+ * then writes or removes some (the administration API: x509 generate and import,
+ * symmetric set, identity remove) holds it from before its first read to its last write,
+ * so that two such sequences never interleave (an import removing the pending key that a
+ * concurrent generate has just written). Waits while another holder works. Readers (the
+ * backends) do not lock: every single write is atomic on its own.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_lock(provhsm_store *st);
+
+/* Wipes the key and frees (which releases the lock). NULL is fine. */
 void provhsm_store_close(provhsm_store *st);
 
 /*
@@ -51,10 +63,35 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_remove(provhsm_store *st, const cha
 /* 1 if an entry file exists (no decryption), else 0. */
 int provhsm_store_has(provhsm_store *st, const char *name);
 
+/*
+ * The entry format's two halves, exposed so that a fuzz target calls exactly what the
+ * store calls (store.c's opening comment has the byte layout).
+ *
+ * provhsm_store_unseal parses the bytes of an entry file (header, nonce, ciphertext, tag)
+ * and decrypts them under the 32-byte store key `key`, with `name` (at most 255 bytes) and
+ * `extra` as associated data, as provhsm_store_get does. *out is secure memory.
+ * PROVHSM_E_CORRUPT (logged, naming `path`) for malformed bytes, PROVHSM_E_TAMPERED (not
+ * logged) when authentication fails, PROVHSM_E_INVALID_ARG for bad arguments.
+ *
+ * provhsm_store_seal builds those bytes (plain malloc: nothing in them is secret).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_unseal(const uint8_t *key, const char *name,
+                                                    const uint8_t *extra, size_t extra_len,
+                                                    const uint8_t *file, size_t file_len,
+                                                    const char *path, uint8_t **out,
+                                                    size_t *out_len);
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_seal(const uint8_t *key, const char *name,
+                                                  const uint8_t *extra, size_t extra_len,
+                                                  const uint8_t *data, size_t len, uint8_t **out,
+                                                  size_t *out_len);
+
 #ifdef PROVHSM_TEST_HOOKS
 /* Test hook (test build only): when set, provhsm_store_put stops after writing the temp file and
  * before the rename, returning PROVHSM_E_IO, as a crash there would. */
 extern int provhsm_store_test_fail_before_rename;
+/* Test hook (test build only): called by provhsm_store_remove just before it removes the
+ * entry, so that a test can make another process act in the middle of a write sequence. */
+extern void (*provhsm_store_test_before_remove)(const char *name);
 #endif
 
 #endif

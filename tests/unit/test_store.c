@@ -984,9 +984,20 @@ static void test_modes_with_umask_zero(void **state)
     snprintf(path, sizeof(path), "%s/p/store.meta", fx->root);
     assert_int_equal(mode_of(path), 0600);
 
-    /* create tightens an existing store directory it owns */
+    /* an existing directory open to others is refused, not chmod'ed: it is not ours to
+     * change (issue item: init does not chmod a directory it did not create) */
     snprintf(fx->cfg.store_dir, sizeof(fx->cfg.store_dir), "%s/loose", fx->root);
     assert_int_equal(mkdir(fx->cfg.store_dir, 0777), 0);
+    log_reset();
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_E_PERMISSION);
+    assert_int_equal(mode_of(fx->cfg.store_dir), 0777);
+    assert_true(log_has(fx->cfg.store_dir));
+    assert_true(log_has("0777"));
+    assert_true(log_has("did not create"));
+    snprintf(path, sizeof(path), "%s/loose/store.meta", fx->root);
+    assert_int_equal(access(path, F_OK), -1);
+    /* made private by its owner, it is used as it is */
+    assert_int_equal(chmod(fx->cfg.store_dir, 0700), 0);
     assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_OK);
     assert_int_equal(mode_of(fx->cfg.store_dir), 0700);
     assert_int_equal(open_rc(fx), PROVHSM_OK);

@@ -34,6 +34,7 @@
 #include "backend.h"
 #include "front.h"
 #include "log.h"
+#include "safefile.h"
 #include "secmem.h"
 #include "tpm_blob.h"
 #include "tpm_esys.h"
@@ -158,41 +159,18 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
     if (auth == NULL)
         return PROVHSM_E_NOMEM;
     if (file[0] != '\0') {
-        text = provhsm_secure_alloc(AUTH_FILE_MAX + 1);
-        if (text == NULL) {
-            err = PROVHSM_E_NOMEM;
-            goto cleanup;
-        }
-        /* the same rules as the store's passphrase file: ours, 0600 or stricter, a file */
-        int fd = open(file, O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK);
-        struct stat sb;
-        if (fd < 0) {
-            PH_ERR(MOD, "%s authorisation file %s: %s", what, file, strerror(errno));
-            err = errno == ENOENT ? PROVHSM_E_NOT_FOUND : PROVHSM_E_IO;
-            goto cleanup;
-        }
-        if (fstat(fd, &sb) != 0 || !S_ISREG(sb.st_mode) || sb.st_uid != geteuid() ||
-            (sb.st_mode & 077) != 0) {
-            PH_ERR(MOD,
-                   "%s authorisation file %s must be a regular file owned by uid %u with "
-                   "mode 0600 or stricter",
-                   what, file, (unsigned)geteuid());
-            close(fd);
-            err = PROVHSM_E_PERMISSION;
-            goto cleanup;
-        }
+        /* the same rules and the same code as the store's secret files (safefile.h) */
+        char label[64];
+        uint8_t *bytes = NULL;
         size_t n = 0;
-        ssize_t r = 0;
-        while (n <= AUTH_FILE_MAX &&
-               ((r = read(fd, text + n, AUTH_FILE_MAX + 1 - n)) > 0 || (r < 0 && errno == EINTR)))
-            n += r > 0 ? (size_t)r : 0;
-        close(fd);
-        if (r < 0 || n > AUTH_FILE_MAX) {
-            PH_ERR(MOD, "%s authorisation file %s: unreadable or longer than %d bytes", what, file,
-                   AUTH_FILE_MAX);
-            err = r < 0 ? PROVHSM_E_IO : PROVHSM_E_CONFIG;
+        snprintf(label, sizeof(label), "%s authorisation file", what);
+        const provhsm_file_ref f = {AT_FDCWD, file, file, label, NULL, 0};
+        err = provhsm_safefile_read(&f, PROVHSM_FILE_SECRET, AUTH_FILE_MAX, &bytes, &n);
+        if (err == PROVHSM_E_NOT_FOUND)
+            PH_ERR(MOD, "%s %s does not exist", label, file);
+        if (err != PROVHSM_OK)
             goto cleanup;
-        }
+        text = (char *)bytes;
         err = parse_auth(text, n, file, auth);
     } else if (env[0] != '\0') {
         const char *value = getenv(env);

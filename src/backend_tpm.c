@@ -6,11 +6,12 @@
  * Called by the front (hsm_front.c) through provhsm_backend_tpm, and by the admin API
  * through provhsm_tpm_clear_identity().
  *
- * One state per SDK handle, each with its own TCTI and ESAPI context. open() reads the
- * EK and SRK (ReadPublic) and looks for the identity key (GetCapability), three commands
- * on a provisioned TPM, and keeps the EK and SRK public areas: the get_* calls send
- * nothing and a signature is one TPM2_HMAC. A missing EK or SRK is created from the templates below
- * and persisted. If the connection to the TPM is lost, the next call reconnects.
+ * One state per SDK handle, each with its own TCTI and ESAPI context. open() learns
+ * which of EK, SRK and identity key exist from one GetCapability and reads the EK and SRK
+ * (ReadPublic): three commands on a provisioned TPM, none of them failing for an absent
+ * key. It keeps the EK and SRK public areas: the get_* calls send nothing and a signature
+ * is one TPM2_HMAC. A missing EK or SRK is created from the templates below and
+ * persisted. If the connection to the TPM is lost, the next call reconnects.
  *
  * Static state: one mutex per TCTI string, never freed. A TPM without a resource manager
  * has room for only a few transient objects and sessions, and replacing a persistent key
@@ -29,6 +30,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "backend.h"
@@ -265,7 +267,7 @@ static void link_free(tpm_link *link)
 /*
  * Creates a primary key in `hierarchy` and persists it at `handle`: CreatePrimary,
  * EvictControl, FlushContext. Runs under the TCTI lock; if another user of the TPM
- * persisted one meanwhile, that one is used.
+ * persisted one since we looked (EvictControl finds the handle taken), that one is used.
  */
 static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *tpm,
                                              ESYS_TR hierarchy, const TPM2B_PUBLIC *tmpl,
@@ -277,10 +279,6 @@ static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *t
     TPM2B_PUBLIC *pub = NULL;
 
     pthread_mutex_lock(st->lock);
-    err = provhsm_tpm_read_public(tpm, handle, &persistent, &pub);
-    if (err != PROVHSM_E_NOT_FOUND)
-        goto cleanup; /* made meanwhile (OK), or a real failure */
-
     PH_INFO(MOD, "no %s at 0x%08x: creating one", what, (unsigned)handle);
     err = use_auth(st, tpm, hierarchy);
     if (err == PROVHSM_OK)
@@ -289,13 +287,16 @@ static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *t
         err = provhsm_tpm_create_primary(tpm, hierarchy, tmpl, &transient, &pub);
     if (err == PROVHSM_OK)
         err = provhsm_tpm_persist(tpm, transient, handle, &persistent);
-    if (err == PROVHSM_E_EXISTS)
-        PH_ERR(MOD, "cannot persist the new %s at 0x%08x: the handle is taken", what,
-               (unsigned)handle);
-    if (err == PROVHSM_OK)
+    if (err == PROVHSM_E_EXISTS) {
+        PH_INFO(MOD, "another user of the TPM made the %s at 0x%08x meanwhile: using it", what,
+                (unsigned)handle);
+        Esys_Free(pub);
+        pub = NULL;
+        err = provhsm_tpm_read_public(tpm, handle, &persistent, &pub);
+    } else if (err == PROVHSM_OK) {
         PH_INFO(MOD, "created the %s and made it persistent at 0x%08x", what, (unsigned)handle);
+    }
 
-cleanup:
     provhsm_tpm_flush(tpm, &transient);
     drop_auth(tpm);
     pthread_mutex_unlock(st->lock);
@@ -309,14 +310,20 @@ cleanup:
     return err;
 }
 
-/* The key at `handle`, created from `tmpl` when absent; its public area marshaled. */
+/*
+ * The key at `handle` (`present`: GetCapability listed it), created from `tmpl` when
+ * absent; its public area marshaled. One ReadPublic when present, no probe when absent.
+ */
 static provhsm_err ensure_key(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hierarchy,
-                              const TPM2B_PUBLIC *tmpl, TPM2_HANDLE handle, const char *what,
-                              ESYS_TR *tr_out, uint8_t **pub_out, size_t *pub_len_out)
+                              const TPM2B_PUBLIC *tmpl, TPM2_HANDLE handle, int present,
+                              const char *what, ESYS_TR *tr_out, uint8_t **pub_out,
+                              size_t *pub_len_out)
 {
     ESYS_TR tr = ESYS_TR_NONE;
     TPM2B_PUBLIC *pub = NULL;
-    provhsm_err err = provhsm_tpm_read_public(tpm, handle, &tr, &pub);
+    provhsm_err err = PROVHSM_E_NOT_FOUND;
+    if (present)
+        err = provhsm_tpm_read_public(tpm, handle, &tr, &pub); /* NOT_FOUND: evicted since */
     if (err == PROVHSM_E_NOT_FOUND)
         err = create_persistent_primary(st, tpm, hierarchy, tmpl, handle, what, &tr, &pub);
     if (err == PROVHSM_OK)
@@ -330,36 +337,43 @@ static provhsm_err ensure_key(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hie
     return PROVHSM_OK;
 }
 
-/* Connects and reads (or makes) the EK and SRK and looks for the identity key. */
+/*
+ * Connects, learns which of EK, SRK and identity key exist from one GetCapability (no
+ * command that fails for an absent key, so tpm2-tss prints nothing), reads the EK and
+ * SRK or makes them, and addresses the identity key if there is one.
+ */
 static provhsm_err link_open(const tpm_state *st, tpm_link **out)
 {
     provhsm_err err = PROVHSM_OK;
     TPM2B_PUBLIC tmpl;
+    const TPM2_HANDLE handles[3] = {st->cfg->ek_handle, st->cfg->srk_handle,
+                                    st->cfg->identity_handle};
+    int present[3] = {0, 0, 0};
     tpm_link *link = calloc(1, sizeof(*link));
 
     if (link == NULL)
         return PROVHSM_E_NOMEM;
     link->ek = link->srk = link->identity = ESYS_TR_NONE;
     err = provhsm_tpm_connect(st->cfg->tcti, &link->tpm);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_persistent_present(link->tpm, handles, 3, present);
     if (err != PROVHSM_OK)
         goto cleanup;
 
     ek_template(&tmpl);
-    err = ensure_key(st, link->tpm, ESYS_TR_RH_ENDORSEMENT, &tmpl, st->cfg->ek_handle,
+    err = ensure_key(st, link->tpm, ESYS_TR_RH_ENDORSEMENT, &tmpl, handles[0], present[0],
                      "endorsement key", &link->ek, &link->ek_pub, &link->ek_pub_len);
     if (err != PROVHSM_OK)
         goto cleanup;
     srk_template(&tmpl);
-    err = ensure_key(st, link->tpm, ESYS_TR_RH_OWNER, &tmpl, st->cfg->srk_handle,
+    err = ensure_key(st, link->tpm, ESYS_TR_RH_OWNER, &tmpl, handles[1], present[1],
                      "storage root key", &link->srk, &link->srk_pub, &link->srk_pub_len);
     if (err != PROVHSM_OK)
         goto cleanup;
-    err = provhsm_tpm_find_persistent(link->tpm, st->cfg->identity_handle, &link->identity);
-    if (err == PROVHSM_E_NOT_FOUND) {
-        PH_DEBUG(MOD, "no identity key at 0x%08x yet", (unsigned)st->cfg->identity_handle);
-        link->identity = ESYS_TR_NONE;
-        err = PROVHSM_OK;
-    }
+    if (present[2])
+        err = provhsm_tpm_persistent_handle(link->tpm, handles[2], &link->identity);
+    else
+        PH_DEBUG(MOD, "no identity key at 0x%08x yet", (unsigned)handles[2]);
     if (err != PROVHSM_OK)
         goto cleanup;
     *out = link;
@@ -460,9 +474,49 @@ static provhsm_err tpm_storage_root_key(void *p, uint8_t **out, size_t *len_out)
 }
 
 /*
+ * Before a working key is evicted, the new one must have signed: a key the blob parser
+ * accepts can still be unusable (an authorisation value we do not know, an attribute the
+ * TPM reads differently), and evicting first would leave the device with no key at all.
+ */
+static provhsm_err check_new_key_signs(provhsm_tpm *tpm, ESYS_TR loaded)
+{
+    static const uint8_t probe[] = "provhsm identity key check";
+    uint8_t *mac = NULL;
+    size_t mac_len = 0;
+    provhsm_err err =
+        provhsm_tpm_hmac_sha256(tpm, loaded, probe, sizeof(probe) - 1, &mac, &mac_len);
+    free(mac);
+    if (err != PROVHSM_OK) {
+        PH_ERR(MOD, "activation: the new identity key cannot sign; the previous one stays");
+        return err == PROVHSM_E_NOT_FOUND ? PROVHSM_E_TPM : err;
+    }
+    return PROVHSM_OK;
+}
+
+/*
+ * EvictControl of the new key, once more after a TPM warning (NV rate limit, memory):
+ * by now the old key is gone, so giving up at the first transient refusal would leave
+ * the device without an identity key.
+ */
+static provhsm_err persist_identity(provhsm_tpm *tpm, ESYS_TR loaded, TPM2_HANDLE handle,
+                                    ESYS_TR *persistent_out)
+{
+    static const struct timespec pause = {.tv_sec = 0, .tv_nsec = 100 * 1000000L};
+    provhsm_err err = provhsm_tpm_persist(tpm, loaded, handle, persistent_out);
+    if (err == PROVHSM_E_TPM && provhsm_tpm_last_failure_transient(tpm)) {
+        PH_WARN(MOD, "persisting the identity key at 0x%08x: the TPM is busy; trying once more",
+                (unsigned)handle);
+        nanosleep(&pause, NULL);
+        err = provhsm_tpm_persist(tpm, loaded, handle, persistent_out);
+    }
+    return err;
+}
+
+/*
  * Replaces the persistent identity key with the transient `loaded` one. A TPM cannot
  * overwrite a persistent handle, so the old key is evicted first; the new one was loaded
- * before, so a blob the TPM refuses never costs the old key.
+ * and has signed before that, so a blob the TPM refuses, or a key that cannot sign,
+ * never costs the old key. With no old key there is nothing to protect and no trial.
  */
 static provhsm_err replace_identity(tpm_state *st, ESYS_TR loaded)
 {
@@ -470,22 +524,28 @@ static provhsm_err replace_identity(tpm_state *st, ESYS_TR loaded)
     TPM2_HANDLE handle = st->cfg->identity_handle;
     ESYS_TR fresh = ESYS_TR_NONE;
     provhsm_err err = PROVHSM_OK;
+    int tried = 0;
 
     if (link->identity != ESYS_TR_NONE) {
-        err = provhsm_tpm_evict(link->tpm, &link->identity);
+        err = check_new_key_signs(link->tpm, loaded);
+        tried = 1;
+        if (err == PROVHSM_OK)
+            err = provhsm_tpm_evict(link->tpm, &link->identity);
         if (err == PROVHSM_E_NOT_FOUND)
             err = PROVHSM_OK; /* someone else removed it */
         if (err != PROVHSM_OK)
             return err;
     }
-    err = provhsm_tpm_persist(link->tpm, loaded, handle, &fresh);
+    err = persist_identity(link->tpm, loaded, handle, &fresh);
     if (err == PROVHSM_E_EXISTS) {
         /* another state or process put a key there since we looked */
-        err = provhsm_tpm_find_persistent(link->tpm, handle, &link->identity);
+        err = tried ? PROVHSM_OK : check_new_key_signs(link->tpm, loaded);
+        if (err == PROVHSM_OK)
+            err = provhsm_tpm_find_persistent(link->tpm, handle, &link->identity);
         if (err == PROVHSM_OK)
             err = provhsm_tpm_evict(link->tpm, &link->identity);
         if (err == PROVHSM_OK)
-            err = provhsm_tpm_persist(link->tpm, loaded, handle, &fresh);
+            err = persist_identity(link->tpm, loaded, handle, &fresh);
     }
     if (err != PROVHSM_OK) {
         PH_ERR(MOD, "cannot make the identity key persistent at 0x%08x", (unsigned)handle);

@@ -3,7 +3,7 @@
  * sdk-contract.md, "The activation blob"). It walks the blob with libtss2-mu, one field
  * at a time, checking every size against what remains, and then checks that the identity
  * key's public area is something the TPM backend is willing to import: a KEYEDHASH
- * HMAC-SHA256 signing key with nameAlg SHA-256.
+ * HMAC-SHA256 signing key with nameAlg SHA-256 and the attributes signing needs.
  * Callers: the TPM backend (before any TPM command), the fuzz target, the tool.
  * Keeps nothing static and allocates nothing; the blob itself is never logged.
  */
@@ -70,6 +70,51 @@ static int parse_public(const uint8_t *buf, size_t len, size_t *off, TPM2B_PUBLI
     return 0;
 }
 
+/*
+ * What the signing path needs of the identity key's attributes, and what a duplicate can
+ * carry at all. An attribute the TPM would refuse at Import, Load or EvictControl, or
+ * that makes TPM2_HMAC fail, is refused here, before any TPM command, so that a bad blob
+ * never reaches the point where the working key is replaced.
+ */
+#define ATTR_KNOWN                                                                                 \
+    (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_STCLEAR | TPMA_OBJECT_FIXEDPARENT |                        \
+     TPMA_OBJECT_SENSITIVEDATAORIGIN | TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_ADMINWITHPOLICY |    \
+     TPMA_OBJECT_NODA | TPMA_OBJECT_ENCRYPTEDDUPLICATION | TPMA_OBJECT_RESTRICTED |                \
+     TPMA_OBJECT_DECRYPT | TPMA_OBJECT_SIGN_ENCRYPT)
+
+static const struct {
+    TPMA_OBJECT bit;
+    int want; /* 1: must be set, 0: must be clear */
+    const char *why;
+} identity_attributes[] = {
+    {TPMA_OBJECT_SIGN_ENCRYPT, 1, "sign attribute missing: the key cannot make an HMAC"},
+    {TPMA_OBJECT_USERWITHAUTH, 1,
+     "userWithAuth missing: the key would sign only under a policy session"},
+    {TPMA_OBJECT_RESTRICTED, 0, "restricted: TPM2_HMAC refuses a restricted key"},
+    {TPMA_OBJECT_DECRYPT, 0, "decrypt set: not an HMAC signing key"},
+    {TPMA_OBJECT_FIXEDTPM, 0, "fixedTPM set: a duplicated key cannot be imported with it"},
+    {TPMA_OBJECT_FIXEDPARENT, 0, "fixedParent set: a duplicated key cannot be imported with it"},
+    {TPMA_OBJECT_STCLEAR, 0, "stClear set: the key could not be made persistent"},
+};
+
+static int check_identity_attributes(TPMA_OBJECT attrs)
+{
+    if ((attrs & ~ATTR_KNOWN) != 0) {
+        PH_ERR(MOD, "objectPublic: reserved or unknown attributes 0x%08x set (attributes 0x%08x)",
+               (unsigned)(attrs & ~ATTR_KNOWN), (unsigned)attrs);
+        return -1;
+    }
+    for (size_t i = 0; i < sizeof(identity_attributes) / sizeof(identity_attributes[0]); i++) {
+        int set = (attrs & identity_attributes[i].bit) != 0;
+        if (set != identity_attributes[i].want) {
+            PH_ERR(MOD, "objectPublic: %s (attributes 0x%08x)", identity_attributes[i].why,
+                   (unsigned)attrs);
+            return -1;
+        }
+    }
+    return 0;
+}
+
 /* The identity key must be an HMAC-SHA256 signing key; anything else is refused here. */
 static int check_identity_public(const TPMT_PUBLIC *p)
 {
@@ -81,11 +126,8 @@ static int check_identity_public(const TPMT_PUBLIC *p)
         PH_ERR(MOD, "objectPublic: nameAlg 0x%04x is not SHA256", (unsigned)p->nameAlg);
         return -1;
     }
-    if ((p->objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT) == 0) {
-        PH_ERR(MOD, "objectPublic: sign attribute missing (attributes 0x%08x)",
-               (unsigned)p->objectAttributes);
+    if (check_identity_attributes(p->objectAttributes) != 0)
         return -1;
-    }
     const TPMT_KEYEDHASH_SCHEME *s = &p->parameters.keyedHashDetail.scheme;
     if (s->scheme != TPM2_ALG_HMAC) {
         PH_ERR(MOD, "objectPublic: scheme 0x%04x is not HMAC", (unsigned)s->scheme);
@@ -94,6 +136,12 @@ static int check_identity_public(const TPMT_PUBLIC *p)
     if (s->details.hmac.hashAlg != TPM2_ALG_SHA256) {
         PH_ERR(MOD, "objectPublic: HMAC hash 0x%04x is not SHA256",
                (unsigned)s->details.hmac.hashAlg);
+        return -1;
+    }
+    /* unique is H(seedValue || key) with the name algorithm: Load refuses another size */
+    if (p->unique.keyedHash.size != 32) {
+        PH_ERR(MOD, "objectPublic: unique has %u bytes, not a SHA-256 digest",
+               (unsigned)p->unique.keyedHash.size);
         return -1;
     }
     return 0;

@@ -2,9 +2,10 @@
  * Parser for the provisioning service's activation blob (sdk-contract.md, "The
  * activation blob"). Pure: no TPM commands, no allocation. Every size is checked against
  * what remains before it is used, and a blob that is structurally wrong, or whose
- * identity key is not a KEYEDHASH HMAC-SHA256 object, is rejected here, before any TPM
- * command is sent. Unmarshaling is tpm2-tss's libtss2-mu.
- * Callers: the TPM backend, the fuzz target, the tool.
+ * identity key is not a KEYEDHASH HMAC-SHA256 object that can sign arbitrary data with
+ * a password (sign and userWithAuth set; restricted, decrypt, fixedTPM, fixedParent,
+ * stClear and reserved bits clear), is rejected here, before any TPM command is sent. Unmarshaling
+ * is tpm2-tss's libtss2-mu. Callers: the TPM backend, the fuzz target, the tool.
  */
 #ifndef PROVHSM_TPM_BLOB_H
 #define PROVHSM_TPM_BLOB_H
@@ -26,7 +27,7 @@ typedef struct provhsm_activation_blob {
 /*
  * Parses `len` bytes. PROVHSM_E_CORRUPT (with a log line naming the field) when any
  * field is truncated, oversized, or the identity key's public area is not a KEYEDHASH
- * HMAC-SHA256 key; PROVHSM_E_INVALID_ARG for NULL.
+ * HMAC-SHA256 signing key (see above); PROVHSM_E_INVALID_ARG for NULL.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_blob_parse(const uint8_t *buf, size_t len,
                                                       provhsm_activation_blob *out);

@@ -5,21 +5,23 @@
  *
  *  - A counting proxy TCTI placed between ESAPI and the loaded TCTI: every command is
  *    counted at the transport (per connection and process-wide), and a test hook can
- *    answer one chosen command with a TPM error without sending it.
+ *    answer chosen commands with a TPM error without sending them.
  *  - The call discipline: every ESAPI command runs as _Async + _Finish, retried a few
  *    times with a short sleep while the TPM says RETRY / YIELDED / TESTING (ESAPI's own
  *    resubmission gives up without waiting), with one TPM2_Startup if the TPM was never
  *    started. Running the two halves ourselves also keeps ESAPI's synchronous wrappers
  *    from printing an ERROR line for every TPM error (the _Finish half still prints a
  *    WARNING at tpm2-tss's default log level, TSS2_LOG); we log each failure once,
- *    decoded with Tss2_RC_Decode(). The identity key is looked up with GetCapability,
+ *    decoded with Tss2_RC_Decode(). Persistent keys are looked up with GetCapability,
  *    which an empty handle does not make fail, so an unprovisioned device logs nothing.
  *  - Error mapping: failures below the TPM (TCTI, lost connection) are
  *    PROVHSM_E_NO_DEVICE and mark the connection lost, since ESAPI refuses every later
  *    command on that context; what the TPM refuses is PROVHSM_E_TPM.
  *
- * Static state: the process-wide command counter and the armed fault, both atomics.
+ * Static state: the process-wide command counter (an atomic) and, in the test build, the
+ * armed faults (under their own mutex).
  */
+#include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -57,14 +59,38 @@ struct provhsm_tpm {
     uint64_t commands;
     uint32_t input_buffer; /* TPM2_PT_INPUT_BUFFER, 0 until read */
     int lost;
+    int last_failure_transient; /* the last failure logged by fail() was a TPM warning */
     int startup_tried;
     char tcti[512]; /* for log lines */
 };
 
 static atomic_uint_fast64_t commands_total;
 #ifdef PROVHSM_TEST_HOOKS
-static atomic_uint_fast64_t fail_at; /* process-wide command number to fake, 0 = none */
-static atomic_uint_fast32_t fail_rc;
+/* Armed faults: after `skip` matching commands, the next `left` matching ones are faked. */
+static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    uint64_t skip, left;
+    uint32_t command_code; /* 0 matches every command */
+    uint32_t rc;
+} fault;
+
+/* 1 when the command `cc` is to be answered with *rc_out instead of being sent. */
+static int fault_due(uint32_t cc, TSS2_RC *rc_out)
+{
+    int due = 0;
+    pthread_mutex_lock(&fault_lock);
+    if (fault.left > 0 && (fault.command_code == 0 || fault.command_code == cc)) {
+        if (fault.skip > 0) {
+            fault.skip--;
+        } else {
+            fault.left--;
+            *rc_out = fault.rc;
+            due = 1;
+        }
+    }
+    pthread_mutex_unlock(&fault_lock);
+    return due;
+}
 #endif
 
 /* ---- the proxy TCTI ------------------------------------------------------------- */
@@ -72,24 +98,21 @@ static atomic_uint_fast32_t fail_rc;
 static TSS2_RC proxy_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t *command)
 {
     proxy_tcti *p = (proxy_tcti *)ctx;
-    uint_fast64_t n = atomic_fetch_add(&commands_total, 1) + 1;
+    uint32_t cc = 0;
+    size_t off = 6;
+    atomic_fetch_add(&commands_total, 1);
     p->owner->commands++;
-    if (size >= RESPONSE_HDR_LEN && provhsm_log_enabled(PROVHSM_LOG_DEBUG)) {
-        uint32_t cc = 0;
-        size_t off = 6;
-        if (Tss2_MU_UINT32_Unmarshal(command, size, &off, &cc) == TSS2_RC_SUCCESS)
-            PH_DEBUG(MOD, "command 0x%03x (%zu bytes)", (unsigned)cc, size);
-    }
+    if (size < RESPONSE_HDR_LEN ||
+        Tss2_MU_UINT32_Unmarshal(command, size, &off, &cc) != TSS2_RC_SUCCESS)
+        cc = 0;
+    if (provhsm_log_enabled(PROVHSM_LOG_DEBUG))
+        PH_DEBUG(MOD, "command 0x%03x (%zu bytes)", (unsigned)cc, size);
 
 #ifdef PROVHSM_TEST_HOOKS
-    uint_fast64_t armed = atomic_load(&fail_at);
-    if (armed != 0 && armed == n && atomic_compare_exchange_strong(&fail_at, &armed, 0)) {
-        p->fake_rc = (TSS2_RC)atomic_load(&fail_rc);
+    if (fault_due(cc, &p->fake_rc)) {
         p->fake_pending = 1;
         return TSS2_RC_SUCCESS;
     }
-#else
-    (void)n;
 #endif
     return Tss2_Tcti_Transmit(p->inner, size, command);
 }
@@ -201,10 +224,18 @@ static provhsm_err map_rc(provhsm_tpm *tpm, TSS2_RC rc)
     return PROVHSM_E_TPM;
 }
 
+/* A TPM warning (format zero, TPM_RC_WARN): the TPM could not do it now, not "never". */
+static int rc_is_tpm_warning(TSS2_RC rc)
+{
+    TSS2_RC code = tpm_code(rc);
+    return (code & TPM2_RC_FMT1) == 0 && (code & TPM2_RC_WARN) == TPM2_RC_WARN;
+}
+
 /* Logs a failed call once and maps it. */
 static provhsm_err fail(provhsm_tpm *tpm, TSS2_RC rc, const char *what)
 {
     provhsm_err err = map_rc(tpm, rc);
+    tpm->last_failure_transient = rc_is_tpm_warning(rc);
     if (err == PROVHSM_E_NO_DEVICE)
         PH_ERR(MOD, "%s: the TPM cannot be reached through \"%s\": %s (0x%08x)", what, tpm->tcti,
                Tss2_RC_Decode(rc), (unsigned)rc);
@@ -361,11 +392,26 @@ uint64_t provhsm_tpm_commands_total(void)
     return (uint64_t)atomic_load(&commands_total);
 }
 
+int provhsm_tpm_last_failure_transient(const provhsm_tpm *tpm)
+{
+    return tpm != NULL && !tpm->lost && tpm->last_failure_transient;
+}
+
 #ifdef PROVHSM_TEST_HOOKS
+void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t command_code,
+                                    uint32_t tpm_rc)
+{
+    pthread_mutex_lock(&fault_lock);
+    fault.skip = nth > 0 ? nth - 1 : 0;
+    fault.left = nth > 0 ? count : 0;
+    fault.command_code = command_code;
+    fault.rc = tpm_rc;
+    pthread_mutex_unlock(&fault_lock);
+}
+
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc)
 {
-    atomic_store(&fail_rc, tpm_rc);
-    atomic_store(&fail_at, nth == 0 ? 0 : (uint_fast64_t)(atomic_load(&commands_total) + nth));
+    provhsm_tpm_test_fail_commands(nth, 1, 0, tpm_rc);
 }
 #endif
 
@@ -515,36 +561,72 @@ cleanup:
     return err;
 }
 
-provhsm_err provhsm_tpm_find_persistent(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out)
+provhsm_err provhsm_tpm_persistent_present(provhsm_tpm *tpm, const TPM2_HANDLE *handles, size_t n,
+                                           int *present)
 {
-    TPMI_YES_NO more = TPM2_NO;
-    TPMS_CAPABILITY_DATA *data = NULL;
-    ESYS_TR tr = ESYS_TR_NONE;
+    TPM2_HANDLE lowest = TPM2_PERSISTENT_LAST, highest = TPM2_PERSISTENT_FIRST;
+    TPMI_YES_NO more = TPM2_YES;
     TSS2_RC rc;
 
-    if (tpm == NULL || tr_out == NULL)
+    if (tpm == NULL || handles == NULL || present == NULL || n == 0)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "GetCapability");
-    /* the TPM lists handles from `handle` on: it is there if it comes first */
-    TPM_RUN(tpm, rc,
-            Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                     TPM2_CAP_HANDLES, handle, 1),
-            Esys_GetCapability_Finish(tpm->esys, &more, &data));
-    if (rc != TSS2_RC_SUCCESS)
-        return fail(tpm, rc, "GetCapability(TPM2_CAP_HANDLES)");
-    int present = data->data.handles.count >= 1 && data->data.handles.handle[0] == handle;
-    Esys_Free(data);
-    if (!present) {
-        PH_DEBUG(MOD, "nothing at handle 0x%08x", (unsigned)handle);
-        return PROVHSM_E_NOT_FOUND;
+    for (size_t i = 0; i < n; i++) {
+        present[i] = 0;
+        lowest = handles[i] < lowest ? handles[i] : lowest;
+        highest = handles[i] > highest ? handles[i] : highest;
     }
-    rc = tr_deserialize(tpm, handle, NULL, NULL, &tr);
-    if (rc != TSS2_RC_SUCCESS) {
+    /* the TPM lists the persistent handles in use from `next` on, in order */
+    TPM2_HANDLE next = lowest;
+    while (more == TPM2_YES && next <= highest) {
+        TPMS_CAPABILITY_DATA *data = NULL;
+        TPM_RUN(tpm, rc,
+                Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                         TPM2_CAP_HANDLES, next, HANDLES_PER_QUERY),
+                Esys_GetCapability_Finish(tpm->esys, &more, &data));
+        if (rc != TSS2_RC_SUCCESS)
+            return fail(tpm, rc, "GetCapability(TPM2_CAP_HANDLES)");
+        const TPML_HANDLE *listed = &data->data.handles;
+        for (uint32_t j = 0; j < listed->count; j++)
+            for (size_t i = 0; i < n; i++)
+                present[i] |= listed->handle[j] == handles[i];
+        if (listed->count == 0 || listed->handle[listed->count - 1] >= highest)
+            more = TPM2_NO;
+        else
+            next = listed->handle[listed->count - 1] + 1;
+        Esys_Free(data);
+    }
+    for (size_t i = 0; i < n; i++)
+        PH_DEBUG(MOD, "persistent handle 0x%08x: %s", (unsigned)handles[i],
+                 present[i] ? "in use" : "empty");
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_persistent_handle(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out)
+{
+    ESYS_TR tr = ESYS_TR_NONE;
+    if (tpm == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "ReadPublic");
+    if (tr_deserialize(tpm, handle, NULL, NULL, &tr) != TSS2_RC_SUCCESS) {
         PH_DEBUG(MOD, "Esys_TR_Deserialize refused a handle; using Esys_TR_FromTPMPublic");
         return read_public_esys(tpm, handle, tr_out, NULL);
     }
     *tr_out = tr;
     return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_find_persistent(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out)
+{
+    int present = 0;
+    if (tpm == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = provhsm_tpm_persistent_present(tpm, &handle, 1, &present);
+    if (err != PROVHSM_OK)
+        return err;
+    if (!present)
+        return PROVHSM_E_NOT_FOUND;
+    return provhsm_tpm_persistent_handle(tpm, handle, tr_out);
 }
 
 provhsm_err provhsm_tpm_marshal_public(const TPM2B_PUBLIC *pub, uint8_t **out, size_t *len_out)
@@ -736,6 +818,25 @@ cleanup:
     return err;
 }
 
+/*
+ * What ActivateCredential answers when the credential cannot be opened with this EK (its
+ * seed does not decrypt: TPM_RC_VALUE or TPM_RC_SIZE on the secret, or a TPM failure
+ * code some TPMs return for a failed RSA decryption) or when its integrity check against
+ * the SRK's Name fails (TPM_RC_INTEGRITY on the credential). tpm2-tss renders some of
+ * these as "a TPM failure", which reads as broken hardware.
+ */
+static int rc_is_foreign_credential(TSS2_RC rc)
+{
+    TSS2_RC code = tpm_code(rc);
+    if (code == TPM2_RC_FAILURE)
+        return 1;
+    if ((code & TPM2_RC_FMT1) == 0 || (code & TPM2_RC_P) == 0)
+        return 0;
+    TSS2_RC error = code & (TPM2_RC_FMT1 | 0x3f);
+    return error == TPM2_RC_VALUE || error == TPM2_RC_SIZE || error == TPM2_RC_INTEGRITY ||
+           error == TPM2_RC_KEY || error == TPM2_RC_ECC_POINT;
+}
+
 provhsm_err provhsm_tpm_activate_credential(provhsm_tpm *tpm, ESYS_TR activate, ESYS_TR key,
                                             ESYS_TR *session,
                                             const TPM2B_ID_OBJECT *credential_blob,
@@ -753,6 +854,14 @@ provhsm_err provhsm_tpm_activate_credential(provhsm_tpm *tpm, ESYS_TR activate, 
             Esys_ActivateCredential_Async(tpm->esys, activate, key, ESYS_TR_PASSWORD, *session,
                                           ESYS_TR_NONE, credential_blob, secret),
             Esys_ActivateCredential_Finish(tpm->esys, &cred));
+    if (rc != TSS2_RC_SUCCESS && rc_is_foreign_credential(rc)) {
+        tpm->last_failure_transient = 0;
+        PH_ERR(MOD,
+               "ActivateCredential: the activation blob was not made for this TPM's endorsement "
+               "key, or is corrupt (TPM code 0x%03x: %s)",
+               (unsigned)tpm_code(rc), Tss2_RC_Decode(rc));
+        return PROVHSM_E_TPM;
+    }
     if (rc != TSS2_RC_SUCCESS)
         return fail(tpm, rc, "ActivateCredential");
     /* the session had continueSession clear: the TPM has flushed it */

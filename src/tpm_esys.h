@@ -43,13 +43,26 @@ int provhsm_tpm_lost(const provhsm_tpm *tpm);
 uint64_t provhsm_tpm_commands(const provhsm_tpm *tpm);
 uint64_t provhsm_tpm_commands_total(void);
 
+/*
+ * 1 when the last failure this connection reported was a TPM warning (TPM_RC_WARN: out of
+ * memory or handles, NV rate limit, retry, ...), i.e. the same command may work a moment
+ * later; 0 otherwise, and for a lost connection.
+ */
+int provhsm_tpm_last_failure_transient(const provhsm_tpm *tpm);
+
 #ifdef PROVHSM_TEST_HOOKS
 /*
- * Test hook (built only into the test copy of the library, never the installed archive):
- * the nth TPM command from now (1 = the next one, counted process-wide) is
- * not sent; its caller receives a response carrying `tpm_rc` instead, as if the TPM had
- * refused it. nth == 0 disarms. For tests of failure paths only.
+ * Test hooks (built only into the test copy of the library, never the installed archive).
+ * provhsm_tpm_test_fail_commands: of the TPM commands from now on with command code
+ * `command_code` (0: every command), counted process-wide, the nth (1 = the next one) and
+ * the count - 1 after it are not sent; each caller receives a response carrying `tpm_rc`
+ * instead, as if the TPM had refused it. ESAPI resubmits some codes by itself (RETRY,
+ * YIELDED, TESTING), and each resubmission is a command here too. nth == 0 or count == 0
+ * disarms; arming replaces what was armed before.
+ * provhsm_tpm_test_fail_command(nth, rc) is (nth, 1, 0, rc). For failure-path tests only.
  */
+void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t command_code,
+                                    uint32_t tpm_rc);
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
 #endif
 
@@ -63,6 +76,23 @@ void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_read_public(provhsm_tpm *tpm, TPM2_HANDLE handle,
                                                        ESYS_TR *tr_out, TPM2B_PUBLIC **pub_out);
+
+/*
+ * Which of the `n` persistent handles are in use (present[i] 1 or 0), without a command
+ * that fails for an empty handle: one GetCapability(TPM2_CAP_HANDLES) from the lowest of
+ * them (another only when the TPM lists fewer handles at once than lie between them).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_persistent_present(provhsm_tpm *tpm,
+                                                              const TPM2_HANDLE *handles, size_t n,
+                                                              int *present);
+
+/*
+ * An ESYS handle for a persistent `handle` known to be in use, for commands authorised by
+ * password (HMAC, EvictControl); it carries no name or public area. No TPM command
+ * (one ReadPublic only if ESAPI refuses the serialized form).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_persistent_handle(provhsm_tpm *tpm, TPM2_HANDLE handle,
+                                                             ESYS_TR *tr_out);
 
 /*
  * Looks for a persistent object at `handle` without reading it: one GetCapability.

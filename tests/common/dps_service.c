@@ -333,11 +333,13 @@ cleanup:
     return ret;
 }
 
-int provhsm_test_dps_make_blob_with(const uint8_t *ek_tpm2b, size_t ek_len,
-                                    const uint8_t *srk_tpm2b, size_t srk_len,
-                                    const uint8_t *hmac_key, size_t hmac_key_len,
-                                    const provhsm_test_dps_random *rnd, uint8_t **blob_out,
-                                    size_t *blob_len_out)
+/* The identity key as the service makes it: userWithAuth, noDA, sign, empty auth. */
+#define SERVICE_ATTRIBUTES (TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_SIGN_ENCRYPT)
+
+static int make_blob(const uint8_t *ek_tpm2b, size_t ek_len, const uint8_t *srk_tpm2b,
+                     size_t srk_len, const uint8_t *hmac_key, size_t hmac_key_len,
+                     const provhsm_test_dps_random *rnd, const provhsm_test_dps_key_options *opts,
+                     uint8_t **blob_out, size_t *blob_len_out)
 {
     int ret = -1;
     protector ek = {0};
@@ -364,7 +366,9 @@ int provhsm_test_dps_make_blob_with(const uint8_t *ek_tpm2b, size_t ek_len,
 
     if (ek_tpm2b == NULL || srk_tpm2b == NULL || hmac_key == NULL || rnd == NULL ||
         blob_out == NULL || blob_len_out == NULL || hmac_key_len == 0 ||
-        hmac_key_len > MAX_HMAC_KEY) {
+        hmac_key_len > MAX_HMAC_KEY ||
+        opts->auth_len > sizeof(sensitive.sensitiveArea.authValue.buffer) ||
+        (opts->auth == NULL && opts->auth_len > 0)) {
         fprintf(stderr, "dps_service: invalid argument\n");
         return -1;
     }
@@ -379,12 +383,15 @@ int provhsm_test_dps_make_blob_with(const uint8_t *ek_tpm2b, size_t ek_len,
     memcpy(s->seedValue.buffer, rnd->obfuscation, sizeof(rnd->obfuscation));
     s->sensitive.bits.size = (UINT16)hmac_key_len;
     memcpy(s->sensitive.bits.buffer, hmac_key, hmac_key_len);
+    s->authValue.size = (UINT16)opts->auth_len;
+    if (opts->auth_len > 0)
+        memcpy(s->authValue.buffer, opts->auth, opts->auth_len);
 
     TPMT_PUBLIC *p = &object.publicArea;
     p->type = TPM2_ALG_KEYEDHASH;
     p->nameAlg = TPM2_ALG_SHA256;
     /* a duplicate: fixedTPM and fixedParent clear */
-    p->objectAttributes = TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_SIGN_ENCRYPT;
+    p->objectAttributes = opts->attributes != 0 ? opts->attributes : SERVICE_ATTRIBUTES;
     p->parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_HMAC;
     p->parameters.keyedHashDetail.scheme.details.hmac.hashAlg = TPM2_ALG_SHA256;
     p->unique.keyedHash.size = SHA256_LEN;
@@ -467,6 +474,38 @@ cleanup:
     provhsm_wipe(inner_plain, sizeof(inner_plain));
     provhsm_wipe(cred_plain, sizeof(cred_plain));
     free(blob);
+    return ret;
+}
+
+int provhsm_test_dps_make_blob_with(const uint8_t *ek_tpm2b, size_t ek_len,
+                                    const uint8_t *srk_tpm2b, size_t srk_len,
+                                    const uint8_t *hmac_key, size_t hmac_key_len,
+                                    const provhsm_test_dps_random *rnd, uint8_t **blob_out,
+                                    size_t *blob_len_out)
+{
+    static const provhsm_test_dps_key_options service = {0};
+    return make_blob(ek_tpm2b, ek_len, srk_tpm2b, srk_len, hmac_key, hmac_key_len, rnd, &service,
+                     blob_out, blob_len_out);
+}
+
+int provhsm_test_dps_make_blob_opts(const uint8_t *ek_tpm2b, size_t ek_len,
+                                    const uint8_t *srk_tpm2b, size_t srk_len,
+                                    const uint8_t *hmac_key, size_t hmac_key_len,
+                                    const provhsm_test_dps_key_options *opts, uint8_t **blob_out,
+                                    size_t *blob_len_out)
+{
+    static const provhsm_test_dps_key_options service = {0};
+    provhsm_test_dps_random rnd;
+    int ret = -1;
+    if (RAND_bytes(rnd.obfuscation, sizeof(rnd.obfuscation)) != 1 ||
+        RAND_bytes(rnd.inner_key, sizeof(rnd.inner_key)) != 1 ||
+        RAND_bytes(rnd.dup_seed, sizeof(rnd.dup_seed)) != 1 ||
+        RAND_bytes(rnd.cred_seed, sizeof(rnd.cred_seed)) != 1)
+        report("RAND_bytes");
+    else
+        ret = make_blob(ek_tpm2b, ek_len, srk_tpm2b, srk_len, hmac_key, hmac_key_len, &rnd,
+                        opts != NULL ? opts : &service, blob_out, blob_len_out);
+    provhsm_wipe(&rnd, sizeof(rnd));
     return ret;
 }
 

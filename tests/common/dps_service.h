@@ -47,6 +47,24 @@ int provhsm_test_dps_make_blob_with(const uint8_t *ek_tpm2b, size_t ek_len,
                                     size_t *blob_len_out);
 
 /*
+ * What a test may change about the identity key the service makes, to see what a device
+ * does with a key the service should not have sent. Zero values keep the service's own
+ * choice: attributes userWithAuth | noDA | sign, an empty authorisation value.
+ */
+typedef struct provhsm_test_dps_key_options {
+    uint32_t attributes; /* objectAttributes of the identity key; 0 = the service's */
+    const uint8_t *auth; /* authValue in its sensitive area (<= 32 bytes) */
+    size_t auth_len;
+} provhsm_test_dps_key_options;
+
+/* provhsm_test_dps_make_blob() with the key changed as `opts` says (NULL: unchanged). */
+int provhsm_test_dps_make_blob_opts(const uint8_t *ek_tpm2b, size_t ek_len,
+                                    const uint8_t *srk_tpm2b, size_t srk_len,
+                                    const uint8_t *hmac_key, size_t hmac_key_len,
+                                    const provhsm_test_dps_key_options *opts, uint8_t **blob_out,
+                                    size_t *blob_len_out);
+
+/*
  * TPM KDFa with HMAC-SHA256 (TPM 2.0 Part 1, "Key Derivation Function"): for i = 1, 2, ...
  * HMAC(key, [i]32 || label || 0x00 || context_u || context_v || [bits]32), concatenated
  * and cut to bits/8 bytes. label is a C string (its NUL is the 0x00); contexts may be

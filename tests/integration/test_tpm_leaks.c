@@ -4,8 +4,9 @@
  * activations (valid, malformed, forged, and valid ones whose n-th TPM command fails),
  * then the TPM's transient objects, loaded sessions and persistent objects must be what
  * they were before. After every call the identity key must be the expected one. Also
- * checks that a TPM asking for a retry (TPM_RC_RETRY, TPM_RC_YIELDED) is retried.
- * Faults come from provhsm_tpm_test_fail_command() in the counting TCTI.
+ * checks provhsm's own retry of a TPM asking for one (TPM_RC_RETRY, YIELDED, TESTING)
+ * beyond what ESAPI resubmits by itself, and that retry's bound.
+ * Faults come from provhsm_tpm_test_fail_commands() in the counting TCTI.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -97,7 +98,18 @@ static void expect_counts(const provhsm_test_tpm_counts *before)
     assert_int_equal(provhsm_test_tpm_counts_unchanged(L.swtpm.tcti, before), 0);
 }
 
-/* A failing TPM command is retried when the TPM says so, and only then. */
+/*
+ * ESAPI resubmits a command the TPM answers with RETRY, YIELDED or TESTING by itself, up
+ * to ESAPI_SUBMISSIONS times in all; provhsm runs each command PROVHSM_RUNS times while
+ * that goes on (src/tpm_esys.c, TPM_ATTEMPTS). So a signature survives up to
+ * ESAPI_SUBMISSIONS * PROVHSM_RUNS - 1 such answers in a row, and gives up after that
+ * many commands.
+ */
+#define ESAPI_SUBMISSIONS 5
+#define PROVHSM_RUNS      5
+#define RETRY_BOUND       (ESAPI_SUBMISSIONS * PROVHSM_RUNS)
+
+/* (issue 6, items 6a and 11) provhsm's own retry loop, beyond ESAPI's, and its bound. */
 static void test_retry(void **unused)
 {
     (void)unused;
@@ -110,15 +122,30 @@ static void test_retry(void **unused)
     L.current = 0;
 
     const uint32_t retryable[] = {TPM2_RC_RETRY, TPM2_RC_YIELDED, TPM2_RC_TESTING};
+    /* more than ESAPI absorbs (so provhsm's loop runs), fewer than the bound */
+    const uint64_t faults[] = {ESAPI_SUBMISSIONS, ESAPI_SUBMISSIONS + 2, RETRY_BOUND - 1};
     for (size_t i = 0; i < 3; i++) {
         uint64_t before = provhsm_tpm_commands_total();
-        provhsm_tpm_test_fail_command(1, retryable[i]);
+        provhsm_tpm_test_fail_commands(1, faults[i], 0, retryable[i]);
         sign_and_check(st, data, sizeof(data));
-        assert_int_equal(provhsm_tpm_commands_total() - before, 2);
+        assert_int_equal(provhsm_tpm_commands_total() - before, faults[i] + 1);
     }
+
+    /* the TPM keeps asking: provhsm gives up after exactly RETRY_BOUND commands */
+    uint64_t before = provhsm_tpm_commands_total();
+    provhsm_tpm_test_fail_commands(1, 1000, 0, TPM2_RC_RETRY);
+    assert_int_equal(be->tpm_sign(st, data, sizeof(data), &sig, &sig_len), PROVHSM_E_TPM);
+    provhsm_tpm_test_fail_commands(0, 0, 0, 0);
+    assert_null(sig);
+    assert_int_equal(provhsm_tpm_commands_total() - before, RETRY_BOUND);
+    sign_and_check(st, data, sizeof(data));
+
+    /* other errors are not retried */
+    before = provhsm_tpm_commands_total();
     provhsm_tpm_test_fail_command(1, TPM2_RC_FAILURE);
     assert_int_equal(be->tpm_sign(st, data, sizeof(data), &sig, &sig_len), PROVHSM_E_TPM);
     assert_null(sig);
+    assert_int_equal(provhsm_tpm_commands_total() - before, 1);
     sign_and_check(st, data, sizeof(data));
     be->close(st);
 }
@@ -210,12 +237,16 @@ static void test_activations_leave_nothing_behind(void **unused)
             break;
         case 3: {
             /* command k of the activation fails: StartAuthSession, PolicySecret,
-               ActivateCredential, Import, Load, EvictControl (old), EvictControl (new) */
-            int k = 1 + (i / 5) % 7;
+               ActivateCredential, Import, Load, HMAC (the new key's trial), EvictControl
+               (old), EvictControl (new: tried once more after a TPM warning, so it lands) */
+            int k = 1 + (i / 5) % 8;
             provhsm_tpm_test_fail_command((uint64_t)k, TPM2_RC_OBJECT_MEMORY);
-            assert_int_not_equal(be->tpm_activate(st, blob, len), PROVHSM_OK);
-            if (k == 7 && L.current >= 0)
-                L.current = -1; /* the old key was evicted; the new one never landed */
+            if (k == 8) {
+                assert_int_equal(be->tpm_activate(st, blob, len), PROVHSM_OK);
+                L.current = which;
+            } else {
+                assert_int_not_equal(be->tpm_activate(st, blob, len), PROVHSM_OK);
+            }
             faulted++;
             break;
         }

@@ -20,6 +20,7 @@
 #include "backend.h"
 #include "dps_service.h"
 #include "swtpm_fixture.h"
+#include "testutil.h"
 #include "tpm_esys.h"
 
 static const provhsm_backend *const be = &provhsm_backend_tpm;
@@ -133,6 +134,168 @@ static void test_second_activation_switches_key(void **unused)
     be->close(st2);
 }
 
+/* The signature of msg under key, made by the TPM, equals OpenSSL's. */
+static void expect_old_key_signs(const uint8_t *key, size_t key_len)
+{
+    const uint8_t msg[] = "0ne00000001%2Fregistrations%2Fdevice\n1900000000";
+    expect_hmac(S.st, key, key_len, msg, sizeof(msg) - 1);
+}
+
+static void make_blob_opts(const uint8_t *key, size_t key_len,
+                           const provhsm_test_dps_key_options *opts, uint8_t **blob,
+                           size_t *blob_len)
+{
+    assert_int_equal(provhsm_test_dps_make_blob_opts(S.ek, S.ek_len, S.srk, S.srk_len, key, key_len,
+                                                     opts, blob, blob_len),
+                     0);
+}
+
+/*
+ * (issue 6, item 5) service-made blobs whose identity key lacks an attribute signing
+ * needs, or carries one it must not, are refused before any TPM command; the working
+ * key stays and signs as before.
+ */
+static void test_bad_key_attributes_keep_old_key(void **unused)
+{
+    (void)unused;
+    const uint32_t service = TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_SIGN_ENCRYPT;
+    static const struct {
+        uint32_t set, clear;
+        const char *log;
+    } bad[] = {
+        {0, TPMA_OBJECT_USERWITHAUTH, "userWithAuth missing"},
+        {0, TPMA_OBJECT_SIGN_ENCRYPT, "sign attribute missing"},
+        {TPMA_OBJECT_RESTRICTED, 0, "restricted"},
+        {TPMA_OBJECT_DECRYPT, 0, "decrypt set"},
+        {TPMA_OBJECT_FIXEDTPM, 0, "fixedTPM set"},
+        {TPMA_OBJECT_FIXEDPARENT, 0, "fixedParent set"},
+        {TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT, 0, "fixedTPM set"},
+        {TPMA_OBJECT_STCLEAR, 0, "stClear set"},
+        {TPMA_OBJECT_X509SIGN, 0, "reserved or unknown attributes"},
+    };
+    uint8_t old_key[32], new_key[32];
+    assert_int_equal(RAND_bytes(old_key, sizeof(old_key)), 1);
+    assert_int_equal(RAND_bytes(new_key, sizeof(new_key)), 1);
+    activate_key(S.st, old_key, sizeof(old_key), PROVHSM_OK);
+    expect_old_key_signs(old_key, sizeof(old_key));
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        provhsm_test_dps_key_options opts = {.attributes = (service | bad[i].set) & ~bad[i].clear};
+        uint8_t *blob = NULL;
+        size_t blob_len = 0;
+        make_blob_opts(new_key, sizeof(new_key), &opts, &blob, &blob_len);
+        provhsm_test_log_clear();
+        uint64_t before = provhsm_tpm_commands_total();
+        assert_int_equal(be->tpm_activate(S.st, blob, blob_len), PROVHSM_E_CORRUPT);
+        if (provhsm_tpm_commands_total() != before)
+            fail_msg("attributes 0x%08x: %llu TPM commands sent", (unsigned)opts.attributes,
+                     (unsigned long long)(provhsm_tpm_commands_total() - before));
+        if (!provhsm_test_log_seen(bad[i].log))
+            fail_msg("attributes 0x%08x: no log line saying \"%s\"", (unsigned)opts.attributes,
+                     bad[i].log);
+        expect_old_key_signs(old_key, sizeof(old_key));
+        free(blob);
+    }
+}
+
+/*
+ * (issue 6, item 5) a key the parser cannot fault (an authorisation value we do not
+ * know) imports and loads but cannot sign: the trial HMAC refuses it before the working
+ * key is evicted, and nothing is left loaded.
+ */
+static void test_key_that_cannot_sign_keeps_old_key(void **unused)
+{
+    (void)unused;
+    static const uint8_t auth[] = "not-the-empty-auth";
+    const provhsm_test_dps_key_options opts = {.auth = auth, .auth_len = sizeof(auth) - 1};
+    uint8_t old_key[32], new_key[32];
+    uint8_t *blob = NULL;
+    size_t blob_len = 0;
+    assert_int_equal(RAND_bytes(old_key, sizeof(old_key)), 1);
+    assert_int_equal(RAND_bytes(new_key, sizeof(new_key)), 1);
+    activate_key(S.st, old_key, sizeof(old_key), PROVHSM_OK);
+
+    provhsm_test_tpm_counts counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(S.swtpm.tcti, &counts), 0);
+    make_blob_opts(new_key, sizeof(new_key), &opts, &blob, &blob_len);
+    provhsm_test_log_clear();
+    assert_int_not_equal(be->tpm_activate(S.st, blob, blob_len), PROVHSM_OK);
+    assert_true(provhsm_test_log_seen("the new identity key cannot sign"));
+    expect_old_key_signs(old_key, sizeof(old_key));
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(S.swtpm.tcti, &counts), 0);
+
+    /* a new state (a new process) finds the old key too */
+    void *st2 = NULL;
+    const uint8_t msg[] = "after a refused activation";
+    assert_int_equal(be->open(&S.cfg, PROVHSM_KIND_TPM, &st2), PROVHSM_OK);
+    expect_hmac(st2, old_key, sizeof(old_key), msg, sizeof(msg) - 1);
+    be->close(st2);
+    free(blob);
+}
+
+/*
+ * (issue 6, item 5) the final EvictControl is tried once more after a TPM warning: one
+ * NV_RATE on it still activates; two fail, cleanly (nothing left loaded).
+ */
+static void test_persist_retried_once(void **unused)
+{
+    (void)unused;
+    uint8_t old_key[32], new_key[32];
+    assert_int_equal(RAND_bytes(old_key, sizeof(old_key)), 1);
+    assert_int_equal(RAND_bytes(new_key, sizeof(new_key)), 1);
+    activate_key(S.st, old_key, sizeof(old_key), PROVHSM_OK);
+
+    /* EvictControl 1 evicts the old key, 2 persists the new one */
+    provhsm_test_log_clear();
+    provhsm_tpm_test_fail_commands(2, 1, TPM2_CC_EvictControl, TPM2_RC_NV_RATE);
+    activate_key(S.st, new_key, sizeof(new_key), PROVHSM_OK);
+    provhsm_tpm_test_fail_commands(0, 0, 0, 0);
+    assert_true(provhsm_test_log_seen("trying once more"));
+    expect_old_key_signs(new_key, sizeof(new_key));
+
+    provhsm_test_tpm_counts counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(S.swtpm.tcti, &counts), 0);
+    provhsm_tpm_test_fail_commands(2, 2, TPM2_CC_EvictControl, TPM2_RC_NV_RATE);
+    activate_key(S.st, old_key, sizeof(old_key), PROVHSM_E_TPM);
+    provhsm_tpm_test_fail_commands(0, 0, 0, 0);
+    assert_int_equal(counts.persistent, 3); /* EK, SRK, identity before ... */
+    counts.persistent = 2;                  /* ... and the identity gone after */
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(S.swtpm.tcti, &counts), 0);
+    activate_key(S.st, old_key, sizeof(old_key), PROVHSM_OK); /* as the SDK would, again */
+    expect_old_key_signs(old_key, sizeof(old_key));
+}
+
+/*
+ * (issue 6, item 10) a blob made for another TPM's EK: the log says what that means
+ * rather than tpm2-tss's "TPM failure", with the TPM's code; the old key stays.
+ */
+static void test_blob_for_another_ek_explained(void **unused)
+{
+    (void)unused;
+    uint8_t old_key[32], new_key[32];
+    uint8_t *other_ek = NULL, *blob = NULL;
+    size_t other_ek_len = 0, blob_len = 0;
+    assert_int_equal(RAND_bytes(old_key, sizeof(old_key)), 1);
+    assert_int_equal(RAND_bytes(new_key, sizeof(new_key)), 1);
+    activate_key(S.st, old_key, sizeof(old_key), PROVHSM_OK);
+
+    /* the fixture's EK belongs to another (simulated) TPM */
+    assert_int_equal(provhsm_test_read_fixture("tpm-activation/ek.tpm2b", &other_ek, &other_ek_len),
+                     0);
+    assert_true(other_ek_len != S.ek_len || memcmp(other_ek, S.ek, S.ek_len) != 0);
+    assert_int_equal(provhsm_test_dps_make_blob(other_ek, other_ek_len, S.srk, S.srk_len, new_key,
+                                                sizeof(new_key), &blob, &blob_len),
+                     0);
+    provhsm_test_log_clear();
+    assert_int_equal(be->tpm_activate(S.st, blob, blob_len), PROVHSM_E_TPM);
+    assert_true(provhsm_test_log_seen("the activation blob was not made for this TPM's endorsement "
+                                      "key, or is corrupt (TPM code 0x"));
+    assert_false(provhsm_test_log_seen("ActivateCredential failed"));
+    expect_old_key_signs(old_key, sizeof(old_key));
+    free(other_ek);
+    free(blob);
+}
+
 /* (c) with an endorsement authorisation set, activation needs it. */
 static void test_activation_needs_endorsement_auth(void **unused)
 {
@@ -179,6 +342,11 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_random_key_signs_like_openssl),
         cmocka_unit_test(test_second_activation_switches_key),
+        cmocka_unit_test(test_bad_key_attributes_keep_old_key),
+        cmocka_unit_test(test_key_that_cannot_sign_keeps_old_key),
+        cmocka_unit_test(test_persist_retried_once),
+        cmocka_unit_test(test_blob_for_another_ek_explained),
+        /* last: it sets an endorsement authorisation */
         cmocka_unit_test(test_activation_needs_endorsement_auth),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -266,6 +266,45 @@ static void test_identity_public_checked(void **state)
     copy[pub + PUB_ATTR + 1] &= (uint8_t)~0x04;
     assert_rejected(copy, f->len, "sign");
 
+    /* every attribute the signing path needs set, or clear, and no reserved bit */
+    static const struct {
+        uint32_t flip;
+        const char *log;
+    } attrs[] = {
+        {TPMA_OBJECT_USERWITHAUTH, "userWithAuth"},
+        {TPMA_OBJECT_RESTRICTED, "restricted"},
+        {TPMA_OBJECT_DECRYPT, "decrypt"},
+        {TPMA_OBJECT_FIXEDTPM, "fixedTPM"},
+        {TPMA_OBJECT_FIXEDPARENT, "fixedParent"},
+        {TPMA_OBJECT_STCLEAR, "stClear"},
+        {TPMA_OBJECT_X509SIGN, "reserved"},
+        {TPMA_OBJECT_RESERVED1_MASK, "reserved"},
+        {0x00000100 /* reserved 8-9 */, "reserved"},
+        {0x80000000, "reserved"},
+    };
+    for (size_t i = 0; i < sizeof(attrs) / sizeof(attrs[0]); i++) {
+        memcpy(copy, f->blob, f->len);
+        uint8_t *a = copy + pub + PUB_ATTR;
+        uint32_t v = (uint32_t)a[0] << 24 | (uint32_t)a[1] << 16 | (uint32_t)a[2] << 8 | a[3];
+        v ^= attrs[i].flip;
+        a[0] = (uint8_t)(v >> 24);
+        a[1] = (uint8_t)(v >> 16);
+        a[2] = (uint8_t)(v >> 8);
+        a[3] = (uint8_t)v;
+        assert_rejected(copy, f->len, attrs[i].log);
+    }
+    /* attributes a signing key may carry either way are accepted */
+    const uint32_t either[] = {TPMA_OBJECT_NODA, TPMA_OBJECT_SENSITIVEDATAORIGIN,
+                               TPMA_OBJECT_ADMINWITHPOLICY, TPMA_OBJECT_ENCRYPTEDDUPLICATION};
+    for (size_t i = 0; i < sizeof(either) / sizeof(either[0]); i++) {
+        memcpy(copy, f->blob, f->len);
+        uint8_t *a = copy + pub + PUB_ATTR;
+        a[2] ^= (uint8_t)(either[i] >> 8);
+        a[3] ^= (uint8_t)either[i];
+        provhsm_activation_blob ok;
+        assert_int_equal(provhsm_tpm_blob_parse(copy, f->len, &ok), PROVHSM_OK);
+    }
+
     /* the untouched copy still parses: the cases above fail for their own reason */
     memcpy(copy, f->blob, f->len);
     provhsm_activation_blob b;

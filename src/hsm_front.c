@@ -15,6 +15,9 @@
  * Process-wide state: the explicit configuration path and the init reference count,
  * both under one mutex. Configuration is read again at every create so that a changed
  * file or environment takes effect without restarting the process.
+ *
+ * The configuration struct is about 25 KB: it lives on the heap, never on the stack, so
+ * that create works on the small thread stacks of embedded applications (16 KB).
  */
 #include <pthread.h>
 #include <stddef.h>
@@ -22,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "backend.h"
 #include "front.h"
@@ -55,27 +59,41 @@ static unsigned init_count;
 
 provhsm_err provhsm_front_config(provhsm_config *out)
 {
-    char path[PROVHSM_PATH_MAX] = "";
+    char *path = NULL;
     if (out == NULL)
         return PROVHSM_E_INVALID_ARG;
     pthread_mutex_lock(&front_lock);
-    if (explicit_config_path != NULL)
-        snprintf(path, sizeof(path), "%s", explicit_config_path);
+    int copy_failed = explicit_config_path != NULL && (path = strdup(explicit_config_path)) == NULL;
     pthread_mutex_unlock(&front_lock);
+    if (copy_failed)
+        return PROVHSM_E_NOMEM;
 
-    provhsm_err err = provhsm_config_load(out, path[0] != '\0' ? path : NULL);
+    provhsm_err err = provhsm_config_load(out, path);
+    free(path);
     /* also when unset (-1): a level removed from the file must stop applying */
     if (err == PROVHSM_OK)
         provhsm_log_set_config_level((provhsm_log_level)out->log_level);
     return err;
 }
 
+/* A configuration on the heap (see the opening comment); NULL when memory is short. */
+static provhsm_config *config_new(void)
+{
+    provhsm_config *cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL)
+        PH_ERR(MOD, "out of memory for the configuration");
+    return cfg;
+}
+
 provhsm_err provhsm_config_use_file(const char *path)
 {
     char *copy = NULL;
     if (path != NULL) {
-        provhsm_config probe;
-        provhsm_err err = provhsm_config_load(&probe, path);
+        provhsm_config *probe = config_new();
+        if (probe == NULL)
+            return PROVHSM_E_NOMEM;
+        provhsm_err err = provhsm_config_load(probe, path);
+        free(probe); /* holds no secret: paths and names only */
         if (err != PROVHSM_OK)
             return err;
         copy = strdup(path);
@@ -91,17 +109,32 @@ provhsm_err provhsm_config_use_file(const char *path)
 
 provhsm_err provhsm_config_store_dir(char **dir_out)
 {
-    provhsm_config cfg;
     if (dir_out == NULL)
         return PROVHSM_E_INVALID_ARG;
-    provhsm_err err = provhsm_front_config(&cfg);
-    if (err != PROVHSM_OK)
-        return err;
-    char *copy = strdup(cfg.store_dir);
-    if (copy == NULL)
+    provhsm_config *cfg = config_new();
+    if (cfg == NULL)
         return PROVHSM_E_NOMEM;
-    *dir_out = copy;
-    return PROVHSM_OK;
+    provhsm_err err = provhsm_front_config(cfg);
+    char *copy = NULL;
+    if (err == PROVHSM_OK && (copy = strdup(cfg->store_dir)) == NULL)
+        err = PROVHSM_E_NOMEM;
+    free(cfg);
+    if (err == PROVHSM_OK)
+        *dir_out = copy;
+    return err;
+}
+
+/*
+ * The backends whose global_init/global_deinit run. The test build lets a unit test put a
+ * mock in their place (provhsm_backend_test_override) so that it can count the calls.
+ */
+static const provhsm_backend *global_backend(size_t i)
+{
+#ifdef PROVHSM_TEST_HOOKS
+    if (provhsm_backend_test_override != NULL)
+        return i == 0 ? provhsm_backend_test_override : NULL;
+#endif
+    return provhsm_backends[i];
 }
 
 /* Reference-counted: the SDK's initialize_hsm_system runs once per security layer. */
@@ -110,9 +143,9 @@ static int front_init(void)
     provhsm_err err = PROVHSM_OK;
     pthread_mutex_lock(&front_lock);
     if (init_count == 0) {
-        for (size_t i = 0; provhsm_backends[i] != NULL && err == PROVHSM_OK; i++)
-            if (provhsm_backends[i]->global_init != NULL)
-                err = provhsm_backends[i]->global_init();
+        for (size_t i = 0; global_backend(i) != NULL && err == PROVHSM_OK; i++)
+            if (global_backend(i)->global_init != NULL)
+                err = global_backend(i)->global_init();
     }
     if (err == PROVHSM_OK)
         init_count++;
@@ -131,9 +164,9 @@ static void front_deinit(void)
         return;
     }
     if (--init_count == 0) {
-        for (size_t i = 0; provhsm_backends[i] != NULL; i++)
-            if (provhsm_backends[i]->global_deinit != NULL)
-                provhsm_backends[i]->global_deinit();
+        for (size_t i = 0; global_backend(i) != NULL; i++)
+            if (global_backend(i)->global_deinit != NULL)
+                global_backend(i)->global_deinit();
     }
     pthread_mutex_unlock(&front_lock);
 }
@@ -174,6 +207,7 @@ typedef struct front_handle {
     provhsm_kind kind;
     const provhsm_backend *backend;
     void *state;
+    char *store_dir;      /* symmetric on the software backend: where the identity is kept */
     pthread_mutex_t lock; /* one call at a time per handle */
 } front_handle;
 
@@ -213,28 +247,31 @@ static const provhsm_backend *choose_backend(const provhsm_config *cfg, provhsm_
     return be;
 }
 
-static front_handle *handle_open(provhsm_kind kind)
+/* A new handle's backend state from the configuration; NULL (logged) on failure. */
+static front_handle *handle_open_with(const provhsm_config *cfg, provhsm_kind kind)
 {
-    provhsm_config cfg;
-    if (provhsm_front_config(&cfg) != PROVHSM_OK) {
-        PH_ERR(MOD, "%s: cannot create a handle: configuration is invalid", kind_name[kind]);
-        return NULL;
-    }
-    if (kind == PROVHSM_KIND_TPM && !cfg.tpm_configured) {
+    if (kind == PROVHSM_KIND_TPM && !cfg->tpm_configured) {
         PH_ERR(MOD, "TPM attestation needs a [tpm] configuration (see docs/configuration.md) "
                     "or PROVHSM_TCTI");
         return NULL;
     }
-    const provhsm_backend *be = choose_backend(&cfg, kind);
+    const provhsm_backend *be = choose_backend(cfg, kind);
     if (be == NULL)
         return NULL;
     front_handle *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return NULL;
-    provhsm_err err = be->open(&cfg, kind, &h->state);
+    /* kept to say where a missing symmetric identity was looked for */
+    if (kind == PROVHSM_KIND_SYMMETRIC && strcmp(be->name, "software") == 0 &&
+        (h->store_dir = strdup(cfg->store_dir)) == NULL) {
+        free(h);
+        return NULL;
+    }
+    provhsm_err err = be->open(cfg, kind, &h->state);
     if (err != PROVHSM_OK) {
         PH_ERR(MOD, "%s: cannot open the identity (backend %s): %s", kind_name[kind], be->name,
                provhsm_strerror(err));
+        free(h->store_dir);
         free(h);
         return NULL;
     }
@@ -245,14 +282,52 @@ static front_handle *handle_open(provhsm_kind kind)
     return h;
 }
 
+static front_handle *handle_open(provhsm_kind kind)
+{
+    front_handle *h = NULL;
+    provhsm_config *cfg = config_new();
+    if (cfg == NULL)
+        return NULL;
+    if (provhsm_front_config(cfg) == PROVHSM_OK)
+        h = handle_open_with(cfg, kind);
+    else
+        PH_ERR(MOD, "%s: cannot create a handle: configuration is invalid", kind_name[kind]);
+    free(cfg); /* holds no secret: paths and names only */
+    return h;
+}
+
 static void handle_close(front_handle *h)
 {
     if (h == NULL)
         return;
     h->backend->close(h->state);
     pthread_mutex_destroy(&h->lock);
+    free(h->store_dir);
     h->magic = MAGIC_DEAD;
     free(h);
+}
+
+/*
+ * A symmetric handle has neither a stored identity nor one from the application. The
+ * backend says which item it lacks; this says where it looked, at error level, because
+ * at the default level that line is all a user sees.
+ */
+static void report_missing_symmetric(const front_handle *h, provhsm_err err)
+{
+    if (err != PROVHSM_E_NOT_FOUND || h->store_dir == NULL)
+        return;
+    if (access(h->store_dir, F_OK) != 0)
+        PH_ERR(MOD,
+               "symmetric: no identity: there is no store at %s (create it with provhsm init, "
+               "then provhsm symmetric set), and the application set none with "
+               "prov_dev_set_symmetric_key_info",
+               h->store_dir);
+    else
+        PH_ERR(MOD,
+               "symmetric: no identity: the store at %s holds no symmetric identity (provhsm "
+               "symmetric set), and the application set none with "
+               "prov_dev_set_symmetric_key_info",
+               h->store_dir);
 }
 
 /* The per-kind handle behind `handle`, opening a universal handle's part on first use. */
@@ -372,10 +447,12 @@ static char *get_string(HSM_CLIENT_HANDLE handle, provhsm_kind kind, string_op w
     case GET_SYMMETRIC_KEY:
         SLOT_OR_FAIL(h, symmetric_key, "get_symmetric_key");
         err = h->backend->symmetric_key(h->state, &result);
+        report_missing_symmetric(h, err);
         break;
     case GET_REGISTRATION_ID:
         SLOT_OR_FAIL(h, registration_id, "get_registration_name");
         err = h->backend->registration_id(h->state, &result);
+        report_missing_symmetric(h, err);
         break;
     }
 out:
@@ -430,6 +507,7 @@ static int set_symmetric_key_info(HSM_CLIENT_HANDLE handle, const char *registra
         char *id = NULL;
         SLOT_OR_FAIL(h, registration_id, "get_registration_name");
         err = h->backend->registration_id(h->state, &id);
+        report_missing_symmetric(h, err);
         free(id);
         goto out;
     }

@@ -1,18 +1,27 @@
 /*
  * The SDK-facing front against a mock backend descriptor: dispatch, capability and
  * handle checks, the open/close contract, ownership of outputs, the symmetric-key
- * rules, and the universal handle of the seed names. No store, no TPM.
+ * rules, the universal handle of the seed names, and the init/deinit reference count
+ * (the mock counts global_init/global_deinit). No TPM.
+ *
+ * Against the real software backend, on a store made here: create/get/destroy on a
+ * thread with a small stack (embedded applications run the SDK on small stacks), and the
+ * error-level line that says where a missing symmetric identity was looked for.
  */
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "backend.h"
 #include "hsm_client_data.h"
+#include "provhsm/provhsm.h"
 
 HSM_CLIENT_HANDLE custom_hsm_create(void);
 void custom_hsm_destroy(HSM_CLIENT_HANDLE handle);
@@ -24,6 +33,8 @@ int hsm_client_sign_with_identity(HSM_CLIENT_HANDLE handle, const unsigned char 
 
 static struct {
     int opens, closes, open_fail;
+    int global_inits, global_deinits;
+    int ek_fail, sign_fail;
     provhsm_kind last_kind;
     char override_id[64];
     char override_key[128];
@@ -97,9 +108,22 @@ static provhsm_err m_override(void *s, const char *id, const char *key)
     return PROVHSM_OK;
 }
 
+static provhsm_err m_global_init(void)
+{
+    mock.global_inits++;
+    return PROVHSM_OK;
+}
+
+static void m_global_deinit(void)
+{
+    mock.global_deinits++;
+}
+
 static provhsm_err m_ek(void *s, uint8_t **out, size_t *len)
 {
     (void)s;
+    if (mock.ek_fail)
+        return PROVHSM_E_TPM;
     *out = malloc(3);
     memcpy(*out, "\x00\x01\xee", 3);
     *len = 3;
@@ -115,6 +139,8 @@ static provhsm_err m_activate(void *s, const uint8_t *blob, size_t len)
 static provhsm_err m_sign(void *s, const uint8_t *data, size_t len, uint8_t **sig, size_t *slen)
 {
     (void)s;
+    if (mock.sign_fail)
+        return PROVHSM_E_TPM;
     *sig = malloc(len);
     for (size_t i = 0; i < len; i++)
         (*sig)[i] = (uint8_t)(data[i] ^ 0xff);
@@ -126,6 +152,8 @@ static provhsm_err m_sign(void *s, const uint8_t *data, size_t len, uint8_t **si
 static provhsm_backend mock_backend = {
     .name = "mock",
     .caps = PROVHSM_CAP_X509 | PROVHSM_CAP_SYMMETRIC | PROVHSM_CAP_TPM,
+    .global_init = m_global_init,
+    .global_deinit = m_global_deinit,
     .open = m_open,
     .close = m_close,
     .x509_certificate = m_cert,
@@ -140,11 +168,61 @@ static provhsm_backend mock_backend = {
     .tpm_sign = m_sign,
 };
 
+/* A private directory with an empty configuration file (0600, as the loader wants). */
+static char workdir[] = "/tmp/provhsm-front-XXXXXX";
+static char empty_config[sizeof(workdir) + 16];
+
+/* Error lines the library logged while a test ran. */
+static struct {
+    int count;
+    char text[8][512];
+} errors;
+
+static void collect_errors(provhsm_log_level level, const char *module, const char *message,
+                           void *ctx)
+{
+    (void)ctx;
+    if (level == PROVHSM_LOG_ERROR && errors.count < 8)
+        snprintf(errors.text[errors.count++], sizeof(errors.text[0]), "[%s] %s", module, message);
+}
+
+/* The first error line containing every one of the given strings, or NULL. */
+static const char *error_with(const char *a, const char *b)
+{
+    for (int i = 0; i < errors.count; i++)
+        if (strstr(errors.text[i], a) != NULL && (b == NULL || strstr(errors.text[i], b) != NULL))
+            return errors.text[i];
+    return NULL;
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    if (mkdtemp(workdir) == NULL)
+        return -1;
+    snprintf(empty_config, sizeof(empty_config), "%s/empty.conf", workdir);
+    FILE *f = fopen(empty_config, "w");
+    if (f == NULL)
+        return -1;
+    fclose(f);
+    return 0;
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    char cmd[sizeof(workdir) + 16];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", workdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
 static int setup(void **state)
 {
     (void)state;
     memset(&mock, 0, sizeof(mock));
-    setenv("PROVHSM_CONFIG", "/dev/null", 1);
+    memset(&errors, 0, sizeof(errors));
+    provhsm_set_log_callback(collect_errors, NULL);
+    setenv("PROVHSM_CONFIG", empty_config, 1);
     setenv("PROVHSM_STORE", "/nonexistent/provhsm-test", 1);
     setenv("PROVHSM_TCTI", "mssim:host=127.0.0.1,port=1", 1);
     setenv("PROVHSM_LOG", "error", 1);
@@ -158,6 +236,7 @@ static int teardown(void **state)
 {
     (void)state;
     provhsm_backend_test_override = NULL;
+    provhsm_set_log_callback(NULL, NULL);
     return 0;
 }
 
@@ -239,10 +318,48 @@ static void tpm_dispatch(void **state)
     assert_int_equal(sig_len, 1);
     assert_int_equal(sig[0], 0xf0);
     free(sig);
-    /* outputs stay untouched on failure */
-    ek = (unsigned char *)"keep";
+    t->hsm_client_tpm_destroy(h);
+}
+
+/* On every failure path (refused arguments, a failing backend) the outputs stay untouched. */
+static void tpm_outputs_untouched_on_failure(void **state)
+{
+    (void)state;
+    unsigned char keep = 0;
+    unsigned char *const sentinel = &keep;
+    const HSM_CLIENT_TPM_INTERFACE *t = hsm_client_tpm_interface();
+    HSM_CLIENT_HANDLE h = t->hsm_client_tpm_create();
+    assert_non_null(h);
+    unsigned char *ek = sentinel, *sig = sentinel;
+    size_t ek_len = 77, sig_len = 77;
+
+    mock.ek_fail = 1;
+    assert_int_not_equal(t->hsm_client_get_ek(h, &ek, &ek_len), 0);
+    assert_int_not_equal(t->hsm_client_get_srk(h, &ek, &ek_len), 0);
+    assert_ptr_equal(ek, sentinel);
+    assert_int_equal(ek_len, 77);
     assert_int_not_equal(t->hsm_client_get_ek(h, NULL, &ek_len), 0);
+    assert_int_not_equal(t->hsm_client_get_ek(h, &ek, NULL), 0);
+    assert_ptr_equal(ek, sentinel);
+    assert_int_equal(ek_len, 77);
+
+    mock.sign_fail = 1;
+    assert_int_not_equal(
+        t->hsm_client_sign_with_identity(h, (const unsigned char *)"x", 1, &sig, &sig_len), 0);
     assert_int_not_equal(t->hsm_client_sign_with_identity(h, NULL, 1, &sig, &sig_len), 0);
+    assert_int_not_equal(
+        t->hsm_client_sign_with_identity(h, (const unsigned char *)"x", 0, &sig, &sig_len), 0);
+    assert_ptr_equal(sig, sentinel);
+    assert_int_equal(sig_len, 77);
+
+    /* and a NULL handle, with the backend willing */
+    mock.ek_fail = mock.sign_fail = 0;
+    assert_int_not_equal(t->hsm_client_get_ek(NULL, &ek, &ek_len), 0);
+    assert_int_not_equal(
+        t->hsm_client_sign_with_identity(NULL, (const unsigned char *)"x", 1, &sig, &sig_len), 0);
+    assert_ptr_equal(ek, sentinel);
+    assert_ptr_equal(sig, sentinel);
+    assert_int_equal(ek_len + sig_len, 154);
     t->hsm_client_tpm_destroy(h);
 }
 
@@ -276,11 +393,21 @@ static void foreign_and_dead_handles(void **state)
     const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
     HSM_CLIENT_HANDLE kh = k->hsm_client_key_create();
     assert_null(x->hsm_client_get_cert(kh));
+    assert_non_null(error_with("x509", "from another table"));
     assert_int_equal(mock.opens, 1);
     k->hsm_client_key_destroy(kh);
-    int not_a_handle = 12345;
-    assert_null(x->hsm_client_get_cert(&not_a_handle));
-    x->hsm_client_x509_destroy(&not_a_handle); /* logged and ignored */
+    uint32_t not_a_handle[8] = {12345};
+    assert_null(x->hsm_client_get_cert(not_a_handle));
+    /* what a destroyed handle's memory holds: its magic overwritten with a dead mark */
+    uint32_t dead_handle[8] = {0xdeadf00du};
+    assert_null(x->hsm_client_get_cert(dead_handle));
+    errors.count = 0;
+    x->hsm_client_x509_destroy(not_a_handle); /* logged and ignored */
+    x->hsm_client_x509_destroy(dead_handle);
+    assert_non_null(error_with("already destroyed; ignored", NULL));
+    assert_int_equal(errors.count, 2);
+    assert_int_equal(not_a_handle[0], 12345);
+    assert_int_equal(dead_handle[0], 0xdeadf00du);
     assert_int_equal(mock.closes, 1);
 }
 
@@ -302,18 +429,190 @@ static void universal_handle_opens_each_kind_once(void **state)
     assert_int_equal(mock.closes, 2);
 }
 
+/* initialize_hsm_system / deinitialize_hsm_system of the SDK: both tables each time. */
+static void sdk_initialize_hsm_system(void)
+{
+    assert_int_equal(hsm_client_x509_init(), 0);
+    assert_int_equal(hsm_client_tpm_init(), 0);
+}
+
+static void sdk_deinitialize_hsm_system(void)
+{
+    hsm_client_x509_deinit();
+    hsm_client_tpm_deinit();
+}
+
+/*
+ * The SDK's own sequence is unbalanced: prov_dev_security_init initialises twice,
+ * prov_dev_security_deinit deinitialises once. The backends' global state is set up once
+ * and must survive; it goes only when every init has its deinit.
+ */
+static void init_deinit_unbalanced_as_the_sdk_does(void **state)
+{
+    (void)state;
+    sdk_initialize_hsm_system();
+    assert_int_equal(mock.global_inits, 1);
+    sdk_initialize_hsm_system();
+    assert_int_equal(mock.global_inits, 1); /* counted, not run again */
+    sdk_deinitialize_hsm_system();
+    assert_int_equal(mock.global_deinits, 0); /* two inits still outstanding */
+    /* a handle still works in between */
+    HSM_CLIENT_HANDLE h = hsm_client_x509_interface()->hsm_client_x509_create();
+    assert_non_null(h);
+    hsm_client_x509_interface()->hsm_client_x509_destroy(h);
+    /* balance it: the last deinit tears down, once */
+    sdk_deinitialize_hsm_system();
+    assert_int_equal(mock.global_deinits, 1);
+    assert_int_equal(mock.global_inits, 1);
+}
+
 static void init_deinit_counting(void **state)
 {
     (void)state;
+    for (int i = 0; i < 3; i++)
+        sdk_initialize_hsm_system();
+    assert_int_equal(mock.global_inits, 1);
     for (int i = 0; i < 3; i++) {
-        assert_int_equal(hsm_client_x509_init(), 0);
-        assert_int_equal(hsm_client_tpm_init(), 0);
-    }
-    for (int i = 0; i < 3; i++) {
-        hsm_client_tpm_deinit();
-        hsm_client_x509_deinit();
+        sdk_deinitialize_hsm_system();
+        assert_int_equal(mock.global_deinits, i == 2 ? 1 : 0);
     }
     hsm_client_x509_deinit(); /* one too many: ignored, no crash */
+    assert_int_equal(mock.global_deinits, 1);
+    /* the count did not go below zero: the next init sets up again, one deinit tears down */
+    assert_int_equal(hsm_client_tpm_init(), 0);
+    assert_int_equal(mock.global_inits, 2);
+    hsm_client_tpm_deinit();
+    assert_int_equal(mock.global_deinits, 2);
+}
+
+/* ---- the software backend on a store made here --------------------------------- */
+
+#define SMALL_STACK   24576
+#define SYMMETRIC_KEY "c3RhY2stdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZg=="
+
+static int software_setup(void **state)
+{
+    static int store_count;
+    char store[sizeof(workdir) + 32];
+    (void)state;
+    memset(&errors, 0, sizeof(errors));
+    provhsm_set_log_callback(collect_errors, NULL);
+    provhsm_backend_test_override = NULL;
+    snprintf(store, sizeof(store), "%s/store%d", workdir, ++store_count);
+    setenv("PROVHSM_CONFIG", empty_config, 1);
+    setenv("PROVHSM_STORE", store, 1);
+    setenv("PROVHSM_LOG", "warn", 1);
+    unsetenv("PROVHSM_TCTI");
+    return 0;
+}
+
+typedef struct stack_run {
+    int x509_ok, symmetric_ok;
+} stack_run;
+
+static void *create_get_destroy(void *arg)
+{
+    stack_run *r = arg;
+    const HSM_CLIENT_X509_INTERFACE *x = hsm_client_x509_interface();
+    HSM_CLIENT_HANDLE h = x->hsm_client_x509_create();
+    if (h != NULL) {
+        char *cert = x->hsm_client_get_cert(h), *key = x->hsm_client_get_key(h),
+             *cn = x->hsm_client_get_common_name(h);
+        r->x509_ok = cert != NULL && key != NULL && cn != NULL && strcmp(cn, "stack-dev") == 0;
+        free(cert);
+        provhsm_free_secret(key);
+        free(cn);
+        x->hsm_client_x509_destroy(h);
+    }
+    const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
+    h = k->hsm_client_key_create();
+    if (h != NULL) {
+        char *id = NULL, *key = NULL;
+        if (k->hsm_client_set_symm_key_info(h, NULL, NULL) == 0) {
+            id = k->hsm_client_get_registration_name(h);
+            key = k->hsm_client_get_symm_key(h);
+        }
+        r->symmetric_ok = id != NULL && strcmp(id, "stack-dev") == 0 && key != NULL &&
+                          strcmp(key, SYMMETRIC_KEY) == 0;
+        free(id);
+        provhsm_free_secret(key);
+        k->hsm_client_key_destroy(h);
+    }
+    return NULL;
+}
+
+/*
+ * create/get/destroy of both software tables on a small thread stack. A frame that does
+ * not fit runs into the stack's guard page and the test dies with SIGSEGV. 24 KB holds
+ * glibc's thread descriptor and TLS (about 6 KB here) and what create needs, and not a
+ * 25 KB provhsm_config on the stack. The aim is 16 KB; provhsm_store_open's path buffers
+ * (13 KB of stack, see gcc -fstack-usage) are what is still in the way.
+ * AddressSanitizer puts red zones around every stack object: that build gets four times
+ * the room.
+ */
+static void create_runs_on_a_small_thread_stack(void **state)
+{
+    (void)state;
+    char *pem = NULL;
+    assert_int_equal(provhsm_store_init(), PROVHSM_OK);
+    assert_int_equal(provhsm_x509_generate("stack-dev", PROVHSM_KEY_EC_P256, 30, 0, &pem),
+                     PROVHSM_OK);
+    free(pem);
+    assert_int_equal(provhsm_symmetric_set("stack-dev", SYMMETRIC_KEY), PROVHSM_OK);
+    size_t stack = SMALL_STACK;
+#if defined(__SANITIZE_ADDRESS__)
+    stack *= 4;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    stack *= 4;
+#endif
+#endif
+    pthread_attr_t attr;
+    pthread_t thread;
+    stack_run r = {0, 0};
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    assert_int_equal(pthread_attr_setstacksize(&attr, stack), 0);
+    assert_int_equal(pthread_create(&thread, &attr, create_get_destroy, &r), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    pthread_attr_destroy(&attr);
+    assert_true(r.x509_ok);
+    assert_true(r.symmetric_ok);
+}
+
+/*
+ * No store, or a store without a symmetric identity, and nothing from the application:
+ * an error-level line (seen at the default level) says what is missing and where.
+ */
+static void missing_symmetric_identity_says_where(void **state)
+{
+    (void)state;
+    const char *store = getenv("PROVHSM_STORE");
+    const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
+    HSM_CLIENT_HANDLE h = k->hsm_client_key_create();
+    assert_non_null(h); /* the application may still pass its identity */
+    assert_int_not_equal(k->hsm_client_set_symm_key_info(h, NULL, NULL), 0);
+    if (error_with("no store at", store) == NULL)
+        fail_msg("no error line names the missing store %s (first: %s)", store, errors.text[0]);
+    errors.count = 0;
+    assert_null(k->hsm_client_get_registration_name(h));
+    assert_non_null(error_with("no store at", store));
+    k->hsm_client_key_destroy(h);
+
+    assert_int_equal(provhsm_store_init(), PROVHSM_OK);
+    errors.count = 0;
+    h = k->hsm_client_key_create();
+    assert_non_null(h);
+    assert_null(k->hsm_client_get_symm_key(h));
+    if (error_with("holds no symmetric identity", store) == NULL)
+        fail_msg("no error line says the store %s holds no identity (first: %s)", store,
+                 errors.text[0]);
+    /* what the application passes is enough */
+    assert_int_equal(k->hsm_client_set_symm_key_info(h, "app-dev", SYMMETRIC_KEY), 0);
+    char *id = k->hsm_client_get_registration_name(h);
+    assert_non_null(id);
+    assert_string_equal(id, "app-dev");
+    free(id);
+    k->hsm_client_key_destroy(h);
 }
 
 int main(void)
@@ -325,10 +624,16 @@ int main(void)
         cmocka_unit_test_setup_teardown(missing_slot_fails_cleanly, setup, teardown),
         cmocka_unit_test_setup_teardown(tpm_without_configuration, setup, teardown),
         cmocka_unit_test_setup_teardown(tpm_dispatch, setup, teardown),
+        cmocka_unit_test_setup_teardown(tpm_outputs_untouched_on_failure, setup, teardown),
         cmocka_unit_test_setup_teardown(symmetric_rules, setup, teardown),
         cmocka_unit_test_setup_teardown(foreign_and_dead_handles, setup, teardown),
         cmocka_unit_test_setup_teardown(universal_handle_opens_each_kind_once, setup, teardown),
         cmocka_unit_test_setup_teardown(init_deinit_counting, setup, teardown),
+        cmocka_unit_test_setup_teardown(init_deinit_unbalanced_as_the_sdk_does, setup, teardown),
+        cmocka_unit_test_setup_teardown(create_runs_on_a_small_thread_stack, software_setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(missing_symmetric_identity_says_where, software_setup,
+                                        teardown),
     };
-    return cmocka_run_group_tests(tests, NULL, NULL);
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -3,7 +3,10 @@
  * creates both from their templates and persists them at the well-known handles; the
  * keys are checked against keys this test derives itself from the TCG EK template and
  * the SDK's SRK template (a primary key is a function of the template and the hierarchy
- * seed); a second open creates nothing and costs at most three TPM commands. With owner
+ * seed); a second open creates nothing and costs at most three TPM commands. A whole
+ * provisioning as the SDK drives it (open, EK, SRK, activate, sign, activate) costs at
+ * most 24 TPM commands on a fresh TPM and 20 on one with EK and SRK, and tpm2-tss prints
+ * nothing to stderr on the way (no command is sent that is expected to fail). With owner
  * and endorsement authorisations set on the TPM, open fails cleanly without them and
  * succeeds with them read from a file and from an environment variable.
  */
@@ -15,9 +18,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 
 #include "backend.h"
+#include "dps_service.h"
 #include "swtpm_fixture.h"
 #include "tpm_esys.h"
 
@@ -151,6 +158,135 @@ static void test_creates_ek_and_srk_once(void **state)
     free(srk2);
 }
 
+/* Everything written to fd 2 between stderr_capture_start() and _stop(). */
+typedef struct stderr_capture {
+    int saved;
+    FILE *file;
+} stderr_capture;
+
+static void stderr_capture_start(stderr_capture *c)
+{
+    fflush(stderr);
+    c->file = tmpfile();
+    assert_non_null(c->file);
+    c->saved = dup(STDERR_FILENO);
+    assert_true(c->saved >= 0);
+    assert_true(dup2(fileno(c->file), STDERR_FILENO) >= 0);
+}
+
+/* Restores fd 2; returns what was written (malloc'd, NUL-terminated). */
+static char *stderr_capture_stop(stderr_capture *c)
+{
+    fflush(stderr);
+    assert_true(dup2(c->saved, STDERR_FILENO) >= 0);
+    close(c->saved);
+    long len = ftell(c->file);
+    assert_true(len >= 0);
+    char *text = calloc(1, (size_t)len + 1);
+    assert_non_null(text);
+    rewind(c->file);
+    assert_int_equal(fread(text, 1, (size_t)len, c->file), (size_t)len);
+    fclose(c->file);
+    return text;
+}
+
+/* activate_identity_key with a service-made blob for a new random key (kept in key). */
+static uint64_t activate_new_key(void *st, uint8_t key[32])
+{
+    uint8_t *ek = NULL, *srk = NULL, *blob = NULL;
+    size_t ek_len, srk_len, blob_len = 0;
+    get_keys(st, &ek, &ek_len, &srk, &srk_len); /* served from the state: no command */
+    assert_int_equal(RAND_bytes(key, 32), 1);
+    assert_int_equal(
+        provhsm_test_dps_make_blob(ek, ek_len, srk, srk_len, key, 32, &blob, &blob_len), 0);
+    uint64_t before = provhsm_tpm_commands_total();
+    assert_int_equal(be->tpm_activate(st, blob, blob_len), PROVHSM_OK);
+    uint64_t cost = provhsm_tpm_commands_total() - before;
+    free(ek);
+    free(srk);
+    free(blob);
+    return cost;
+}
+
+/*
+ * The SDK's provisioning through the TPM table: create, EK, SRK, activate (the 401's
+ * key), sign the SAS string once, activate (the assignment's key), destroy. Returns its
+ * TPM commands; the signature is checked against OpenSSL.
+ */
+static uint64_t sdk_provisioning(const provhsm_config *cfg)
+{
+    static const uint8_t sas[] = "0ne00ABC123%2fregistrations%2fdevice\n1767225600";
+    uint8_t key[32], want[32];
+    uint8_t *sig = NULL;
+    size_t sig_len = 0, want_len = 0;
+    void *st = NULL;
+    uint64_t before = provhsm_tpm_commands_total();
+    assert_int_equal(be->open(cfg, PROVHSM_KIND_TPM, &st), PROVHSM_OK);
+    uint64_t open_cost = provhsm_tpm_commands_total() - before;
+    uint64_t first = activate_new_key(st, key);
+    uint64_t sign_before = provhsm_tpm_commands_total();
+    assert_int_equal(be->tpm_sign(st, sas, sizeof(sas) - 1, &sig, &sig_len), PROVHSM_OK);
+    uint64_t sign_cost = provhsm_tpm_commands_total() - sign_before;
+    assert_non_null(EVP_Q_mac(NULL, "HMAC", NULL, "SHA256", NULL, key, 32, sas, sizeof(sas) - 1,
+                              want, sizeof(want), &want_len));
+    assert_int_equal(sig_len, 32);
+    assert_memory_equal(sig, want, 32);
+    free(sig);
+    uint64_t second = activate_new_key(st, key);
+    be->close(st);
+    uint64_t total = provhsm_tpm_commands_total() - before;
+    printf("# provisioning: open %llu + activate %llu + sign %llu + activate %llu = %llu TPM "
+           "commands\n",
+           (unsigned long long)open_cost, (unsigned long long)first, (unsigned long long)sign_cost,
+           (unsigned long long)second, (unsigned long long)total);
+    return total;
+}
+
+/* Evicts the identity key, as on a device whose EK and SRK exist but was never provisioned. */
+static void remove_identity(const char *tcti)
+{
+    provhsm_tpm *tpm = NULL;
+    ESYS_TR identity = ESYS_TR_NONE;
+    assert_int_equal(provhsm_tpm_connect(tcti, &tpm), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_find_persistent(tpm, 0x81000100, &identity), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_evict(tpm, &identity), PROVHSM_OK);
+    provhsm_tpm_disconnect(tpm);
+}
+
+/*
+ * (issue 6, item 10) a whole provisioning on a fresh TPM: at most 24 TPM commands (the
+ * SDK's own HSM: 32) and not one line from tpm2-tss on stderr; on a TPM that has EK and
+ * SRK but no identity key: at most 20 (the SDK: 26), quiet too.
+ */
+static void test_provisioning_quiet_and_within_budget(void **state)
+{
+    fresh *f = *state;
+    stderr_capture cap;
+
+    stderr_capture_start(&cap);
+    uint64_t fresh_cost = sdk_provisioning(&f->cfg);
+    char *printed = stderr_capture_stop(&cap);
+    if (strstr(printed, "WARNING") != NULL || strstr(printed, "ERROR") != NULL)
+        fail_msg("tpm2-tss printed on a fresh provisioning:\n%s", printed);
+    free(printed);
+    assert_true(fresh_cost <= 24);
+
+    remove_identity(f->swtpm.tcti);
+    stderr_capture_start(&cap);
+    uint64_t provisioned_cost = sdk_provisioning(&f->cfg);
+    printed = stderr_capture_stop(&cap);
+    if (strstr(printed, "WARNING") != NULL || strstr(printed, "ERROR") != NULL)
+        fail_msg("tpm2-tss printed on a provisioning with EK and SRK present:\n%s", printed);
+    free(printed);
+    assert_true(provisioned_cost <= 20);
+
+    provhsm_test_tpm_counts counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(f->swtpm.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, 3);
+    assert_int_equal(counts.transient, 0);
+    assert_int_equal(counts.sessions, 0);
+}
+
 static int run(const char *cmd)
 {
     int rc = system(cmd);
@@ -221,9 +357,13 @@ int main(void)
         fprintf(stderr, "skip: swtpm is not installed\n");
         return PROVHSM_TEST_SKIP;
     }
+    /* tpm2-tss's default level, whatever the environment says: the quiet test must see
+       every WARNING it would print for an application (read once, at its first line) */
+    setenv("TSS2_LOG", "all+warning", 1);
     provhsm_test_log_capture();
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_creates_ek_and_srk_once, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_provisioning_quiet_and_within_budget, setup, teardown),
         cmocka_unit_test_setup_teardown(test_hierarchy_authorisations, setup, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

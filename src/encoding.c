@@ -2,8 +2,9 @@
  * Wire encodings that must agree byte for byte with the Azure IoT SDK's c-utility:
  * base64 (OpenSSL's EVP_EncodeBlock/EVP_DecodeBlock behind a strict validator of our
  * own), lowercase unpadded base32 (TPM registration ids), the SDK's URL encoding (SAS
- * token scope and signature) and hex. Callers: the SAS token builder, the TPM backend
- * (registration id), the symmetric-key code and the admin API, x509util (fingerprints).
+ * token scope and signature) and hex, and the TPM registration id built from them.
+ * Callers: the SAS token builder, the symmetric-key code and the admin API, x509util
+ * (fingerprints), and through the public API the provhsm tool.
  * Nothing is kept static but constant tables.
  *
  * Conventions shared by every function here: outputs are malloc'd NUL-terminated
@@ -14,8 +15,9 @@
  * - base64 decode accepts only the canonical form: length a multiple of 4, alphabet
  *   A-Z a-z 0-9 + /, one or two '=' only at the very end, no whitespace, and the unused
  *   low bits of the last symbol before '=' set to zero (so every byte string has exactly
- *   one accepted encoding). "" decodes to an empty buffer (len 0), while
- *   provhsm_base64_valid("") is 0 because a key is never empty.
+ *   one accepted encoding). "" decodes to an empty buffer (len 0).
+ *   provhsm_base64_decode_text (public, for text from files and the service) first drops
+ *   ASCII whitespace, then applies the same rules, and refuses an empty result.
  * - provhsm_hex_encode(colons = 0) is lowercase without separators ("0aff");
  *   colons != 0 is UPPERCASE with ':' between bytes ("0A:FF"), the usual way
  *   fingerprints are shown.
@@ -178,6 +180,48 @@ int provhsm_base64_valid(const char *text)
     return b64_check(text, strlen(text), &decoded_len, &why);
 }
 
+static int is_ascii_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+provhsm_err provhsm_base64_decode_text(const char *text, size_t len, uint8_t **out, size_t *out_len)
+{
+    provhsm_err err = PROVHSM_E_INVALID_ARG;
+    uint8_t *plain = NULL, *copy = NULL;
+    size_t n = 0, plain_len = 0;
+
+    if (text == NULL || out == NULL || out_len == NULL || len == SIZE_MAX)
+        return PROVHSM_E_INVALID_ARG;
+    /* secure: the text may be a key */
+    char *packed = provhsm_secure_alloc(len + 1);
+    if (packed == NULL)
+        return PROVHSM_E_NOMEM;
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)text[i];
+        if (c == '\0')
+            goto out; /* a NUL would end the text early */
+        if (!is_ascii_space(c))
+            packed[n++] = (char)c;
+    }
+    packed[n] = '\0';
+    plain = provhsm_base64_decode(packed, &plain_len);
+    if (plain == NULL || plain_len == 0)
+        goto out;
+    err = PROVHSM_E_NOMEM;
+    copy = malloc(plain_len);
+    if (copy == NULL)
+        goto out;
+    memcpy(copy, plain, plain_len);
+    *out = copy;
+    *out_len = plain_len;
+    err = PROVHSM_OK;
+out:
+    provhsm_secure_free(plain);
+    provhsm_secure_free(packed);
+    return err;
+}
+
 /* ---- base32 ------------------------------------------------------------- */
 
 char *provhsm_base32_encode_lower_nopad(const uint8_t *data, size_t len)
@@ -204,6 +248,26 @@ char *provhsm_base32_encode_lower_nopad(const uint8_t *data, size_t len)
         out[o++] = b32_alphabet[(acc << (5 - bits)) & 0x1f];
     out[o] = '\0';
     return out;
+}
+
+/* ---- TPM registration id ------------------------------------------------- */
+
+provhsm_err provhsm_tpm_registration_id(const uint8_t *ek, size_t len, char **id_out)
+{
+    unsigned char md[32];
+    unsigned int md_len = 0;
+
+    if (ek == NULL || len == 0 || id_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (EVP_Digest(ek, len, md, &md_len, EVP_sha256(), NULL) != 1 || md_len != sizeof(md)) {
+        provhsm_log_openssl(MOD, "SHA-256 of the endorsement key");
+        return PROVHSM_E_CRYPTO;
+    }
+    char *id = provhsm_base32_encode_lower_nopad(md, md_len);
+    if (id == NULL)
+        return PROVHSM_E_NOMEM;
+    *id_out = id;
+    return PROVHSM_OK;
 }
 
 /* ---- URL encoding --------------------------------------------------------- */

@@ -12,7 +12,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-char *provhsm_base64_encode(const uint8_t *data, size_t len);
+#include "provhsm/provhsm.h" /* provhsm_base64_encode, provhsm_base64_decode_text,
+                                provhsm_tpm_registration_id: public */
 
 /*
  * Strict decode: rejects characters outside the alphabet, bad padding and bad length.
@@ -28,7 +29,10 @@ uint8_t *provhsm_base64_decode(const char *text, size_t *len_out);
  */
 int provhsm_base64_decode_into(const char *text, uint8_t *out, size_t cap, size_t *len_out);
 
-/* 1 if text is non-empty valid padded base64, else 0. */
+/*
+ * 1 if text is non-empty valid padded base64, else 0. Only the tests (unit and fuzz) call
+ * it; it goes once they check provhsm_base64_decode() instead.
+ */
 int provhsm_base64_valid(const char *text);
 
 char *provhsm_base32_encode_lower_nopad(const uint8_t *data, size_t len);

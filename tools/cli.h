@@ -1,8 +1,8 @@
 /*
  * Shared pieces of the provhsm command-line tool: the command table entry, the option
  * parser, error reporting with the tool's exit codes, an output buffer with a small JSON
- * writer, log capture, encodings the public API does not offer (base64, base32), file
- * input, and certificate summaries made with OpenSSL.
+ * writer, log capture, file input (regular files or stdin only), and certificate summaries
+ * made with OpenSSL.
  *
  * Called by the command files (provhsm.c, cmd_*.c) only. The tool reaches the library
  * through include/provhsm/provhsm.h and the SDK's tables (hsm_client_data.h), nothing else.
@@ -164,20 +164,10 @@ void provhsm_cli_json_bool(provhsm_cli_json *j, const char *key, int value);
 
 /* ---- encodings ------------------------------------------------------------ */
 
-/* Padded base64 without line breaks, malloc'd; NULL on allocation failure. */
-char *provhsm_cli_base64_encode(const uint8_t *data, size_t len);
-
 /*
- * Strict padded base64, ignoring ASCII whitespace. Returns a malloc'd buffer (wipe it
- * with provhsm_cli_free_wiped when it may hold a key) or NULL when the text is not
- * clean base64 or empty.
+ * The TPM registration id (provhsm_tpm_registration_id), malloc'd; NULL on failure. Base64
+ * comes from the library too: provhsm_base64_encode, provhsm_base64_decode_text.
  */
-uint8_t *provhsm_cli_base64_decode(const char *text, size_t textlen, size_t *len_out);
-
-/* Lowercase RFC 4648 base32 without padding, malloc'd. */
-char *provhsm_cli_base32_lower(const uint8_t *data, size_t len);
-
-/* The TPM registration id: base32 of SHA-256 of the EK bytes, malloc'd. */
 char *provhsm_cli_tpm_registration_id(const uint8_t *ek, size_t len);
 
 /* OPENSSL_cleanse(p, len) then free(p). NULL is fine. */
@@ -187,14 +177,17 @@ void provhsm_cli_free_wiped(void *p, size_t len);
 
 /*
  * Reads a whole file ("-" = stdin) of at most max bytes into a malloc'd, NUL-terminated
- * buffer. Memory released while growing is wiped (the file may hold a key). Returns 0,
- * or 1 after printing an error.
+ * buffer. Memory released while growing is wiped (the file may hold a key). A path that
+ * is not a regular file (a FIFO, a device, a directory) is refused without waiting on it.
+ * Returns 0, or 1 after printing an error.
  */
 int provhsm_cli_read_file(const char *path, size_t max, char **out, size_t *len_out);
 
 /*
  * Reads one line from stdin without stdio buffering (so no copy of a key stays behind),
- * drops the line end, NUL-terminates. Returns 0, or 1 after printing an error.
+ * drops the line end, NUL-terminates. At a terminal, echo is off meanwhile and is put back
+ * also when SIGINT, SIGTERM, SIGHUP or SIGQUIT ends the tool. Returns 0, or 1 after
+ * printing an error.
  */
 int provhsm_cli_read_secret_line(char *buf, size_t buflen);
 

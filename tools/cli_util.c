@@ -1,18 +1,21 @@
 /*
  * Code shared by the provhsm tool's commands: option parsing and error reporting with
  * the tool's exit codes, the output buffer and JSON writer, the log callback (print or
- * capture), the SDK tables' init/deinit, base64/base32, file and secret-line input, and
- * certificate summaries through OpenSSL.
+ * capture), the SDK tables' init/deinit, file and secret-line input, and certificate
+ * summaries through OpenSSL. Encodings come from the library's public API.
  *
- * Called by provhsm.c and cmd_*.c. Static state: the log-capture slot, the verbosity and whether
- * the SDK tables were initialised; the tool is single-threaded.
+ * Called by provhsm.c and cmd_*.c. Static state: the log-capture slot, the verbosity,
+ * whether the SDK tables were initialised, and the terminal settings to put back if a
+ * signal ends the tool during a hidden prompt; the tool is single-threaded.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <signal.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <termios.h>
 #include <unistd.h>
@@ -538,117 +541,51 @@ void provhsm_cli_json_bool(provhsm_cli_json *j, const char *key, int value)
 
 /* ---- encodings ---------------------------------------------------------------- */
 
-char *provhsm_cli_base64_encode(const uint8_t *data, size_t len)
-{
-    if (len > (size_t)INT32_MAX / 2)
-        return NULL;
-    char *out = malloc(4 * ((len + 2) / 3) + 1);
-    if (out == NULL)
-        return NULL;
-    EVP_EncodeBlock((unsigned char *)out, data, (int)len);
-    return out;
-}
-
-static int is_b64_char(unsigned char c)
-{
-    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' ||
-           c == '/';
-}
-
-static int is_space(unsigned char c)
-{
-    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
-}
-
-uint8_t *provhsm_cli_base64_decode(const char *text, size_t textlen, size_t *len_out)
-{
-    char *clean = NULL;
-    uint8_t *out = NULL, *result = NULL;
-    size_t n = 0, pad = 0;
-
-    if (textlen > (size_t)INT32_MAX / 2)
-        return NULL;
-    clean = malloc(textlen + 1);
-    if (clean == NULL)
-        return NULL;
-    for (size_t i = 0; i < textlen; i++) {
-        unsigned char c = (unsigned char)text[i];
-        if (is_space(c))
-            continue;
-        if (c == '=') {
-            pad++;
-        } else if (!is_b64_char(c) || pad > 0) {
-            goto cleanup; /* foreign character, or data after padding */
-        }
-        clean[n++] = (char)c;
-    }
-    if (n == 0 || n % 4 != 0 || pad > 2)
-        goto cleanup;
-    out = malloc(n / 4 * 3);
-    if (out == NULL)
-        goto cleanup;
-    int got = EVP_DecodeBlock(out, (const unsigned char *)clean, (int)n);
-    if (got < 0 || (size_t)got != n / 4 * 3)
-        goto cleanup;
-    *len_out = (size_t)got - pad;
-    result = out;
-    out = NULL;
-cleanup:
-    provhsm_cli_free_wiped(clean, textlen + 1);
-    if (out != NULL)
-        provhsm_cli_free_wiped(out, n / 4 * 3);
-    return result;
-}
-
-char *provhsm_cli_base32_lower(const uint8_t *data, size_t len)
-{
-    static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz234567";
-    char *out = malloc((len * 8 + 4) / 5 + 1);
-    size_t o = 0;
-    uint32_t acc = 0;
-    int bits = 0;
-
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        acc = (acc << 8) | data[i];
-        bits += 8;
-        while (bits >= 5) {
-            out[o++] = alphabet[(acc >> (bits - 5)) & 0x1f];
-            bits -= 5;
-        }
-    }
-    if (bits > 0)
-        out[o++] = alphabet[(acc << (5 - bits)) & 0x1f];
-    out[o] = '\0';
-    return out;
-}
-
 char *provhsm_cli_tpm_registration_id(const uint8_t *ek, size_t len)
 {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int mdlen = 0;
-
-    if (EVP_Digest(ek, len, md, &mdlen, EVP_sha256(), NULL) != 1) {
-        ERR_clear_error();
-        return NULL;
-    }
-    return provhsm_cli_base32_lower(md, mdlen);
+    char *id = NULL;
+    return provhsm_tpm_registration_id(ek, len, &id) == PROVHSM_OK ? id : NULL;
 }
 
 /* ---- input -------------------------------------------------------------------- */
 
+/*
+ * Opens a file argument for reading. O_NONBLOCK so that a FIFO (or a device) cannot make
+ * the tool wait for a writer; anything but a regular file is refused after fstat().
+ * Returns the descriptor, or -1 after printing an error.
+ */
+static int open_regular_file(const char *path)
+{
+    struct stat sb;
+    int fd = open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+    if (fd < 0) {
+        provhsm_cli_error("cannot open %s: %s", path, strerror(errno));
+        return -1;
+    }
+    if (fstat(fd, &sb) != 0) {
+        provhsm_cli_error("cannot examine %s: %s", path, strerror(errno));
+        close(fd);
+        return -1;
+    }
+    if (!S_ISREG(sb.st_mode)) {
+        provhsm_cli_error("%s is not a regular file (give '-' to read standard input)", path);
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
 int provhsm_cli_read_file(const char *path, size_t max, char **out, size_t *len_out)
 {
     int is_stdin = strcmp(path, "-") == 0;
-    int fd = is_stdin ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
+    int fd = is_stdin ? STDIN_FILENO : open_regular_file(path);
     char *buf = NULL;
     size_t len = 0, cap = 0;
     int rc = PROVHSM_CLI_FAIL;
     const char *shown = is_stdin ? "standard input" : path;
 
     if (fd < 0)
-        return provhsm_cli_error("cannot open %s: %s", path, strerror(errno));
+        return PROVHSM_CLI_FAIL;
     for (;;) {
         if (cap - len < 2) {
             size_t ncap = cap != 0 ? cap * 2 : 4096;
@@ -707,25 +644,63 @@ cleanup:
 
 /*
  * A key typed at a terminal must not show on the screen: echo is off while the line is
- * read, and back as it was afterwards (also on error).
+ * read, and back as it was afterwards (also on error). A signal that ends the tool while
+ * echo is off (Ctrl-C, kill) would leave the user's shell without echo: the handlers put
+ * the saved settings back first, then let the signal end the process as it would have.
  */
 static int read_secret_line_raw(char *buf, size_t buflen);
 
+static const int prompt_signals[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT};
+#define PROMPT_SIGNALS (sizeof(prompt_signals) / sizeof(prompt_signals[0]))
+
+static struct termios prompt_saved_termios;
+
+static void restore_terminal_and_die(int sig)
+{
+    tcsetattr(STDIN_FILENO, TCSANOW, &prompt_saved_termios); /* async-signal-safe */
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+static void prompt_signals_catch(struct sigaction *old)
+{
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = restore_terminal_and_die;
+    sigemptyset(&sa.sa_mask);
+    for (size_t i = 0; i < PROMPT_SIGNALS; i++)
+        sigaddset(&sa.sa_mask, prompt_signals[i]);
+    for (size_t i = 0; i < PROMPT_SIGNALS; i++)
+        sigaction(prompt_signals[i], &sa, &old[i]);
+}
+
+static void prompt_signals_release(const struct sigaction *old)
+{
+    for (size_t i = 0; i < PROMPT_SIGNALS; i++)
+        sigaction(prompt_signals[i], &old[i], NULL);
+}
+
 int provhsm_cli_read_secret_line(char *buf, size_t buflen)
 {
-    struct termios saved, quiet;
-    int tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &saved) == 0;
+    struct termios quiet;
+    struct sigaction old[PROMPT_SIGNALS];
+    int tty = isatty(STDIN_FILENO) && tcgetattr(STDIN_FILENO, &prompt_saved_termios) == 0;
     if (tty) {
-        quiet = saved;
+        quiet = prompt_saved_termios;
         quiet.c_lflag &= ~(tcflag_t)ECHO;
         quiet.c_lflag |= ECHONL;
         fputs("key (not echoed): ", stderr);
         fflush(stderr);
+        prompt_signals_catch(old);
         tty = tcsetattr(STDIN_FILENO, TCSAFLUSH, &quiet) == 0;
+        if (!tty)
+            prompt_signals_release(old);
     }
     int rc = read_secret_line_raw(buf, buflen);
-    if (tty)
-        tcsetattr(STDIN_FILENO, TCSAFLUSH, &saved);
+    if (tty) {
+        tcsetattr(STDIN_FILENO, TCSAFLUSH, &prompt_saved_termios);
+        prompt_signals_release(old);
+    }
     return rc;
 }
 

@@ -77,8 +77,8 @@ int provhsm_cli_cmd_tpm_info(const provhsm_cli_cmd *cmd, int argc, char **argv)
     }
     provhsm_cli_capture_end(ignored, sizeof(ignored));
     regid = provhsm_cli_tpm_registration_id(ek, ek_len);
-    ek_b64 = provhsm_cli_base64_encode(ek, ek_len);
-    srk_b64 = provhsm_cli_base64_encode(srk, srk_len);
+    ek_b64 = provhsm_base64_encode(ek, ek_len);
+    srk_b64 = provhsm_base64_encode(srk, srk_len);
     if (regid == NULL || ek_b64 == NULL || srk_b64 == NULL) {
         rc = provhsm_cli_error("out of memory");
         goto cleanup;
@@ -107,6 +107,15 @@ cleanup:
     return rc;
 }
 
+/* Nothing, or only line breaks and blanks (an empty base64 text). */
+static int is_blank(const char *raw, size_t raw_len)
+{
+    for (size_t i = 0; i < raw_len; i++)
+        if (strchr(" \t\r\n", raw[i]) == NULL || raw[i] == '\0')
+            return 0;
+    return 1;
+}
+
 /* Binary, or base64 text when every byte is of base64's alphabet and it decodes cleanly. */
 static void blob_bytes(char *raw, size_t raw_len, uint8_t **blob, size_t *blob_len, int *decoded)
 {
@@ -121,8 +130,8 @@ static void blob_bytes(char *raw, size_t raw_len, uint8_t **blob, size_t *blob_l
     *decoded = 0;
     if (textual) {
         size_t n = 0;
-        uint8_t *bin = provhsm_cli_base64_decode(raw, raw_len, &n);
-        if (bin != NULL) {
+        uint8_t *bin = NULL;
+        if (provhsm_base64_decode_text(raw, raw_len, &bin, &n) == PROVHSM_OK) {
             *blob = bin;
             *blob_len = n;
             *decoded = 1;
@@ -151,7 +160,8 @@ int provhsm_cli_cmd_tpm_activate(const provhsm_cli_cmd *cmd, int argc, char **ar
     rc = provhsm_cli_read_file(opts[0].value, BLOB_FILE_MAX, &raw, &raw_len);
     if (rc != 0)
         return rc;
-    if (raw_len == 0) {
+    if (is_blank(raw, raw_len)) {
+        /* a failure of the input, like any bad blob: exit 1, not a usage error */
         rc = provhsm_cli_error("the activation blob %s is empty", opts[0].value);
         goto cleanup;
     }
@@ -222,7 +232,7 @@ int provhsm_cli_cmd_tpm_sign(const provhsm_cli_cmd *cmd, int argc, char **argv)
         goto cleanup;
     }
     provhsm_cli_capture_end(ignored, sizeof(ignored));
-    b64 = provhsm_cli_base64_encode(sig, sig_len);
+    b64 = provhsm_base64_encode(sig, sig_len);
     if (b64 == NULL) {
         rc = provhsm_cli_error("out of memory");
         goto cleanup;

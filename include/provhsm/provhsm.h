@@ -161,6 +161,29 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_identity_remove(const char *attestation);
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_clear_identity(void);
 
+/* ---- encodings the provisioning service uses ----------------------------- */
+
+/* Padded base64 (RFC 4648) on one line, malloc'd; NULL for NULL data or no memory. */
+char *provhsm_base64_encode(const uint8_t *data, size_t len);
+
+/*
+ * Decodes padded base64 that may be broken into lines, as the service, PEM and
+ * `openssl base64` write it: ASCII whitespace is skipped; any other character outside the
+ * alphabet, misplaced padding or a non-canonical last symbol is refused, and so is text
+ * with nothing to decode (PROVHSM_E_INVALID_ARG). *out is malloc'd: free() it (wipe it
+ * first when it holds a secret).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_base64_decode_text(const char *text, size_t len,
+                                                          uint8_t **out, size_t *out_len);
+
+/*
+ * The registration id of a TPM device, as the SDK and the provisioning service derive it:
+ * lowercase unpadded base32 of SHA-256 over the endorsement key exactly as the TPM table's
+ * get_ek returns it. *id_out is malloc'd (52 characters).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_registration_id(const uint8_t *ek, size_t len,
+                                                           char **id_out);
+
 /* Name of the backend configured for an attestation ("x509", "symmetric", "tpm"). */
 const char *provhsm_backend_name(const char *attestation);
 

@@ -21,6 +21,8 @@ TOOL=${1:-${PROVHSM_TOOL:-}}
 [ $# -gt 0 ] && shift
 HERE=$(cd "$(dirname "$0")" && pwd)
 FIXTURES=${PROVHSM_FIXTURES:-$HERE/../fixtures}
+# shellcheck source=cases_process.sh
+. "$HERE/cases_process.sh" # the tool as a process; what users paste elsewhere
 
 if [ -z "$TOOL" ] || [ ! -x "$TOOL" ]; then
     echo "usage: $0 PATH_TO_PROVHSM [CASE...] (or set PROVHSM_TOOL)" >&2
@@ -969,6 +971,8 @@ CASES=(t_help t_usage_errors t_init_twice t_config_option t_x509_self_signed t_x
     t_derive t_sas_symmetric t_sas_errors t_csr_file_safety t_stdin_secret_edges
     t_text_output_controls t_integer_limits t_export_identity_remove t_info_empty t_tpm_absent
     t_tty_key_not_echoed)
+CASES+=(t_file_arg_fifo t_tty_interrupt_restores_echo t_activate_empty_blob t_thumbprint
+    t_sas_far_expiry)
 if [ "${PROVHSM_TEST_WITH_TPM:-1}" = 0 ]; then
     echo "note: the library was built without TPM support: only the TPM-absent case runs"
 elif [ -n "${PROVHSM_TEST_TCTI:-}" ]; then

@@ -1,7 +1,8 @@
 /*
  * Known-answer and round-trip tests for src/encoding.c: RFC 4648 vectors for base64 and
- * (lowercase, unpadded) base32, strict base64 rejection, the SDK's URL encoding of every
- * byte value checked against a table built here independently, and hex.
+ * (lowercase, unpadded) base32, strict base64 rejection, the public decoder that skips line
+ * breaks, the TPM registration id, the SDK's URL encoding of every byte value checked
+ * against a table built here independently, and hex.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -48,8 +49,6 @@ static void test_base64_rfc4648_vectors(void **state)
         assert_int_equal(len, n);
         assert_memory_equal(dec, rfc_in[i], n);
         provhsm_secure_free(dec);
-
-        assert_int_equal(provhsm_base64_valid(b64[i]), n > 0 ? 1 : 0);
     }
 }
 
@@ -118,6 +117,46 @@ static void test_base64_decode_rejects_malformed(void **state)
     assert_int_equal(provhsm_base64_valid(NULL), 0);
     assert_int_equal(provhsm_base64_valid(""), 0);
     assert_null(provhsm_base64_encode(NULL, 0));
+}
+
+/* The public decoder: whitespace between symbols is skipped, everything else is strict. */
+static void test_base64_decode_text(void **state)
+{
+    static const char *const good[] = {"Zm9vYmFy",         "Zm9v\nYmFy\n", " Zm9vYmFy",
+                                       "Zm9v\r\nYmFy\r\n", "Zm\t9vY mFy",  "Zm9vYmFy\v\f"};
+    static const char *const bad[] = {
+        "",         "  \n", "Zg",         "Zm 9",    "Zm9v$mFy", "Zm9-YmFy", "Zg==Zg==",
+        "Zm9v====", "Zh==", "Z\xc3\xa9v", "Zm9vYmF", "=Zg=",     "Zm=v",
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        uint8_t *out = NULL;
+        size_t len = 0;
+        if (provhsm_base64_decode_text(good[i], strlen(good[i]), &out, &len) != PROVHSM_OK)
+            fail_msg("refused good base64 #%zu", i);
+        assert_int_equal(len, 6);
+        assert_memory_equal(out, "foobar", 6);
+        free(out);
+    }
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        uint8_t *out = (uint8_t *)"untouched";
+        size_t len = 12345;
+        if (provhsm_base64_decode_text(bad[i], strlen(bad[i]), &out, &len) == PROVHSM_OK)
+            fail_msg("accepted bad base64 #%zu \"%s\"", i, bad[i]);
+        assert_int_equal(len, 12345);
+        assert_string_equal((const char *)out, "untouched");
+    }
+    /* a NUL inside the given length is not the end of the text */
+    uint8_t *out = NULL;
+    size_t len = 0;
+    assert_int_not_equal(provhsm_base64_decode_text("Zm9v\0YmFy", 9, &out, &len), PROVHSM_OK);
+    /* only the given length counts */
+    assert_int_equal(provhsm_base64_decode_text("Zm9vYmFy!!!", 8, &out, &len), PROVHSM_OK);
+    assert_int_equal(len, 6);
+    free(out);
+    assert_int_not_equal(provhsm_base64_decode_text(NULL, 0, &out, &len), PROVHSM_OK);
+    assert_int_not_equal(provhsm_base64_decode_text("Zm9v", 4, NULL, &len), PROVHSM_OK);
+    assert_int_not_equal(provhsm_base64_decode_text("Zm9v", 4, &out, NULL), PROVHSM_OK);
 }
 
 static void test_base64_round_trip_lengths(void **state)
@@ -203,6 +242,25 @@ static void test_base32_sha256_registration_id(void **state)
     assert_non_null(enc);
     assert_string_equal(enc, "xj4bnp4pahh6uqkbidpf3lrceoyagyndsylxvhfucd7wd4qacwwq");
     free(enc);
+}
+
+/*
+ * The registration id from an EK: base32 of SHA-256 over the bytes as given. SHA-256("abc")
+ * is the FIPS 180-2 example; its base32 is checked above.
+ */
+static void test_tpm_registration_id(void **state)
+{
+    (void)state;
+    char *id = NULL;
+    assert_int_equal(provhsm_tpm_registration_id((const uint8_t *)"abc", 3, &id), PROVHSM_OK);
+    assert_non_null(id);
+    assert_string_equal(id, "xj4bnp4pahh6uqkbidpf3lrceoyagyndsylxvhfucd7wd4qacwwq");
+    free(id);
+    id = (char *)"untouched";
+    assert_int_not_equal(provhsm_tpm_registration_id(NULL, 3, &id), PROVHSM_OK);
+    assert_int_not_equal(provhsm_tpm_registration_id((const uint8_t *)"abc", 0, &id), PROVHSM_OK);
+    assert_int_not_equal(provhsm_tpm_registration_id((const uint8_t *)"abc", 3, NULL), PROVHSM_OK);
+    assert_string_equal(id, "untouched");
 }
 
 static void test_base32_round_trip_lengths(void **state)
@@ -379,6 +437,11 @@ static void base64_decode_into_caller_buffer(void **state)
     assert_int_equal(provhsm_base64_decode_into(NULL, buf, sizeof(buf), &len), -1);
     assert_int_equal(provhsm_base64_decode_into("Zm9v", NULL, sizeof(buf), &len), -1);
     assert_int_equal(len, 99);
+    /* and nothing written into the buffer either (encoding.h) */
+    memcpy(buf, "kept!!", 6);
+    assert_int_equal(provhsm_base64_decode_into("Zm9vYmFyYmF6", buf, sizeof(buf), &len), -1);
+    assert_int_equal(provhsm_base64_decode_into("Zm9v!mFy", buf, sizeof(buf), &len), -1);
+    assert_memory_equal(buf, "kept!!", 6);
 }
 
 int main(void)
@@ -389,6 +452,8 @@ int main(void)
         cmocka_unit_test(test_base64_all_symbols),
         cmocka_unit_test(test_base64_decode_rejects_malformed),
         cmocka_unit_test(test_base64_round_trip_lengths),
+        cmocka_unit_test(test_base64_decode_text),
+        cmocka_unit_test(test_tpm_registration_id),
         cmocka_unit_test(test_base32_rfc4648_vectors),
         cmocka_unit_test(test_base32_sha256_registration_id),
         cmocka_unit_test(test_base32_round_trip_lengths),

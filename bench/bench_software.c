@@ -25,6 +25,7 @@
 #include <openssl/rand.h>
 
 #include "bench_stats.h"
+#include "encoding.h"
 #include "hsm_client_data.h"
 #include "provhsm/provhsm.h"
 #include "sas.h"
@@ -33,7 +34,8 @@
 #define X509_CN          "bench-device"
 #define SYMM_ID          "bench-device-sym"
 #define ID_SCOPE         "0ne00000000"
-/* The same scope URL-encoded the SDK's way, as it goes into the string to sign. */
+/* The registration's scope, and the same URL-encoded the SDK's way (for the floor). */
+#define SCOPE_PLAIN   ID_SCOPE "/registrations/" SYMM_ID
 #define SCOPE_ENCODED ID_SCOPE "%2fregistrations%2f" SYMM_ID
 
 typedef struct bench_ctx {
@@ -108,8 +110,8 @@ static int op_get_registration_name(bench_ctx *c)
 static int op_sas_token(bench_ctx *c)
 {
     char *token = NULL;
-    provhsm_err err = provhsm_sas_token("symmetric", ID_SCOPE "/registrations/" SYMM_ID, c->expiry,
-                                        "registration", &token);
+    provhsm_err err =
+        provhsm_sas_token("symmetric", SCOPE_PLAIN, c->expiry, "registration", &token);
     free(token);
     return err != PROVHSM_OK;
 }
@@ -133,25 +135,27 @@ static int op_floor_hmac_base64(bench_ctx *c)
 
 /*
  * A full SAS token on a handle the caller already holds, as the SDK makes one for every
- * registration request: the key through the table, then provhsm's own SAS code (base64
- * decode of the key, HMAC-SHA256, base64, the SDK's URL encoding, the token string).
+ * registration request: the key through the table, then provhsm's own SAS code: the
+ * SDK's URL encoding of the scope, the string to sign, base64 decode of the key,
+ * HMAC-SHA256, base64 and URL encoding of the signature, the token string.
  */
 static int op_sas_on_live_handle(bench_ctx *c)
 {
     char *key_b64 = c->key->hsm_client_get_symm_key(c->key_handle);
-    char *payload = NULL, *token = NULL;
+    char *scope = NULL, *payload = NULL, *token = NULL;
     uint8_t mac[32];
     int rc = 1;
-    if (key_b64 == NULL ||
-        provhsm_sas_string_to_sign(SCOPE_ENCODED, c->expiry, &payload) != PROVHSM_OK ||
+    if (key_b64 == NULL || (scope = provhsm_url_encode(SCOPE_PLAIN)) == NULL ||
+        provhsm_sas_string_to_sign(scope, c->expiry, &payload) != PROVHSM_OK ||
         provhsm_sas_hmac_b64key(key_b64, (const uint8_t *)payload, strlen(payload), mac) !=
             PROVHSM_OK ||
-        provhsm_sas_format(SCOPE_ENCODED, mac, sizeof(mac), c->expiry, "registration", &token) !=
+        provhsm_sas_format(scope, mac, sizeof(mac), c->expiry, "registration", &token) !=
             PROVHSM_OK)
         goto done;
     rc = 0;
 done:
     OPENSSL_cleanse(mac, sizeof(mac));
+    free(scope);
     free(payload);
     free(token);
     provhsm_free_secret(key_b64);

@@ -3,7 +3,7 @@
 #   plain   build/       RelWithDebInfo; all ctest tests (unit, conformance, tool, link,
 #                        symbols, integration with swtpm, valgrind runs)
 #   asan    build-asan/  -fsanitize=address,undefined; all ctest tests except label noasan
-#   fuzz    build-fuzz/  clang, -DPROVHSM_FUZZ=ON; only the fuzz.* tests
+#   fuzz    build-fuzz/  clang, -DPROVHSM_FUZZ=ON; only the fuzz.* tests (FUZZ_SECONDS each)
 # A failing stage does not stop the later ones; the summary at the end lists each, and the
 # exit status is non-zero when any failed. JOBS (default 2) sets build and ctest parallelism.
 set -uo pipefail
@@ -60,9 +60,13 @@ stage_asan() {
             tee -a "$ctest_log"
 }
 
+# Every fuzz target runs FUZZ_SECONDS (default 40: six targets, two at a time, and the
+# build fit in three minutes on two cores). Passed on every run, because the value cached
+# in build-fuzz/ would otherwise win over a changed default.
 stage_fuzz() {
     CC=clang configure_build build-fuzz -DCMAKE_BUILD_TYPE=RelWithDebInfo \
-        -DPROVHSM_FUZZ=ON -DPROVHSM_BUILD_BENCH=OFF &&
+        -DPROVHSM_FUZZ=ON -DPROVHSM_BUILD_BENCH=OFF \
+        -DPROVHSM_FUZZ_SECONDS="${FUZZ_SECONDS:-40}" &&
         ctest --test-dir build-fuzz --output-on-failure -j "$jobs" -R '^fuzz\.' \
             --no-tests=error | tee -a "$ctest_log"
 }

@@ -1,0 +1,75 @@
+/*
+ * libFuzzer target for the configuration (src/config.c). The input is split at NUL bytes:
+ * the first part is the INI text given to provhsm_config_parse on fresh defaults (as
+ * provhsm_config_load does with the file it reads), the next three are the values of
+ * PROVHSM_STORE, PROVHSM_LOG and PROVHSM_TCTI (a missing part leaves the variable
+ * unset) for provhsm_config_apply_env. Checked: a refused text says why in the error
+ * buffer, a refused environment leaves the configuration as it was, and every string
+ * field stays NUL-terminated within its array.
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "config.h"
+#include "fuzz_common.h"
+
+static provhsm_config cfg, before;
+
+static const char *const env_names[] = {"PROVHSM_STORE", "PROVHSM_LOG", "PROVHSM_TCTI"};
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    fuzz_quiet_logs();
+    unsetenv("PROVHSM_CONFIG");
+    unsetenv("PROVHSM_PASSPHRASE");
+    return 0;
+}
+
+#define TERMINATED(field) (memchr((field), '\0', sizeof(field)) != NULL)
+
+static void check_terminated(const provhsm_config *c)
+{
+    FUZZ_CHECK(TERMINATED(c->source) && TERMINATED(c->store_dir) && TERMINATED(c->key_file));
+    FUZZ_CHECK(TERMINATED(c->passphrase_file) && TERMINATED(c->passphrase_env));
+    FUZZ_CHECK(TERMINATED(c->x509_backend) && TERMINATED(c->symmetric_backend) &&
+               TERMINATED(c->tpm_backend));
+    FUZZ_CHECK(TERMINATED(c->tcti) && TERMINATED(c->owner_auth_file) &&
+               TERMINATED(c->owner_auth_env));
+    FUZZ_CHECK(TERMINATED(c->endorsement_auth_file) && TERMINATED(c->endorsement_auth_env));
+}
+
+/* Sets each variable from the next NUL-separated part after the text, or unsets it. */
+static void set_environment(const char *text, size_t size)
+{
+    size_t at = strlen(text) + 1;
+    for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
+        if (at > size) {
+            unsetenv(env_names[i]);
+            continue;
+        }
+        setenv(env_names[i], text + at, 1);
+        at += strlen(text + at) + 1;
+    }
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *text = fuzz_text(data, size);
+    char errbuf[512];
+
+    provhsm_config_defaults(&cfg);
+    errbuf[0] = '\0';
+    if (provhsm_config_parse(&cfg, text, "fuzz.conf", errbuf, sizeof(errbuf)) != PROVHSM_OK)
+        FUZZ_CHECK(errbuf[0] != '\0');
+    check_terminated(&cfg);
+
+    set_environment(text, size);
+    memcpy(&before, &cfg, sizeof(cfg));
+    if (provhsm_config_apply_env(&cfg) != PROVHSM_OK)
+        FUZZ_CHECK(memcmp(&before, &cfg, sizeof(cfg)) == 0);
+    check_terminated(&cfg);
+    free(text);
+    return 0;
+}

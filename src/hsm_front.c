@@ -115,12 +115,14 @@ provhsm_err provhsm_config_store_dir(char **dir_out)
     if (cfg == NULL)
         return PROVHSM_E_NOMEM;
     provhsm_err err = provhsm_front_config(cfg);
-    char *copy = NULL;
-    if (err == PROVHSM_OK && (copy = strdup(cfg->store_dir)) == NULL)
-        err = PROVHSM_E_NOMEM;
+    if (err == PROVHSM_OK) {
+        char *copy = strdup(cfg->store_dir);
+        if (copy != NULL)
+            *dir_out = copy;
+        else
+            err = PROVHSM_E_NOMEM;
+    }
     free(cfg);
-    if (err == PROVHSM_OK)
-        *dir_out = copy;
     return err;
 }
 

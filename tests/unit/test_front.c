@@ -286,7 +286,13 @@ static void missing_slot_fails_cleanly(void **state)
     HSM_CLIENT_HANDLE h = x->hsm_client_x509_create();
     assert_non_null(h);
     assert_null(x->hsm_client_get_key(h));
+    assert_non_null(error_with("does not support", "get_alias_key"));
+    /* the other slots still work */
+    char *cert = x->hsm_client_get_cert(h);
+    assert_string_equal(cert, "CERT");
+    free(cert);
     x->hsm_client_x509_destroy(h);
+    assert_int_equal(mock.closes, 1);
 }
 
 static void tpm_without_configuration(void **state)
@@ -369,8 +375,12 @@ static void symmetric_rules(void **state)
     const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
     HSM_CLIENT_HANDLE h = k->hsm_client_key_create();
     assert_non_null(h);
+    /* both NULL keeps the stored identity */
     assert_int_equal(k->hsm_client_set_symm_key_info(h, NULL, NULL), 0);
     assert_string_equal(mock.override_id, "");
+    char *stored = k->hsm_client_get_registration_name(h);
+    assert_string_equal(stored, "stored-id");
+    free(stored);
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, "id", NULL), 0);
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, NULL, "a2V5"), 0);
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, "id", "%%%not-base64"), 0);

@@ -367,7 +367,7 @@ static int make_blob(const uint8_t *ek_tpm2b, size_t ek_len, const uint8_t *srk_
     if (ek_tpm2b == NULL || srk_tpm2b == NULL || hmac_key == NULL || rnd == NULL ||
         blob_out == NULL || blob_len_out == NULL || hmac_key_len == 0 ||
         hmac_key_len > MAX_HMAC_KEY ||
-        opts->auth_len > sizeof(sensitive.sensitiveArea.authValue.buffer) ||
+        opts->auth_len > SHA256_LEN || /* a TPM takes no longer authValue than nameAlg's */
         (opts->auth == NULL && opts->auth_len > 0)) {
         fprintf(stderr, "dps_service: invalid argument\n");
         return -1;

@@ -276,6 +276,46 @@ static void test_bad_arguments(void **state)
     free(blob);
 }
 
+/* The options change the identity key's attributes (and nothing else of its public area). */
+static void test_key_options(void **state)
+{
+    fixture *f = *state;
+    uint8_t *blob = NULL;
+    size_t len = 0;
+    const uint8_t auth[33] = {1};
+    const provhsm_test_dps_key_options restricted = {
+        .attributes = TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_SIGN_ENCRYPT | TPMA_OBJECT_RESTRICTED};
+    assert_int_equal(provhsm_test_dps_make_blob_opts(f->ek, f->ek_len, f->srk, f->srk_len, f->key1,
+                                                     f->key1_len, &restricted, &blob, &len),
+                     0);
+    unsigned sizes[6];
+    field_sizes(blob, len, sizes);
+    size_t off = 0;
+    for (int i = 0; i < 4; i++)
+        off += 2u + sizes[i];
+    TPM2B_PUBLIC pub;
+    memset(&pub, 0, sizeof(pub));
+    assert_int_equal(Tss2_MU_TPM2B_PUBLIC_Unmarshal(blob, len, &off, &pub), TSS2_RC_SUCCESS);
+    assert_int_equal(pub.publicArea.objectAttributes, restricted.attributes);
+    assert_int_equal(pub.publicArea.type, TPM2_ALG_KEYEDHASH);
+    /* and the parser refuses such a key */
+    provhsm_activation_blob parsed;
+    assert_int_equal(provhsm_tpm_blob_parse(blob, len, &parsed), PROVHSM_E_CORRUPT);
+    free(blob);
+
+    /* an authorisation value is invisible in the public area: the blob parses */
+    const provhsm_test_dps_key_options with_auth = {.auth = auth, .auth_len = 32};
+    assert_int_equal(provhsm_test_dps_make_blob_opts(f->ek, f->ek_len, f->srk, f->srk_len, f->key1,
+                                                     f->key1_len, &with_auth, &blob, &len),
+                     0);
+    assert_int_equal(provhsm_tpm_blob_parse(blob, len, &parsed), PROVHSM_OK);
+    free(blob);
+    const provhsm_test_dps_key_options too_long = {.auth = auth, .auth_len = 33};
+    assert_int_equal(provhsm_test_dps_make_blob_opts(f->ek, f->ek_len, f->srk, f->srk_len, f->key1,
+                                                     f->key1_len, &too_long, &blob, &len),
+                     -1);
+}
+
 /* ---- unwrapping with keys made here ------------------------------------------- */
 
 /* A TPM2B_PUBLIC like `template_tpm2b` but for a fresh RSA-2048 key. */
@@ -478,6 +518,7 @@ int main(void)
         cmocka_unit_test(test_kdfa_matches_kbkdf),
         cmocka_unit_test_setup_teardown(test_blob_parses_like_fixture, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_options, setup, teardown),
         cmocka_unit_test_setup_teardown(test_unwrap_with_private_keys, setup, teardown),
         cmocka_unit_test_setup_teardown(test_name_of_fixture_srk, setup, teardown),
     };

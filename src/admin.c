@@ -5,7 +5,12 @@
  * so that the tool exercises exactly what the SDK will.
  *
  * Identity safety: a key generated for a CSR waits in its own entry until its
- * certificate is imported, so a device keeps its working identity meanwhile.
+ * certificate is imported, so a device keeps its working identity meanwhile; it is
+ * replaced only on request (`replace`), and a refusal says which request is pending.
+ * Every operation that writes holds the store's write lock from before its first read
+ * to its last write (provhsm_store_lock), so that two of them, in two processes, never
+ * interleave: an import that removes the pending key it used cannot remove the one a
+ * concurrent generate has just written.
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -27,7 +32,20 @@
 
 #define MOD "admin"
 
-/* Loads configuration and opens the store, for an attestation served by `backend`. */
+/*
+ * What the pending key was generated for, in an entry of its own next to it (so that
+ * the identity record format stays as it is): "PHR1", the creation time in seconds since
+ * the epoch (8 bytes, big-endian), then the common name (1..64 bytes, no NUL).
+ */
+#define ENTRY_PENDING_REQUEST "x509-pending-request"
+#define REQUEST_MAGIC         "PHR1"
+#define REQUEST_HDR_LEN       12u
+#define CN_MAX                64u
+
+/*
+ * Opens the store for an attestation served by `backend`, and takes its write lock:
+ * every caller writes.
+ */
 static provhsm_err open_software_store(const char *attestation, const char *backend,
                                        const provhsm_config *cfg, provhsm_store **st)
 {
@@ -41,7 +59,87 @@ static provhsm_err open_software_store(const char *attestation, const char *back
     provhsm_err err = provhsm_store_open(cfg, st);
     if (err == PROVHSM_E_NOT_FOUND)
         PH_ERR(MOD, "no store at %s (create it with provhsm init)", cfg->store_dir);
+    if (err == PROVHSM_OK)
+        err = provhsm_store_lock(*st);
+    if (err != PROVHSM_OK) {
+        provhsm_store_close(*st);
+        *st = NULL;
+    }
     return err;
+}
+
+/* Records the common name and creation time of the request the pending key is for. */
+static provhsm_err save_pending_request(provhsm_store *st, const char *cn)
+{
+    uint8_t rec[REQUEST_HDR_LEN + CN_MAX];
+    size_t cn_len = strlen(cn);
+    uint64_t now = (uint64_t)time(NULL);
+
+    memcpy(rec, REQUEST_MAGIC, 4);
+    for (int i = 0; i < 8; i++)
+        rec[4 + i] = (uint8_t)(now >> (56 - 8 * i));
+    memcpy(rec + REQUEST_HDR_LEN, cn, cn_len);
+    return provhsm_store_put(st, ENTRY_PENDING_REQUEST, rec, REQUEST_HDR_LEN + cn_len);
+}
+
+/* Reads a request record: its CN (control characters as '?') and creation time. */
+static int parse_pending_request(const uint8_t *rec, size_t len, char *cn, uint64_t *made)
+{
+    if (len <= REQUEST_HDR_LEN || len > REQUEST_HDR_LEN + CN_MAX ||
+        memcmp(rec, REQUEST_MAGIC, 4) != 0)
+        return 0;
+    *made = 0;
+    for (int i = 0; i < 8; i++)
+        *made = *made << 8 | rec[4 + i];
+    size_t cn_len = len - REQUEST_HDR_LEN;
+    for (size_t i = 0; i < cn_len; i++) {
+        uint8_t c = rec[REQUEST_HDR_LEN + i];
+        cn[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    }
+    cn[cn_len] = '\0';
+    return 1;
+}
+
+static void format_utc(uint64_t seconds, char *out, size_t outlen)
+{
+    time_t t = (time_t)seconds;
+    struct tm tm;
+    if ((uint64_t)t != seconds || gmtime_r(&t, &tm) == NULL ||
+        strftime(out, outlen, "%Y-%m-%d %H:%M:%S UTC", &tm) == 0)
+        snprintf(out, outlen, "at an unreadable time");
+}
+
+/*
+ * "CN=<cn>, made <date> UTC" for the pending request, for a message. A store written
+ * before the request was recorded, or an unreadable record, gives a plain "(its name
+ * and date were not recorded)".
+ */
+static void describe_pending_request(provhsm_store *st, char *out, size_t outlen)
+{
+    uint8_t *rec = NULL;
+    size_t len = 0;
+    char cn[CN_MAX + 1];
+    uint64_t made = 0;
+
+    snprintf(out, outlen, "(its name and date were not recorded)");
+    if (provhsm_store_get(st, ENTRY_PENDING_REQUEST, &rec, &len) != PROVHSM_OK)
+        return;
+    if (parse_pending_request(rec, len, cn, &made)) {
+        char when[40];
+        format_utc(made, when, sizeof(when));
+        snprintf(out, outlen, "CN=%s, made %s", cn, when);
+    }
+    provhsm_secure_free(rec);
+}
+
+/* Removes the pending key and its request record; a missing record is fine. */
+static provhsm_err remove_pending(provhsm_store *st)
+{
+    provhsm_err err = provhsm_store_remove(st, PROVHSM_ENTRY_X509_PENDING);
+    if (err != PROVHSM_OK)
+        return err;
+    err = provhsm_store_remove(st, ENTRY_PENDING_REQUEST);
+    return err == PROVHSM_E_NOT_FOUND ? PROVHSM_OK : err;
 }
 
 provhsm_err provhsm_store_init(void)
@@ -96,6 +194,17 @@ provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type
         err = PROVHSM_E_EXISTS;
         goto out;
     }
+    if (days == 0 && !replace && provhsm_store_has(st, PROVHSM_ENTRY_X509_PENDING)) {
+        char pending[160];
+        describe_pending_request(st, pending, sizeof(pending));
+        PH_ERR(MOD,
+               "a certificate request is pending: %s; its key waits for the CA-signed "
+               "certificate (provhsm x509 import). A new request would replace that key, "
+               "and the certificate for it would then match nothing: replacing it needs --force",
+               pending);
+        err = PROVHSM_E_EXISTS;
+        goto out;
+    }
     err = provhsm_x509_generate_key(type, &key);
     if (err == PROVHSM_OK)
         err = provhsm_x509_key_to_pem(key, &id.key_pem);
@@ -115,6 +224,12 @@ provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type
         err = provhsm_x509_csr(key, common_name, &pem);
         if (err == PROVHSM_OK)
             err = provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509_PENDING, &id);
+        /* the key is what matters; without the record a refusal says less */
+        if (err == PROVHSM_OK && save_pending_request(st, common_name) != PROVHSM_OK)
+            PH_WARN(MOD,
+                    "the request for CN=%s was made, but its name and date were not "
+                    "recorded",
+                    common_name);
     }
     if (err != PROVHSM_OK)
         goto out;
@@ -221,7 +336,7 @@ provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem, int 
         err = provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509, &id);
     if (err != PROVHSM_OK)
         goto out;
-    if (from_pending && provhsm_store_remove(st, PROVHSM_ENTRY_X509_PENDING) != PROVHSM_OK)
+    if (from_pending && remove_pending(st) != PROVHSM_OK)
         PH_WARN(MOD, "imported, but could not remove the pending key entry");
     PH_INFO(MOD, "imported X.509 identity CN=%s (%d certificate(s))", cn, sk_X509_num(chain));
     if (expired_out != NULL)
@@ -390,7 +505,7 @@ provhsm_err provhsm_identity_remove(const char *attestation)
     int pending =
         strcmp(attestation, "x509") == 0 && provhsm_store_has(st, PROVHSM_ENTRY_X509_PENDING);
     if (pending)
-        err = provhsm_store_remove(st, PROVHSM_ENTRY_X509_PENDING);
+        err = remove_pending(st);
     if (err == PROVHSM_OK && (!pending || provhsm_store_has(st, entry)))
         err = provhsm_store_remove(st, entry);
 out:

@@ -197,7 +197,12 @@ int provhsm_cli_cmd_x509_generate(const provhsm_cli_cmd *cmd, int argc, char **a
     err =
         provhsm_x509_generate(cn, type, csr_path != NULL ? 0 : (int)days, opts[G_FORCE].seen, &pem);
     if (err == PROVHSM_E_EXISTS) {
-        rc = provhsm_cli_fail(err, "an X.509 identity is already stored (--force replaces it)");
+        /* the library's message above names the pending request (CN and date) */
+        rc = provhsm_cli_fail(err, "%s",
+                              csr_path != NULL
+                                  ? "a certificate request is already pending (--force replaces "
+                                    "its key)"
+                                  : "an X.509 identity is already stored (--force replaces it)");
         goto cleanup;
     }
     if (err != PROVHSM_OK) {

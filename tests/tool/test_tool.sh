@@ -382,9 +382,11 @@ t_store_no_cleartext() {
         fail "openssl pkey"
     openssl ec -in "$CASE/imp.key" -outform DER -out "$CASE/imp.sec1.der" 2>/dev/null ||
         fail "openssl ec"
+    # the hex lines between "priv:" and "pub:" (each but the last ends with ':')
     openssl ec -in "$CASE/imp.key" -noout -text 2>/dev/null |
-        sed -n '/^priv:/,/^pub:/p' | grep -v ':$' | tr -d ' :\n' >"$CASE/imp.scalar.hex"
-    [ -s "$CASE/imp.scalar.hex" ] || fail "cannot read the private scalar"
+        sed -n '/^priv:/,/^pub:/p' | sed '1d;$d' | tr -d ' :\n' >"$CASE/imp.scalar.hex"
+    # a whole scalar (a few leading zero bytes at most), not the tail of one
+    [ "$(wc -c <"$CASE/imp.scalar.hex")" -ge 56 ] || fail "cannot read the whole private scalar"
     if grep -r -q "PRIVATE KEY" "$PROVHSM_STORE"; then
         fail "the store holds a PEM private key in clear after import"
     fi
@@ -396,7 +398,7 @@ secrets = {
     "symmetric key text": key_b64.encode(),
     "PKCS#8 DER": open(os.path.join(case, "imp.p8.der"), "rb").read(),
     "SEC1 DER": open(os.path.join(case, "imp.sec1.der"), "rb").read(),
-    "EC private scalar": bytes.fromhex(open(os.path.join(case, "imp.scalar.hex")).read()[-64:]),
+    "EC private scalar": int(open(os.path.join(case, "imp.scalar.hex")).read(), 16).to_bytes(32, "big"),
 }
 bad = 0
 for root, _, files in os.walk(store):
@@ -463,7 +465,7 @@ t_csr_stdout() {
     head -1 "$CASE/out" | grep -q "^-----BEGIN CERTIFICATE REQUEST-----" ||
         fail "--csr - did not print a CSR"
     openssl req -in "$CASE/out" -noout -verify >/dev/null 2>&1 || fail "the CSR does not verify"
-    expect_ok x509 generate --cn dev-csr-json --csr - --json
+    expect_ok x509 generate --cn dev-csr-json --csr - --json --force
     expect_json
     python3 -c 'import json,sys; assert json.load(sys.stdin)["csr"].startswith("-----BEGIN CERTIFICATE REQUEST")' \
         <"$CASE/out" || fail "--csr - --json has no csr member"
@@ -963,6 +965,169 @@ t_tty_key_not_echoed() {
         tty-dev
 }
 
+# Signs $CASE/NAME.csr with $CASE/ca.pem into $CASE/NAME.pem.
+sign_csr() {
+    openssl x509 -req -in "$CASE/$1.csr" -CA "$CASE/ca.pem" -CAkey "$CASE/ca.key" \
+        -CAserial "$CASE/ca.srl" -CAcreateserial -days 10 -out "$CASE/$1.pem" >/dev/null 2>&1 ||
+        fail "openssl could not sign $1.csr"
+}
+
+# A second request over a pending one is refused without --force, naming the pending one
+# (its CN and date); the pending key survives the refusal, and --force replaces it.
+t_csr_pending_refused() {
+    local before after
+    expect_ok init
+    before=$(date -u +%Y-%m-%d)
+    expect_ok x509 generate --cn dev-first --csr "$CASE/first.csr"
+    after=$(date -u +%Y-%m-%d)
+    expect_error 1 x509 generate --cn dev-second --csr "$CASE/second.csr"
+    expect_grep "CN=dev-first" "$CASE/err"
+    grep -q -e "$before" -e "$after" "$CASE/err" || fail "the refusal does not say when"
+    expect_grep "--force" "$CASE/err"
+    [ -e "$CASE/second.csr" ] && fail "a refused request left second.csr behind"
+    mkcert ca "/CN=Pending Test CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    sign_csr first
+    expect_ok x509 import --cert "$CASE/first.pem"
+    # the import used the pending key: the next request needs no --force
+    expect_ok x509 generate --cn dev-third --csr "$CASE/third.csr"
+    expect_ok x509 generate --cn dev-fourth --csr "$CASE/fourth.csr" --force
+    sign_csr third
+    sign_csr fourth
+    expect_error 1 x509 import --cert "$CASE/third.pem"
+    expect_ok x509 import --cert "$CASE/fourth.pem"
+    info_json
+    expect_eq "x509.registration_id" "$(jget "$CASE/info.json" x509.registration_id)" dev-fourth
+}
+
+# init neither uses nor chmods an existing store directory that others can enter.
+t_init_existing_dir() {
+    mkdir -m 755 "$PROVHSM_STORE" || fail "mkdir"
+    expect_error 1 init
+    expect_grep "$PROVHSM_STORE" "$CASE/err"
+    expect_grep "0755" "$CASE/err"
+    expect_eq "mode of the existing directory" "$(stat -c %a "$PROVHSM_STORE")" 755
+    [ -e "$PROVHSM_STORE/store.meta" ] && fail "a refused init wrote a store"
+    chmod 700 "$PROVHSM_STORE"
+    expect_ok init
+    expect_eq "store mode" "$(stat -c %a "$PROVHSM_STORE")" 700
+}
+
+# The configuration file may name a TCTI library to load: one that others can write, a
+# link, a FIFO or another user's file is refused, naming the file.
+t_config_file_safety() {
+    local conf=$CASE/provhsm.conf mode
+    expect_ok init
+    printf '[log]\nlevel = warn\n' >"$conf"
+    chmod 644 "$conf"
+    expect_ok --config "$conf" info
+    for mode in 664 646 620; do
+        chmod "$mode" "$conf"
+        expect_error 1 --config "$conf" info
+        expect_grep "$conf" "$CASE/err"
+        expect_grep "0$mode" "$CASE/err"
+    done
+    PROVHSM_CONFIG=$conf run info
+    [ "$RC" = 1 ] || fail "a group-writable PROVHSM_CONFIG file: exit $RC, expected 1"
+    expect_grep "PROVHSM_CONFIG" "$CASE/err"
+    chmod 644 "$conf"
+    ln -s "$conf" "$CASE/link.conf"
+    expect_error 1 --config "$CASE/link.conf" info
+    expect_grep "symbolic link" "$CASE/err"
+    mkfifo "$CASE/fifo.conf"
+    timeout 20 "$TOOL" --config "$CASE/fifo.conf" info >"$CASE/out" 2>"$CASE/err" </dev/null
+    RC=$?
+    [ "$RC" = 124 ] && fail "a FIFO as configuration file blocked"
+    [ "$RC" = 1 ] || fail "a FIFO as configuration file: exit $RC, expected 1"
+    expect_grep "not a regular file" "$CASE/err"
+    if [ "$(id -u)" = 0 ]; then
+        cp "$conf" "$CASE/other.conf"
+        chown 4242 "$CASE/other.conf"
+        expect_error 1 --config "$CASE/other.conf" info
+        expect_grep "owner uid 4242" "$CASE/err"
+    else
+        echo "note: not root: a configuration file of another owner is not tried"
+    fi
+}
+
+# x509 import refuses a chain out of order and keeps the identity in place.
+t_import_chain_order() {
+    local fp0 chain
+    expect_ok init
+    expect_ok x509 generate --cn dev-kept --self-signed
+    expect_ok export x509-cert
+    fp0=$(fingerprint "$CASE/out")
+    mkcert root "/CN=Order Root" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    mkcert other "/CN=Unrelated CA" \
+        -addext basicConstraints=critical,CA:TRUE -addext keyUsage=critical,keyCertSign,cRLSign
+    printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=critical,keyCertSign,cRLSign\n' \
+        >"$CASE/ca.ext"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$CASE/int.key" \
+        -out "$CASE/int.csr" -subj "/CN=Order Intermediate" >/dev/null 2>&1 || fail "openssl req"
+    openssl x509 -req -in "$CASE/int.csr" -CA "$CASE/root.pem" -CAkey "$CASE/root.key" \
+        -CAcreateserial -CAserial "$CASE/root.srl" -days 10 -extfile "$CASE/ca.ext" \
+        -out "$CASE/int.pem" >/dev/null 2>&1 || fail "openssl could not sign the intermediate"
+    openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$CASE/leaf.key" \
+        -out "$CASE/leaf.csr" -subj "/CN=dev-chained" >/dev/null 2>&1 || fail "openssl req"
+    openssl x509 -req -in "$CASE/leaf.csr" -CA "$CASE/int.pem" -CAkey "$CASE/int.key" \
+        -CAcreateserial -CAserial "$CASE/int.srl" -days 10 -out "$CASE/leaf.pem" \
+        >/dev/null 2>&1 || fail "openssl could not sign the leaf"
+    cat "$CASE/leaf.pem" "$CASE/other.pem" >"$CASE/unrelated.pem"
+    cat "$CASE/leaf.pem" "$CASE/root.pem" "$CASE/int.pem" >"$CASE/root-first.pem"
+    cat "$CASE/leaf.pem" "$CASE/int.pem" "$CASE/root.pem" >"$CASE/in-order.pem"
+    for chain in unrelated root-first; do
+        expect_error 1 x509 import --cert "$CASE/$chain.pem" --key "$CASE/leaf.key"
+        expect_grep "not issued by" "$CASE/err"
+        expect_ok export x509-cert
+        expect_eq "fingerprint after refusing $chain" "$(fingerprint "$CASE/out")" "$fp0"
+    done
+    expect_ok x509 import --cert "$CASE/in-order.pem" --key "$CASE/leaf.key"
+    expect_ok export x509-cert
+    expect_eq "fingerprint after import" "$(fingerprint "$CASE/out")" \
+        "$(fingerprint "$CASE/leaf.pem")"
+}
+
+# A store write is: fsync of the temp file, rename over the entry, fsync of the directory
+# (seen in the system calls the tool makes, with strace).
+t_write_order() {
+    if ! command -v strace >/dev/null 2>&1; then
+        echo "note: no strace: the order of a write's system calls is not checked"
+        return 0
+    fi
+    expect_ok init
+    strace -f -y -qq -e trace=fsync,fdatasync,rename,renameat,renameat2 -o "$CASE/trace" \
+        "$TOOL" symmetric set --registration-id order-dev --key "$(randkey 32)" \
+        >"$CASE/out" 2>"$CASE/err" </dev/null || fail "symmetric set under strace failed"
+    python3 - "$CASE/trace" "$(cd "$PROVHSM_STORE" && pwd -P)" <<'EOF' ||
+import re, sys
+trace, store = sys.argv[1], sys.argv[2]
+events = []
+for line in open(trace):
+    m = re.search(r'\b(?:fsync|fdatasync)\(\d+<([^>]*)>\)\s*=\s*0', line)
+    if m:
+        events.append(("fsync", m.group(1)))
+        continue
+    m = re.search(r'\brename(?:at2?)?\(.*"(?:[^"]*/)?(\.tmp-[0-9a-f]{16}-symmetric\.entry)", '
+                  r'(?:\d+<[^>]*>, )?"(?:[^"]*/)?symmetric\.entry".*\)\s*=\s*0', line)
+    if m:
+        events.append(("rename", m.group(1)))
+renames = [i for i, e in enumerate(events) if e[0] == "rename"]
+if len(renames) != 1:
+    sys.exit("expected one rename onto symmetric.entry, saw %d: %s" % (len(renames), events))
+r = renames[0]
+tmp = events[r][1]
+if not any(e == ("fsync", store + "/" + tmp) for e in events[:r]):
+    sys.exit("the temp file %s was not fsync'ed before the rename: %s" % (tmp, events))
+if not any(e == ("fsync", store) for e in events[r + 1:]):
+    sys.exit("the store directory was not fsync'ed after the rename: %s" % events)
+EOF
+        fail "the write order is not fsync, rename, fsync of the directory"
+    info_json
+    expect_eq "symmetric.registration_id" "$(jget "$CASE/info.json" symmetric.registration_id)" \
+        order-dev
+}
+
 # ---- driver ----------------------------------------------------------------------------
 
 CASES=(t_help t_usage_errors t_init_twice t_config_option t_x509_self_signed t_x509_force
@@ -973,6 +1138,8 @@ CASES=(t_help t_usage_errors t_init_twice t_config_option t_x509_self_signed t_x
     t_tty_key_not_echoed)
 CASES+=(t_file_arg_fifo t_tty_interrupt_restores_echo t_activate_empty_blob t_thumbprint
     t_sas_far_expiry)
+CASES+=(t_csr_pending_refused t_init_existing_dir t_config_file_safety t_import_chain_order
+    t_write_order)
 if [ "${PROVHSM_TEST_WITH_TPM:-1}" = 0 ]; then
     echo "note: the library was built without TPM support: only the TPM-absent case runs"
 elif [ -n "${PROVHSM_TEST_TCTI:-}" ]; then

@@ -1,7 +1,8 @@
 /*
  * provhsm public API: what an application or the provhsm tool may call besides the
- * SDK's three HSM tables. Version, error strings, logging, and the administration
- * calls the factory line uses to put identities into the store.
+ * SDK's three HSM tables. Version, error strings, logging, the administration calls
+ * the factory line uses to put identities into the store, and the encodings the
+ * provisioning service uses (base64, the TPM registration id).
  *
  * Everything returning provhsm_err returns PROVHSM_OK (0) on success. Strings handed
  * back to the caller are allocated with malloc() and released with free() (or with

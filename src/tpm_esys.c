@@ -564,7 +564,7 @@ cleanup:
 provhsm_err provhsm_tpm_persistent_present(provhsm_tpm *tpm, const TPM2_HANDLE *handles, size_t n,
                                            int *present)
 {
-    TPM2_HANDLE lowest = TPM2_PERSISTENT_LAST, highest = TPM2_PERSISTENT_FIRST;
+    TPM2_HANDLE lowest = UINT32_MAX, highest = 0;
     TPMI_YES_NO more = TPM2_YES;
     TSS2_RC rc;
 

@@ -1159,6 +1159,7 @@ for c in "${CASES[@]}"; do
     CASE=$WORK/$c
     mkdir -p "$CASE"
     : >"$CASE/empty.conf"
+    chmod 644 "$CASE/empty.conf" # a umask of 002 would make it group-writable: refused
     (
         export PROVHSM_STORE=$CASE/store HOME=$CASE PROVHSM_CONFIG=$CASE/empty.conf
         unset PROVHSM_LOG PROVHSM_PASSPHRASE PROVHSM_TCTI XDG_DATA_HOME XDG_CONFIG_HOME

@@ -520,6 +520,7 @@ static void run_generator(int result_fd)
     char go;
     char *csr = NULL;
     provhsm_store_test_before_remove = NULL;
+    close(race_go[1]); /* a parent that dies early then ends the read */
     if (read(race_go[0], &go, 1) != 1)
         _exit(90);
     provhsm_err err = provhsm_x509_generate("dev-new", PROVHSM_KEY_EC_P256, 0, 1, &csr);

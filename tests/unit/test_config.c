@@ -66,7 +66,8 @@ static int group_setup(void **state)
     return 0;
 }
 
-static const char *const tmp_files[] = {"a.conf", "b.conf", "nul.conf", "bad.conf"};
+static const char *const tmp_files[] = {"a.conf",    "b.conf",    "nul.conf",  "bad.conf",
+                                        "safe.conf", "link.conf", "fifo.conf", "other.conf"};
 
 static int group_teardown(void **state)
 {
@@ -112,6 +113,8 @@ static void write_file(const char *path, const char *data, size_t len)
     assert_non_null(f);
     assert_int_equal(fwrite(data, 1, len, f), len);
     assert_int_equal(fclose(f), 0);
+    /* whatever the umask: a configuration file others can write is refused */
+    assert_int_equal(chmod(path, 0644), 0);
 }
 
 static void write_text(const char *path, const char *text)
@@ -650,6 +653,137 @@ static void test_parse_file_nul_byte(void **state)
     free(cfg);
 }
 
+/* ---- who may write the file ----------------------------------------------------- */
+
+/* A valid file (it sets the log level) the tests below make unsafe one way or another. */
+static const char safe_text[] = "[log]\nlevel = debug\n";
+
+/* parse_file must refuse with `want`, name the file in errbuf and the log, change nothing. */
+static void expect_refused(const char *path, provhsm_err want, const char *reason)
+{
+    provhsm_config *cfg = new_config();
+    char err[PROVHSM_PATH_MAX + 512];
+
+    log_errors = 0;
+    assert_int_equal(provhsm_config_parse_file(cfg, path, err, sizeof(err)), want);
+    assert_non_null(strstr(err, path));
+    assert_non_null(strstr(err, reason));
+    assert_non_null(strstr(err, "configuration file"));
+    assert_int_equal(log_errors, 1);
+    assert_non_null(strstr(log_last, path));
+    assert_int_equal(cfg->log_level, -1);
+    assert_string_equal(cfg->source, "built-in defaults");
+    free(cfg);
+}
+
+static void expect_accepted(const char *path)
+{
+    provhsm_config *cfg = new_config();
+
+    assert_int_equal(provhsm_config_parse_file(cfg, path, NULL, 0), PROVHSM_OK);
+    assert_int_equal(cfg->log_level, PROVHSM_LOG_DEBUG);
+    free(cfg);
+}
+
+/* The configuration names the TCTI library to load: others may read it, never write it. */
+static void test_parse_file_writable_by_others(void **state)
+{
+    const char *path = tmp_path("safe.conf");
+    static const struct {
+        mode_t mode;
+        const char *shown;
+    } refused[] = {{0664, "0664"}, {0646, "0646"}, {0620, "0620"}, {0666, "0666"}};
+
+    (void)state;
+    write_text(path, safe_text);
+    expect_accepted(path);
+    assert_int_equal(chmod(path, 0600), 0);
+    expect_accepted(path);
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        assert_int_equal(chmod(path, refused[i].mode), 0);
+        expect_refused(path, PROVHSM_E_PERMISSION, refused[i].shown);
+    }
+    assert_int_equal(chmod(path, 0644), 0);
+    expect_accepted(path);
+}
+
+static void test_parse_file_symlink(void **state)
+{
+    char link_path[PATH_MAX + 32];
+
+    (void)state;
+    write_text(tmp_path("safe.conf"), safe_text);
+    snprintf(link_path, sizeof(link_path), "%s", tmp_path("link.conf"));
+    unlink(link_path);
+    assert_int_equal(symlink(tmp_path("safe.conf"), link_path), 0);
+    expect_refused(link_path, PROVHSM_E_PERMISSION, "symbolic link");
+}
+
+/* A FIFO is refused at once: the open does not wait for a writer, nothing is read. */
+static void test_parse_file_fifo(void **state)
+{
+    char fifo[PATH_MAX + 32];
+
+    (void)state;
+    snprintf(fifo, sizeof(fifo), "%s", tmp_path("fifo.conf"));
+    unlink(fifo);
+    assert_int_equal(mkfifo(fifo, 0644), 0);
+    alarm(10); /* a blocking open would end the program here */
+    expect_refused(fifo, PROVHSM_E_CORRUPT, "not a regular file");
+    alarm(0);
+}
+
+/* Owned by someone else (not root): refused. Needs the right to chown, so root (CI). */
+static void test_parse_file_other_owner(void **state)
+{
+    char path[PATH_MAX + 32];
+
+    (void)state;
+    if (geteuid() != 0) {
+        printf("note: not root: a configuration file of another owner is not tried\n");
+        return;
+    }
+    snprintf(path, sizeof(path), "%s", tmp_path("other.conf"));
+    write_text(path, safe_text);
+    assert_int_equal(chown(path, 4242, (gid_t)-1), 0);
+    expect_refused(path, PROVHSM_E_PERMISSION, "owner uid 4242");
+    /* root's own file is trusted by anyone (root owns /etc/provhsm) */
+    assert_int_equal(chown(path, 0, (gid_t)-1), 0);
+    expect_accepted(path);
+}
+
+/* The same check on the whole chain, with the file named by PROVHSM_CONFIG. */
+static void test_load_refuses_writable_file(void **state)
+{
+    provhsm_config *cfg = new_config();
+    const char *path = tmp_path("safe.conf");
+
+    (void)state;
+    write_text(path, safe_text);
+    assert_int_equal(chmod(path, 0664), 0);
+    setenv("PROVHSM_CONFIG", path, 1);
+    setenv("PROVHSM_STORE", "/var/tmp/provhsm-test-store", 1);
+    log_errors = 0;
+    assert_int_equal(provhsm_config_load(cfg, NULL), PROVHSM_E_PERMISSION);
+    assert_int_equal(log_errors, 1);
+    assert_non_null(strstr(log_last, path));
+    assert_non_null(strstr(log_last, "PROVHSM_CONFIG"));
+    assert_int_equal(chmod(path, 0644), 0);
+    assert_int_equal(provhsm_config_load(cfg, NULL), PROVHSM_OK);
+    free(cfg);
+}
+
+/* /dev/null, the usual "no file", is an empty configuration although not a regular file. */
+static void test_parse_file_dev_null(void **state)
+{
+    provhsm_config *cfg = new_config();
+
+    (void)state;
+    assert_int_equal(provhsm_config_parse_file(cfg, "/dev/null", NULL, 0), PROVHSM_OK);
+    assert_string_equal(cfg->source, "/dev/null");
+    free(cfg);
+}
+
 /* ---- environment -------------------------------------------------------------------- */
 
 static void test_env_store(void **state)
@@ -922,6 +1056,12 @@ int main(void)
         T(test_parse_file),
         T(test_parse_file_missing),
         T(test_parse_file_nul_byte),
+        T(test_parse_file_writable_by_others),
+        T(test_parse_file_symlink),
+        T(test_parse_file_fifo),
+        T(test_parse_file_other_owner),
+        T(test_load_refuses_writable_file),
+        T(test_parse_file_dev_null),
         T(test_env_store),
         T(test_env_log),
         T(test_env_tcti),

@@ -3,8 +3,10 @@
  * own mkdtemp directory under /tmp with a hand-built configuration (cheap scrypt cost,
  * a test-only passphrase variable) and checks behaviour through the store API and the
  * raw files: round trips in both key modes, tamper and truncation detection, wrong keys,
- * permission checks, the interrupted-replace hook, the documented byte layout, and that
- * no plaintext reaches the disk. Log lines are captured to check what errors name.
+ * permission checks (files, the store directory, the key file's directory), FIFOs
+ * refused without blocking, the write lock between processes, the exposed entry format
+ * functions, the interrupted-replace hook, the documented byte layout, and that no
+ * plaintext reaches the disk. Log lines are captured to check what errors name.
  */
 #include <stdarg.h>
 #include <stddef.h>
@@ -19,7 +21,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <poll.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 #include <openssl/evp.h>
@@ -538,6 +542,180 @@ static void test_key_file_elsewhere(void **state)
     /* the store does not open without its configured key file */
     fx->cfg.key_file[0] = '\0';
     assert_int_equal(open_rc(fx), PROVHSM_E_WRONG_KEY);
+}
+
+/*
+ * Whoever can write the key file's directory can swap the key file: that directory must
+ * be ours or root's and writable by nobody else (others may read and enter it).
+ */
+static void test_key_file_directory_checked(void **state)
+{
+    fixture *fx = *state;
+    char keydir[256];
+
+    snprintf(keydir, sizeof(keydir), "%s/keys", fx->root);
+    snprintf(fx->cfg.key_file, sizeof(fx->cfg.key_file), "%s/my.key", keydir);
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_OK);
+
+    static const mode_t refused[] = {0770, 0707, 0720, 0777};
+    for (size_t i = 0; i < sizeof(refused) / sizeof(refused[0]); i++) {
+        char shown[8];
+        snprintf(shown, sizeof(shown), "%04o", (unsigned)refused[i]);
+        assert_int_equal(chmod(keydir, refused[i]), 0);
+        log_reset();
+        assert_int_equal(open_rc(fx), PROVHSM_E_PERMISSION);
+        assert_true(log_has(keydir));
+        assert_true(log_has(shown));
+        assert_true(log_has("key file directory"));
+    }
+    assert_int_equal(chmod(keydir, 0755), 0);
+    assert_int_equal(open_rc(fx), PROVHSM_OK);
+
+    /* a new store does not put its key into such a directory either */
+    snprintf(fx->cfg.store_dir, sizeof(fx->cfg.store_dir), "%s/second", fx->root);
+    snprintf(fx->cfg.key_file, sizeof(fx->cfg.key_file), "%s/second.key", keydir);
+    assert_int_equal(chmod(keydir, 0775), 0);
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_E_PERMISSION);
+    assert_int_equal(access(fx->cfg.key_file, F_OK), -1);
+    assert_int_equal(chmod(keydir, 0700), 0);
+
+    /* another owner (only testable with the right to chown) */
+    snprintf(fx->cfg.store_dir, sizeof(fx->cfg.store_dir), "%s", fx->store);
+    snprintf(fx->cfg.key_file, sizeof(fx->cfg.key_file), "%s/my.key", keydir);
+    if (chown(keydir, geteuid() + 4242, (gid_t)-1) == 0) {
+        log_reset();
+        assert_int_equal(open_rc(fx), PROVHSM_E_PERMISSION);
+        assert_true(log_has("owner uid"));
+        assert_int_equal(chown(keydir, geteuid(), (gid_t)-1), 0);
+    } else {
+        printf("note: cannot chown: a key file directory of another owner is not tried\n");
+    }
+    assert_int_equal(open_rc(fx), PROVHSM_OK);
+}
+
+/* A FIFO in place of a store file or the passphrase file is refused without waiting. */
+static void test_fifo_refused_without_blocking(void **state)
+{
+    fixture *fx = *state;
+    char path[512], pfile[256];
+
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_OK);
+    provhsm_store *st = open_ok(fx);
+    put_ok(st, "e", "v", 1);
+    store_path(fx, "e.entry", path, sizeof(path));
+    assert_int_equal(unlink(path), 0);
+    assert_int_equal(mkfifo(path, 0600), 0);
+    alarm(10); /* a blocking open would end the program here */
+    log_reset();
+    expect_get_fails(st, "e", PROVHSM_E_CORRUPT);
+    assert_true(log_has("not a regular file"));
+    alarm(0);
+    provhsm_store_close(st);
+    assert_int_equal(unlink(path), 0);
+
+    snprintf(pfile, sizeof(pfile), "%s/pass.fifo", fx->root);
+    assert_int_equal(mkfifo(pfile, 0600), 0);
+    snprintf(fx->cfg.passphrase_file, sizeof(fx->cfg.passphrase_file), "%s", pfile);
+    snprintf(fx->cfg.store_dir, sizeof(fx->cfg.store_dir), "%s/p", fx->root);
+    alarm(10);
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_E_CORRUPT);
+    alarm(0);
+}
+
+/* The other writer: on "go", opens the store, locks it, writes "child", says "done". */
+static void run_locked_writer(const fixture *fx, int go_fd, int done_fd)
+{
+    provhsm_store *mine = NULL;
+    char go;
+    if (read(go_fd, &go, 1) != 1 || provhsm_store_open(&fx->cfg, &mine) != PROVHSM_OK ||
+        provhsm_store_lock(mine) != PROVHSM_OK ||
+        provhsm_store_put(mine, "child", (const uint8_t *)"c", 1) != PROVHSM_OK)
+        _exit(1);
+    provhsm_store_close(mine);
+    _exit(write(done_fd, "d", 1) == 1 ? 0 : 2);
+}
+
+/*
+ * The write lock excludes another handle in another process: while this process holds
+ * it, the child's locked write waits; it goes through once the lock is released. (The
+ * child is forked before the lock is taken: a child forked later would share the locked
+ * descriptor, and with it the lock.)
+ */
+static void test_lock_excludes_other_writers(void **state)
+{
+    fixture *fx = *state;
+    int go[2], done[2], status = 0;
+
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_OK);
+    assert_int_equal(pipe(go), 0);
+    assert_int_equal(pipe(done), 0);
+    pid_t child = fork();
+    assert_true(child >= 0);
+    if (child == 0) {
+        close(done[0]);
+        close(go[1]);
+        run_locked_writer(fx, go[0], done[1]);
+    }
+    close(done[1]);
+    close(go[0]);
+    provhsm_store *st = open_ok(fx);
+    assert_int_equal(provhsm_store_lock(st), PROVHSM_OK);
+    assert_int_equal(write(go[1], "g", 1), 1);
+    struct pollfd pfd = {done[0], POLLIN, 0};
+    assert_int_equal(poll(&pfd, 1, 400), 0); /* the child is still waiting */
+    assert_int_equal(provhsm_store_has(st, "child"), 0);
+    provhsm_store_close(st);
+    assert_int_equal(poll(&pfd, 1, 10000), 1);
+    assert_int_equal(waitpid(child, &status, 0), child);
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    close(done[0]);
+    close(go[1]);
+    st = open_ok(fx);
+    expect_entry(st, "child", "c", 1);
+    provhsm_store_close(st);
+}
+
+/* The entry format functions a fuzz target calls: round trip, and refusals. */
+static void test_seal_unseal(void **state)
+{
+    uint8_t key[32], *file = NULL, *plain = NULL;
+    size_t file_len = 0, plain_len = 0;
+    (void)state;
+
+    memset(key, 0x42, sizeof(key));
+    assert_int_equal(
+        provhsm_store_seal(key, "name", NULL, 0, (const uint8_t *)"data", 4, &file, &file_len),
+        PROVHSM_OK);
+    assert_int_equal(file_len, 44 + 4);
+    assert_int_equal(
+        provhsm_store_unseal(key, "name", NULL, 0, file, file_len, "t", &plain, &plain_len),
+        PROVHSM_OK);
+    assert_int_equal(plain_len, 4);
+    assert_memory_equal(plain, "data", 4);
+    provhsm_secure_free(plain);
+    plain = NULL;
+    /* another name: authentication fails */
+    assert_int_equal(
+        provhsm_store_unseal(key, "other", NULL, 0, file, file_len, "t", &plain, &plain_len),
+        PROVHSM_E_TAMPERED);
+    /* a length field that disagrees with the size, a short buffer, bad magic */
+    file[15] ^= 1;
+    assert_int_equal(
+        provhsm_store_unseal(key, "name", NULL, 0, file, file_len, "t", &plain, &plain_len),
+        PROVHSM_E_CORRUPT);
+    file[15] ^= 1;
+    assert_int_equal(provhsm_store_unseal(key, "name", NULL, 0, file, 43, "t", &plain, &plain_len),
+                     PROVHSM_E_CORRUPT);
+    file[0] ^= 1;
+    assert_int_equal(
+        provhsm_store_unseal(key, "name", NULL, 0, file, file_len, "t", &plain, &plain_len),
+        PROVHSM_E_CORRUPT);
+    assert_null(plain);
+    assert_int_equal(
+        provhsm_store_unseal(NULL, "name", NULL, 0, file, file_len, "t", &plain, &plain_len),
+        PROVHSM_E_INVALID_ARG);
+    free(file);
 }
 
 static void test_flipped_bytes_detected(void **state)
@@ -1233,6 +1411,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_passphrase_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_key_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_file_elsewhere, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_file_directory_checked, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_fifo_refused_without_blocking, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_excludes_other_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_seal_unseal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flipped_bytes_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_entry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_entry_bound_to_name, setup, teardown),

@@ -1122,7 +1122,6 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     store_meta meta;
     uint8_t *raw = NULL, *check = NULL, *plain = NULL;
     size_t raw_len = 0, check_len = 0, plain_len = 0;
-    struct stat sb;
 
     if (cfg == NULL || out == NULL)
         return PROVHSM_E_INVALID_ARG;
@@ -1138,24 +1137,11 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     st->dirfd = -1;
     snprintf(st->dir, sizeof(st->dir), "%s", cfg->store_dir);
 
-    st->dirfd = open(cfg->store_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (st->dirfd < 0) {
-        int err = errno;
-        if (err == ENOENT) {
-            PH_INFO(MOD, "no store at %s", cfg->store_dir);
-            rc = PROVHSM_E_NOT_FOUND;
-        } else {
-            PH_ERR(MOD, "cannot open store directory %s: %s", cfg->store_dir, strerror(err));
-            rc = err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
-        }
-        goto out;
-    }
-    if (fstat(st->dirfd, &sb) != 0) {
-        PH_ERR(MOD, "cannot stat %s: %s", cfg->store_dir, strerror(errno));
-        rc = PROVHSM_E_IO;
-        goto out;
-    }
-    rc = check_owner_mode(&sb, cfg->store_dir);
+    const provhsm_file_ref dir = {AT_FDCWD,          cfg->store_dir, cfg->store_dir,
+                                  "store directory", NULL,           0};
+    rc = provhsm_safefile_open_dir(&dir, PROVHSM_FILE_PRIVATE, &st->dirfd);
+    if (rc == PROVHSM_E_NOT_FOUND)
+        PH_INFO(MOD, "no store at %s", cfg->store_dir);
     if (rc != PROVHSM_OK)
         goto out;
 

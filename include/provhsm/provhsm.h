@@ -116,7 +116,9 @@ typedef enum provhsm_key_type {
  * either a self-signed certificate (days > 0), which is stored as the identity's chain,
  * or a PKCS#10 request (days == 0) to be signed by a CA and brought back with
  * provhsm_x509_import(). The returned PEM is malloc'd.
- * Replaces an existing X.509 identity only when `replace` is non-zero.
+ * Replaces an existing X.509 identity (days > 0), or the key of a request still waiting
+ * for its certificate (days == 0), only when `replace` is non-zero; otherwise
+ * PROVHSM_E_EXISTS, and the log names the pending request (its CN and when it was made).
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type,
                                                      int days, int replace, char **pem_out);

@@ -25,6 +25,7 @@ cat >"$demo/provhsm.conf" <<'CONF'
 # provhsm configuration for the demo: empty on purpose. The built-in defaults apply
 # (software backend for x509 and symmetric keys), and PROVHSM_STORE names the store.
 CONF
+chmod 644 "$demo/provhsm.conf" # provhsm refuses a configuration others can write (umask 002)
 export PROVHSM_CONFIG=$demo/provhsm.conf
 export PROVHSM_STORE=$demo/store
 unset PROVHSM_TCTI PROVHSM_PASSPHRASE

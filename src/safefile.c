@@ -65,9 +65,9 @@ provhsm_err provhsm_safefile_check(const provhsm_file_ref *f, const struct stat 
     if (rule == PROVHSM_FILE_TRUSTED)
         report(f,
                "%s %s has mode %04o and owner uid %ld; it must not be writable by group or "
-               "others and must be owned by uid %ld or root, because whoever can change it "
-               "controls what provhsm does",
-               what_of(f), f->path, (unsigned)(sb->st_mode & 07777), (long)sb->st_uid,
+               "others (chmod go-w %s) and must be owned by uid %ld or root, because whoever "
+               "can change it controls what provhsm does",
+               what_of(f), f->path, (unsigned)(sb->st_mode & 07777), (long)sb->st_uid, f->path,
                (long)geteuid());
     else
         report(f,

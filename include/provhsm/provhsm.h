@@ -31,7 +31,7 @@ typedef enum provhsm_err {
     PROVHSM_E_NOMEM,       /* allocation failed */
     PROVHSM_E_CONFIG,      /* configuration file or environment is invalid */
     PROVHSM_E_IO,          /* a file operation failed */
-    PROVHSM_E_PERMISSION,  /* store files are group/world accessible or owned by another user */
+    PROVHSM_E_PERMISSION,  /* a trusted file is accessible to others, a link, or not ours */
     PROVHSM_E_NOT_FOUND,   /* no such identity / store / file */
     PROVHSM_E_EXISTS,      /* would overwrite something that exists */
     PROVHSM_E_WRONG_KEY,   /* the store key or passphrase does not open this store */

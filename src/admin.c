@@ -43,6 +43,33 @@
 #define CN_MAX                64u
 
 /*
+ * The configuration is about 25 KB: it lives on the heap so that the admin API, like the
+ * SDK tables, runs on a small thread stack. *out is NULL unless the result is PROVHSM_OK.
+ */
+static provhsm_err config_load(provhsm_config **out)
+{
+    *out = NULL;
+    provhsm_config *cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL) {
+        PH_ERR(MOD, "out of memory");
+        return PROVHSM_E_NOMEM;
+    }
+    provhsm_err err = provhsm_front_config(cfg);
+    if (err != PROVHSM_OK) {
+        free(cfg);
+        return err;
+    }
+    *out = cfg;
+    return PROVHSM_OK;
+}
+
+/* A configuration holds paths and names, no secret: a plain free. NULL is ignored. */
+static void config_free(provhsm_config *cfg)
+{
+    free(cfg);
+}
+
+/*
  * Opens the store for an attestation served by `backend`, and takes its write lock:
  * every caller writes.
  */
@@ -144,13 +171,14 @@ static provhsm_err remove_pending(provhsm_store *st)
 
 provhsm_err provhsm_store_init(void)
 {
-    provhsm_config cfg;
-    provhsm_err err = provhsm_front_config(&cfg);
+    provhsm_config *cfg = NULL;
+    provhsm_err err = config_load(&cfg);
     if (err != PROVHSM_OK)
         return err;
-    err = provhsm_store_create(&cfg);
+    err = provhsm_store_create(cfg);
     if (err == PROVHSM_OK)
-        PH_INFO(MOD, "created store %s", cfg.store_dir);
+        PH_INFO(MOD, "created store %s", cfg->store_dir);
+    config_free(cfg);
     return err;
 }
 
@@ -172,7 +200,7 @@ static const char *key_type_name(provhsm_key_type type)
 provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type, int days,
                                   int replace, char **pem_out)
 {
-    provhsm_config cfg;
+    provhsm_config *cfg = NULL;
     provhsm_store *st = NULL;
     EVP_PKEY *key = NULL;
     provhsm_x509_identity id = {0};
@@ -184,9 +212,9 @@ provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type
         PH_ERR(MOD, "x509 generate: need a common name of 1..64 characters and 0..36500 days");
         return PROVHSM_E_INVALID_ARG;
     }
-    err = provhsm_front_config(&cfg);
+    err = config_load(&cfg);
     if (err == PROVHSM_OK)
-        err = open_software_store("x509", cfg.x509_backend, &cfg, &st);
+        err = open_software_store("x509", cfg->x509_backend, cfg, &st);
     if (err != PROVHSM_OK)
         goto out;
     if (days > 0 && !replace && provhsm_store_has(st, PROVHSM_ENTRY_X509)) {
@@ -242,6 +270,7 @@ out:
     provhsm_identity_x509_clear(&id);
     EVP_PKEY_free(key);
     provhsm_store_close(st);
+    config_free(cfg);
     return err;
 }
 
@@ -288,7 +317,7 @@ static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf, char 
 
 provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem, int *expired_out)
 {
-    provhsm_config cfg;
+    provhsm_config *cfg = NULL;
     provhsm_store *st = NULL;
     STACK_OF(X509) *chain = NULL;
     EVP_PKEY *key = NULL;
@@ -314,9 +343,9 @@ provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem, int 
     if (info.expired)
         PH_WARN(MOD, "the device certificate expired on %s", info.not_after);
 
-    err = provhsm_front_config(&cfg);
+    err = config_load(&cfg);
     if (err == PROVHSM_OK)
-        err = open_software_store("x509", cfg.x509_backend, &cfg, &st);
+        err = open_software_store("x509", cfg->x509_backend, cfg, &st);
     if (err != PROVHSM_OK)
         goto out;
     if (key_pem != NULL) {
@@ -347,25 +376,27 @@ out:
     EVP_PKEY_free(key);
     sk_X509_pop_free(chain, X509_free);
     provhsm_store_close(st);
+    config_free(cfg);
     return err;
 }
 
 provhsm_err provhsm_symmetric_set(const char *registration_id, const char *key_b64)
 {
-    provhsm_config cfg;
+    provhsm_config *cfg = NULL;
     provhsm_store *st = NULL;
     provhsm_err err = provhsm_identity_check_registration_id(registration_id);
     if (err == PROVHSM_OK)
         err = provhsm_identity_check_symmetric_key(key_b64);
     if (err == PROVHSM_OK)
-        err = provhsm_front_config(&cfg);
+        err = config_load(&cfg);
     if (err == PROVHSM_OK)
-        err = open_software_store("symmetric", cfg.symmetric_backend, &cfg, &st);
+        err = open_software_store("symmetric", cfg->symmetric_backend, cfg, &st);
     if (err == PROVHSM_OK) {
         const provhsm_symmetric_identity id = {(char *)registration_id, (char *)key_b64};
         err = provhsm_identity_symmetric_save(st, &id);
     }
     provhsm_store_close(st);
+    config_free(cfg);
     return err;
 }
 
@@ -478,27 +509,28 @@ provhsm_err provhsm_sas_token(const char *attestation, const char *scope, uint64
 
 provhsm_err provhsm_identity_remove(const char *attestation)
 {
-    provhsm_config cfg;
+    provhsm_config *cfg = NULL;
     provhsm_store *st = NULL;
     const char *entry;
     const char *backend;
 
     if (attestation == NULL)
         return PROVHSM_E_INVALID_ARG;
-    provhsm_err err = provhsm_front_config(&cfg);
+    provhsm_err err = config_load(&cfg);
     if (err != PROVHSM_OK)
         return err;
     if (strcmp(attestation, "x509") == 0) {
         entry = PROVHSM_ENTRY_X509;
-        backend = cfg.x509_backend;
+        backend = cfg->x509_backend;
     } else if (strcmp(attestation, "symmetric") == 0) {
         entry = PROVHSM_ENTRY_SYMMETRIC;
-        backend = cfg.symmetric_backend;
+        backend = cfg->symmetric_backend;
     } else {
         PH_ERR(MOD, "identity remove: attestation must be x509 or symmetric");
-        return PROVHSM_E_INVALID_ARG;
+        err = PROVHSM_E_INVALID_ARG;
+        goto out;
     }
-    err = open_software_store(attestation, backend, &cfg, &st);
+    err = open_software_store(attestation, backend, cfg, &st);
     if (err != PROVHSM_OK)
         goto out;
     /* for X.509, a key still waiting for its certificate goes too */
@@ -510,28 +542,34 @@ provhsm_err provhsm_identity_remove(const char *attestation)
         err = provhsm_store_remove(st, entry);
 out:
     provhsm_store_close(st);
+    config_free(cfg);
     return err;
 }
 
 const char *provhsm_backend_name(const char *attestation)
 {
-    provhsm_config cfg;
-    const char *name;
-    if (attestation == NULL || provhsm_front_config(&cfg) != PROVHSM_OK)
+    provhsm_config *cfg = NULL;
+    const char *name, *result = NULL;
+    if (attestation == NULL || config_load(&cfg) != PROVHSM_OK)
         return NULL;
     if (strcmp(attestation, "x509") == 0)
-        name = cfg.x509_backend;
+        name = cfg->x509_backend;
     else if (strcmp(attestation, "symmetric") == 0)
-        name = cfg.symmetric_backend;
+        name = cfg->symmetric_backend;
     else if (strcmp(attestation, "tpm") == 0)
-        name = cfg.tpm_configured ? cfg.tpm_backend : NULL;
+        name = cfg->tpm_configured ? cfg->tpm_backend : NULL;
     else
-        return NULL;
-    if (name == NULL)
-        return "none";
+        goto out;
+    if (name == NULL) {
+        result = "none";
+        goto out;
+    }
     /* the descriptor's name is static; the config copy is not */
     const provhsm_backend *be = provhsm_backend_find(name);
-    return be != NULL ? be->name : "unavailable";
+    result = be != NULL ? be->name : "unavailable";
+out:
+    config_free(cfg);
+    return result;
 }
 
 #ifndef PROVHSM_WITH_TPM

@@ -20,25 +20,38 @@
 
 #define ROOT_UID 0
 
-/* Logs the message at error level and copies it to the caller's buffer, if any. */
+static const char *what_of(const provhsm_file_ref *f)
+{
+    return f->what != NULL ? f->what : "file";
+}
+
+/* Room for a message that names a path twice. */
+#define REPORT_MAX (2 * 4096 + 512)
+
+/*
+ * Logs the message at error level and copies it to the caller's buffer, if any. The
+ * buffer is on the heap: this runs inside an SDK create, possibly on a 16 KB stack.
+ */
 static void report(const provhsm_file_ref *f, const char *fmt, ...) PROVHSM_PRINTF(2, 3);
 
 static void report(const provhsm_file_ref *f, const char *fmt, ...)
 {
-    char msg[8400];
+    char *msg = malloc(REPORT_MAX);
     va_list ap;
 
+    if (msg == NULL) {
+        PH_ERR(MOD, "%s %s is refused (out of memory for the reason)", what_of(f), f->path);
+        if (f->errbuf != NULL && f->errlen > 0)
+            snprintf(f->errbuf, f->errlen, "%s %s is refused", what_of(f), f->path);
+        return;
+    }
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof(msg), fmt, ap);
+    vsnprintf(msg, REPORT_MAX, fmt, ap);
     va_end(ap);
     PH_ERR(MOD, "%s", msg);
     if (f->errbuf != NULL && f->errlen > 0)
         snprintf(f->errbuf, f->errlen, "%s", msg);
-}
-
-static const char *what_of(const provhsm_file_ref *f)
-{
-    return f->what != NULL ? f->what : "file";
+    free(msg);
 }
 
 static int owner_ok(uid_t owner, provhsm_file_rule rule)

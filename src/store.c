@@ -236,6 +236,22 @@ static provhsm_err key_file_path(const provhsm_config *cfg, char *out, size_t ou
     return out[0] != '\0' ? PROVHSM_OK : PROVHSM_E_CONFIG;
 }
 
+/*
+ * Path buffers come from the heap: the SDK may create a handle on a 16 KB thread stack,
+ * and a few PROVHSM_PATH_MAX arrays nested on that path would not fit there. NULL
+ * (logged) when out of memory; otherwise an empty string of `size` bytes.
+ */
+static char *path_alloc(size_t size)
+{
+    char *p = malloc(size);
+    if (p == NULL) {
+        PH_ERR(MOD, "out of memory");
+        return NULL;
+    }
+    p[0] = '\0';
+    return p;
+}
+
 /* Splits "a/b/c" into "a/b" and "c"; "c" into "." and "c"; "/c" into "/" and "c". */
 static provhsm_err split_path(const char *path, char *dir, size_t dirlen, char *base,
                               size_t baselen)
@@ -268,15 +284,18 @@ static provhsm_err split_path(const char *path, char *dir, size_t dirlen, char *
  */
 static provhsm_err mkdir_p(const char *path, int *created)
 {
-    char buf[PROVHSM_PATH_MAX];
+    provhsm_err rc = PROVHSM_OK;
     size_t len = strlen(path);
 
     if (created != NULL)
         *created = 0;
-    if (len == 0 || len >= sizeof(buf)) {
+    if (len == 0 || len >= PROVHSM_PATH_MAX) {
         PH_ERR(MOD, "directory path \"%s\" is empty or too long", path);
         return PROVHSM_E_CONFIG;
     }
+    char *buf = path_alloc(len + 1);
+    if (buf == NULL)
+        return PROVHSM_E_NOMEM;
     memcpy(buf, path, len + 1);
     for (size_t i = 1; i <= len; i++) {
         if (buf[i] != '/' && buf[i] != '\0')
@@ -289,13 +308,15 @@ static provhsm_err mkdir_p(const char *path, int *created)
         if (!made && errno != EEXIST) {
             int err = errno;
             PH_ERR(MOD, "cannot create directory %s: %s", buf, strerror(err));
-            return err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+            rc = err == EACCES ? PROVHSM_E_PERMISSION : PROVHSM_E_IO;
+            break;
         }
         if (created != NULL)
             *created = made;
         buf[i] = saved;
     }
-    return PROVHSM_OK;
+    free(buf);
+    return rc;
 }
 
 /* Checks a stat'ed store file or directory: owner = euid, no access for anyone else. */
@@ -351,16 +372,15 @@ enum { WRITE_REPLACE = 0, WRITE_NEW = 1 };
  * existing file; WRITE_NEW links the temp file into place and so fails with
  * PROVHSM_E_EXISTS rather than replace anything. honour_hook applies the test hook.
  */
-static provhsm_err write_atomic(int dirfd, const char *dir_path, const char *name,
-                                const uint8_t *buf, size_t len, int how, int honour_hook)
+static provhsm_err write_atomic_named(int dirfd, const char *dir_path, const char *name,
+                                      const char *path, const uint8_t *buf, size_t len, int how,
+                                      int honour_hook)
 {
     provhsm_err rc = PROVHSM_OK;
     char tmp[FILE_NAME_BUF];
-    char path[PROVHSM_PATH_MAX + FILE_NAME_BUF];
     uint8_t rnd[8];
     int fd = -1, tmp_made = 0, n;
 
-    snprintf(path, sizeof(path), "%s/%s", dir_path, name);
     if (RAND_bytes(rnd, sizeof(rnd)) != 1) {
         provhsm_log_openssl(MOD, "RAND_bytes (temp file name)");
         return PROVHSM_E_CRYPTO;
@@ -440,6 +460,20 @@ out:
         if (rc == PROVHSM_OK)
             rc = fsync_dir(dirfd, dir_path); /* drop the temp name from the directory too */
     }
+    return rc;
+}
+
+/* write_atomic_named with the file's full path, for messages, made here. */
+static provhsm_err write_atomic(int dirfd, const char *dir_path, const char *name,
+                                const uint8_t *buf, size_t len, int how, int honour_hook)
+{
+    const size_t size = PROVHSM_PATH_MAX + FILE_NAME_BUF;
+    char *path = path_alloc(size);
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, size, "%s/%s", dir_path, name);
+    provhsm_err rc = write_atomic_named(dirfd, dir_path, name, path, buf, len, how, honour_hook);
+    free(path);
     return rc;
 }
 
@@ -749,19 +783,23 @@ static provhsm_err parse_meta(const uint8_t *raw, size_t len, const char *path, 
  */
 static provhsm_err open_key_dir(const char *key_path, char *key_base, size_t baselen, int *fd_out)
 {
-    char key_dir[PROVHSM_PATH_MAX];
-    provhsm_err rc = split_path(key_path, key_dir, sizeof(key_dir), key_base, baselen);
-    if (rc != PROVHSM_OK)
-        return rc;
-    const provhsm_file_ref f = {AT_FDCWD, key_dir, key_dir, "key file directory", NULL, 0};
-    return provhsm_safefile_open_dir(&f, PROVHSM_FILE_TRUSTED, fd_out);
+    char *key_dir = path_alloc(PROVHSM_PATH_MAX);
+    if (key_dir == NULL)
+        return PROVHSM_E_NOMEM;
+    provhsm_err rc = split_path(key_path, key_dir, PROVHSM_PATH_MAX, key_base, baselen);
+    if (rc == PROVHSM_OK) {
+        const provhsm_file_ref f = {AT_FDCWD, key_dir, key_dir, "key file directory", NULL, 0};
+        rc = provhsm_safefile_open_dir(&f, PROVHSM_FILE_TRUSTED, fd_out);
+    }
+    free(key_dir);
+    return rc;
 }
 
 /* Loads the store key named by the header into key_out (secure, STORE_KEY_LEN bytes). */
 static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint8_t *key_out)
 {
     provhsm_err rc;
-    char path[PROVHSM_PATH_MAX], base[FILE_NAME_BUF];
+    char *path = NULL, base[FILE_NAME_BUF];
     int keydirfd = -1;
     uint8_t *buf = NULL;
     size_t len = 0;
@@ -783,7 +821,10 @@ static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint
         return rc;
     }
 
-    rc = key_file_path(cfg, path, sizeof(path));
+    path = path_alloc(PROVHSM_PATH_MAX);
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    rc = key_file_path(cfg, path, PROVHSM_PATH_MAX);
     if (rc == PROVHSM_OK)
         rc = open_key_dir(path, base, sizeof(base), &keydirfd);
     if (rc == PROVHSM_OK) {
@@ -793,10 +834,10 @@ static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint
     if (rc == PROVHSM_E_NOT_FOUND) {
         PH_ERR(MOD, "store %s is locked by key file %s, which does not exist", cfg->store_dir,
                path);
-        return PROVHSM_E_WRONG_KEY;
+        rc = PROVHSM_E_WRONG_KEY;
     }
     if (rc != PROVHSM_OK)
-        return rc;
+        goto out;
     if (len != KEYFILE_LEN || memcmp(buf, KEYFILE_MAGIC, 8) != 0 ||
         get_be16(buf + 8) != FORMAT_VERSION || get_be16(buf + 10) != 0) {
         PH_ERR(MOD, "key file %s is malformed (%zu bytes; expected a %u-byte version %u key file)",
@@ -805,7 +846,9 @@ static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint
     } else {
         memcpy(key_out, buf + KEYFILE_OFF_KEY, STORE_KEY_LEN);
     }
+out:
     provhsm_secure_free(buf);
+    free(path);
     return rc;
 }
 
@@ -816,18 +859,22 @@ static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint
 static provhsm_err scan_store(int dirfd, const char *dir_path)
 {
     provhsm_err rc = PROVHSM_OK;
-    char path[PROVHSM_PATH_MAX + 300];
+    const size_t path_size = PROVHSM_PATH_MAX + 300;
+    char *path = path_alloc(path_size);
     struct dirent *de;
     struct stat sb;
     DIR *d = NULL;
     time_t now = time(NULL);
     int fd;
 
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
     fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
     if (fd < 0 || (d = fdopendir(fd)) == NULL) {
         PH_ERR(MOD, "cannot list %s: %s", dir_path, strerror(errno));
         if (fd >= 0)
             close(fd);
+        free(path);
         return PROVHSM_E_IO;
     }
     for (;;) {
@@ -849,7 +896,7 @@ static provhsm_err scan_store(int dirfd, const char *dir_path)
                             (nl > sl && strcmp(name + nl - sl, ENTRY_SUFFIX) == 0);
         if (!is_tmp && !is_store_file)
             continue;
-        snprintf(path, sizeof(path), "%s/%s", dir_path, name);
+        snprintf(path, path_size, "%s/%s", dir_path, name);
         if (fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) != 0) {
             if (errno == ENOENT)
                 continue; /* went away meanwhile */
@@ -873,6 +920,7 @@ static provhsm_err scan_store(int dirfd, const char *dir_path)
             break;
     }
     closedir(d);
+    free(path);
     return rc;
 }
 
@@ -944,20 +992,26 @@ static provhsm_err make_key_file(const char *key_path, uint8_t *key, int *keydir
                                  char *key_base, size_t baselen)
 {
     provhsm_err rc;
-    char key_dir[PROVHSM_PATH_MAX];
+    char *key_dir = path_alloc(PROVHSM_PATH_MAX);
     uint8_t *keyfile = NULL;
     struct stat sb;
     int fd = -1;
 
-    rc = split_path(key_path, key_dir, sizeof(key_dir), key_base, baselen);
+    if (key_dir == NULL)
+        return PROVHSM_E_NOMEM;
+    rc = split_path(key_path, key_dir, PROVHSM_PATH_MAX, key_base, baselen);
     if (rc == PROVHSM_OK)
         rc = mkdir_p(key_dir, NULL);
     if (rc == PROVHSM_OK)
         rc = open_key_dir(key_path, key_base, baselen, &fd);
-    if (rc == PROVHSM_E_NOT_FOUND)
+    if (rc == PROVHSM_E_NOT_FOUND) {
         PH_ERR(MOD, "key file directory of %s went away while the store was created", key_path);
-    if (rc != PROVHSM_OK)
-        return rc == PROVHSM_E_NOT_FOUND ? PROVHSM_E_IO : rc;
+        rc = PROVHSM_E_IO;
+    }
+    if (rc != PROVHSM_OK) {
+        free(key_dir);
+        return rc;
+    }
     if (fstatat(fd, key_base, &sb, AT_SYMLINK_NOFOLLOW) == 0) {
         PH_ERR(MOD,
                "key file %s already exists; not replacing it (remove it to create a new store)",
@@ -988,6 +1042,7 @@ static provhsm_err make_key_file(const char *key_path, uint8_t *key, int *keydir
     rc = write_atomic(fd, key_dir, key_base, keyfile, KEYFILE_LEN, WRITE_NEW, 0);
 out:
     provhsm_secure_free(keyfile);
+    free(key_dir);
     if (rc != PROVHSM_OK) {
         close(fd);
         return rc;
@@ -1025,7 +1080,7 @@ static provhsm_err make_passphrase_key(const provhsm_config *cfg, const uint8_t 
 provhsm_err provhsm_store_create(const provhsm_config *cfg)
 {
     provhsm_err rc = PROVHSM_OK;
-    char key_path[PROVHSM_PATH_MAX], key_base[FILE_NAME_BUF];
+    char *key_path = NULL, key_base[FILE_NAME_BUF];
     uint8_t meta[META_LEN];
     uint8_t *pass = NULL, *key = NULL, *check = NULL;
     size_t pass_len = 0, check_len = 0;
@@ -1071,7 +1126,8 @@ provhsm_err provhsm_store_create(const provhsm_config *cfg)
         rc = make_passphrase_key(cfg, pass, pass_len, meta, key);
     } else if (rc == PROVHSM_E_NOT_FOUND) {
         meta[META_OFF_MODE] = KEY_MODE_FILE;
-        rc = key_file_path(cfg, key_path, sizeof(key_path));
+        key_path = path_alloc(PROVHSM_PATH_MAX);
+        rc = key_path == NULL ? PROVHSM_E_NOMEM : key_file_path(cfg, key_path, PROVHSM_PATH_MAX);
         if (rc == PROVHSM_OK)
             rc = make_key_file(key_path, key, &keydirfd, key_base, sizeof(key_base));
     }
@@ -1109,6 +1165,7 @@ out:
         close(keydirfd);
     close(dirfd);
     free(check);
+    free(key_path);
     provhsm_secure_free(key);
     provhsm_secure_free(pass);
     return rc;
@@ -1117,7 +1174,8 @@ out:
 provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
 {
     provhsm_err rc = PROVHSM_OK;
-    char path[PROVHSM_PATH_MAX + 32];
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = NULL;
     provhsm_store *st = NULL;
     store_meta meta;
     uint8_t *raw = NULL, *check = NULL, *plain = NULL;
@@ -1136,6 +1194,11 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     }
     st->dirfd = -1;
     snprintf(st->dir, sizeof(st->dir), "%s", cfg->store_dir);
+    path = path_alloc(path_size);
+    if (path == NULL) {
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
 
     const provhsm_file_ref dir = {AT_FDCWD,          cfg->store_dir, cfg->store_dir,
                                   "store directory", NULL,           0};
@@ -1145,7 +1208,7 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     if (rc != PROVHSM_OK)
         goto out;
 
-    snprintf(path, sizeof(path), "%s/%s", cfg->store_dir, META_NAME);
+    snprintf(path, path_size, "%s/%s", cfg->store_dir, META_NAME);
     rc = read_file_at(st->dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
     if (rc == PROVHSM_E_NOT_FOUND)
         PH_INFO(MOD, "no store at %s (no %s)", cfg->store_dir, META_NAME);
@@ -1168,7 +1231,7 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     if (rc != PROVHSM_OK)
         goto out;
 
-    snprintf(path, sizeof(path), "%s/%s", cfg->store_dir, CHECK_NAME);
+    snprintf(path, path_size, "%s/%s", cfg->store_dir, CHECK_NAME);
     rc = read_file_at(st->dirfd, CHECK_NAME, path, ENTRY_OVERHEAD + 256, 0, &check, &check_len);
     if (rc == PROVHSM_E_NOT_FOUND) {
         PH_ERR(MOD, "%s is missing: the store is incomplete", path);
@@ -1197,6 +1260,7 @@ out:
     provhsm_secure_free(plain);
     free(check);
     free(raw);
+    free(path);
     provhsm_store_close(st);
     return rc;
 }
@@ -1244,7 +1308,8 @@ provhsm_err provhsm_store_get(provhsm_store *st, const char *name, uint8_t **dat
                               size_t *len_out)
 {
     provhsm_err rc;
-    char fname[FILE_NAME_BUF], path[PROVHSM_PATH_MAX + FILE_NAME_BUF];
+    const size_t path_size = PROVHSM_PATH_MAX + FILE_NAME_BUF;
+    char fname[FILE_NAME_BUF], *path = NULL;
     uint8_t *file = NULL, *data = NULL;
     size_t file_len = 0, len = 0;
 
@@ -1255,7 +1320,10 @@ provhsm_err provhsm_store_get(provhsm_store *st, const char *name, uint8_t **dat
         return PROVHSM_E_INVALID_ARG;
     }
     entry_file_name(name, fname, sizeof(fname));
-    snprintf(path, sizeof(path), "%s/%s", st->dir, fname);
+    path = path_alloc(path_size);
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, path_size, "%s/%s", st->dir, fname);
     rc = read_file_at(st->dirfd, fname, path, ENTRY_OVERHEAD + ENTRY_MAX_DATA, 0, &file, &file_len);
     if (rc == PROVHSM_E_NOT_FOUND)
         PH_DEBUG(MOD, "no entry %s in %s", name, st->dir);
@@ -1271,6 +1339,7 @@ provhsm_err provhsm_store_get(provhsm_store *st, const char *name, uint8_t **dat
     *len_out = len;
 out:
     free(file);
+    free(path);
     return rc;
 }
 

@@ -8,6 +8,8 @@
  *
  * A symmetric state may be empty (no stored identity): the SDK creates the handle
  * before it passes the application's registration id and key, and those are enough.
+ * It keeps the store's path so that, when the application passes nothing either, the
+ * one error line the user sees says what is missing and where it was looked for.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -29,6 +31,8 @@ typedef struct sw_state {
     /* symmetric */
     char *registration_id; /* malloc, NULL when no identity */
     char *symmetric_key;   /* secure */
+    char *store_dir;       /* malloc: where the symmetric identity was looked for */
+    int store_missing;     /* no store at store_dir */
 } sw_state;
 
 static char *dup_plain(const char *s)
@@ -63,6 +67,7 @@ static void sw_close(void *p)
     free(st->common_name);
     free(st->registration_id);
     provhsm_secure_free(st->symmetric_key);
+    free(st->store_dir);
     free(st);
 }
 
@@ -143,11 +148,16 @@ static provhsm_err sw_open(const provhsm_config *cfg, provhsm_kind kind, void **
     st = calloc(1, sizeof(*st));
     if (st == NULL)
         return PROVHSM_E_NOMEM;
+    if (kind == PROVHSM_KIND_SYMMETRIC && (st->store_dir = dup_plain(cfg->store_dir)) == NULL) {
+        free(st);
+        return PROVHSM_E_NOMEM;
+    }
 
     err = provhsm_store_open(cfg, &store);
     if (err == PROVHSM_E_NOT_FOUND && kind == PROVHSM_KIND_SYMMETRIC) {
         PH_INFO(MOD, "no store at %s; the application must set the symmetric identity",
                 cfg->store_dir);
+        st->store_missing = 1;
         err = PROVHSM_OK;
         goto out;
     }
@@ -181,25 +191,40 @@ static provhsm_err sw_common_name(void *p, char **out)
     return copy_out(((sw_state *)p)->common_name, "common name", out);
 }
 
+/*
+ * Neither the store nor the application gave a symmetric identity: one error-level line
+ * (the default level shows nothing else) says which item is missing, where it was looked
+ * for, and how to provide it.
+ */
+static provhsm_err report_missing_symmetric(const sw_state *st, const char *item)
+{
+    if (st->store_missing)
+        PH_ERR(MOD,
+               "no %s: there is no store at %s (create it with provhsm init, then provhsm "
+               "symmetric set), and the application set none with "
+               "prov_dev_set_symmetric_key_info",
+               item, st->store_dir);
+    else
+        PH_ERR(MOD,
+               "no %s: the store at %s holds no symmetric identity (provhsm symmetric set), "
+               "and the application set none with prov_dev_set_symmetric_key_info",
+               item, st->store_dir);
+    return PROVHSM_E_NOT_FOUND;
+}
+
 static provhsm_err sw_symmetric_key(void *p, char **out)
 {
     sw_state *st = p;
-    if (st->symmetric_key == NULL) {
-        PH_ERR(MOD, "no symmetric key: store one with provhsm symmetric set, or pass it with "
-                    "prov_dev_set_symmetric_key_info");
-        return PROVHSM_E_NOT_FOUND;
-    }
+    if (st->symmetric_key == NULL)
+        return report_missing_symmetric(st, "symmetric key");
     return copy_out(st->symmetric_key, "symmetric key", out);
 }
 
 static provhsm_err sw_registration_id(void *p, char **out)
 {
     sw_state *st = p;
-    if (st->registration_id == NULL) {
-        PH_ERR(MOD, "no registration id: store one with provhsm symmetric set, or pass it with "
-                    "prov_dev_set_symmetric_key_info");
-        return PROVHSM_E_NOT_FOUND;
-    }
+    if (st->registration_id == NULL)
+        return report_missing_symmetric(st, "registration id");
     return copy_out(st->registration_id, "registration id", out);
 }
 

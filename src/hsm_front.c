@@ -209,7 +209,6 @@ typedef struct front_handle {
     provhsm_kind kind;
     const provhsm_backend *backend;
     void *state;
-    char *store_dir;      /* symmetric on the software backend: where the identity is kept */
     pthread_mutex_t lock; /* one call at a time per handle */
 } front_handle;
 
@@ -263,17 +262,10 @@ static front_handle *handle_open_with(const provhsm_config *cfg, provhsm_kind ki
     front_handle *h = calloc(1, sizeof(*h));
     if (h == NULL)
         return NULL;
-    /* kept to say where a missing symmetric identity was looked for */
-    if (kind == PROVHSM_KIND_SYMMETRIC && strcmp(be->name, "software") == 0 &&
-        (h->store_dir = strdup(cfg->store_dir)) == NULL) {
-        free(h);
-        return NULL;
-    }
     provhsm_err err = be->open(cfg, kind, &h->state);
     if (err != PROVHSM_OK) {
         PH_ERR(MOD, "%s: cannot open the identity (backend %s): %s", kind_name[kind], be->name,
                provhsm_strerror(err));
-        free(h->store_dir);
         free(h);
         return NULL;
     }
@@ -304,32 +296,8 @@ static void handle_close(front_handle *h)
         return;
     h->backend->close(h->state);
     pthread_mutex_destroy(&h->lock);
-    free(h->store_dir);
     h->magic = MAGIC_DEAD;
     free(h);
-}
-
-/*
- * A symmetric handle has neither a stored identity nor one from the application. The
- * backend says which item it lacks; this says where it looked, at error level, because
- * at the default level that line is all a user sees.
- */
-static void report_missing_symmetric(const front_handle *h, provhsm_err err)
-{
-    if (err != PROVHSM_E_NOT_FOUND || h->store_dir == NULL)
-        return;
-    if (access(h->store_dir, F_OK) != 0)
-        PH_ERR(MOD,
-               "symmetric: no identity: there is no store at %s (create it with provhsm init, "
-               "then provhsm symmetric set), and the application set none with "
-               "prov_dev_set_symmetric_key_info",
-               h->store_dir);
-    else
-        PH_ERR(MOD,
-               "symmetric: no identity: the store at %s holds no symmetric identity (provhsm "
-               "symmetric set), and the application set none with "
-               "prov_dev_set_symmetric_key_info",
-               h->store_dir);
 }
 
 /* The per-kind handle behind `handle`, opening a universal handle's part on first use. */
@@ -449,12 +417,10 @@ static char *get_string(HSM_CLIENT_HANDLE handle, provhsm_kind kind, string_op w
     case GET_SYMMETRIC_KEY:
         SLOT_OR_FAIL(h, symmetric_key, "get_symmetric_key");
         err = h->backend->symmetric_key(h->state, &result);
-        report_missing_symmetric(h, err);
         break;
     case GET_REGISTRATION_ID:
         SLOT_OR_FAIL(h, registration_id, "get_registration_name");
         err = h->backend->registration_id(h->state, &result);
-        report_missing_symmetric(h, err);
         break;
     }
 out:
@@ -509,7 +475,6 @@ static int set_symmetric_key_info(HSM_CLIENT_HANDLE handle, const char *registra
         char *id = NULL;
         SLOT_OR_FAIL(h, registration_id, "get_registration_name");
         err = h->backend->registration_id(h->state, &id);
-        report_missing_symmetric(h, err);
         free(id);
         goto out;
     }

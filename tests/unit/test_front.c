@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -205,7 +206,8 @@ static int group_setup(void **state)
     if (f == NULL)
         return -1;
     fclose(f);
-    return 0;
+    /* whatever the umask: a configuration others can write is refused */
+    return chmod(empty_config, 0600);
 }
 
 static int group_teardown(void **state)
@@ -497,7 +499,7 @@ static void init_deinit_counting(void **state)
 
 /* ---- the software backend on a store made here --------------------------------- */
 
-#define SMALL_STACK   24576
+#define SMALL_STACK   16384
 #define SYMMETRIC_KEY "c3RhY2stdGVzdC1rZXktMDEyMzQ1Njc4OWFiY2RlZg=="
 
 static int software_setup(void **state)
@@ -551,12 +553,37 @@ static void *create_get_destroy(void *arg)
     return NULL;
 }
 
+/* The thread stack the small-stack tests give the SDK calls: 16 KB, 64 KB under ASan. */
+static size_t small_stack(void)
+{
+    size_t stack = SMALL_STACK;
+#if defined(__SANITIZE_ADDRESS__)
+    stack *= 4;
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+    stack *= 4;
+#endif
+#endif
+    return stack;
+}
+
+/* Runs fn(arg) on a thread with small_stack(); a frame that does not fit is a SIGSEGV. */
+static void run_on_small_stack(void *(*fn)(void *), void *arg)
+{
+    pthread_attr_t attr;
+    pthread_t thread;
+    assert_int_equal(pthread_attr_init(&attr), 0);
+    assert_int_equal(pthread_attr_setstacksize(&attr, small_stack()), 0);
+    assert_int_equal(pthread_create(&thread, &attr, fn, arg), 0);
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    pthread_attr_destroy(&attr);
+}
+
 /*
- * create/get/destroy of both software tables on a small thread stack. A frame that does
- * not fit runs into the stack's guard page and the test dies with SIGSEGV. 24 KB holds
- * glibc's thread descriptor and TLS (about 6 KB here) and what create needs, and not a
- * 25 KB provhsm_config on the stack. The aim is 16 KB; provhsm_store_open's path buffers
- * (13 KB of stack, see gcc -fstack-usage) are what is still in the way.
+ * create/get/destroy of both software tables on a 16 KB thread stack (embedded SDK
+ * threads). A frame that does not fit runs into the stack's guard page and the test dies
+ * with SIGSEGV. 16 KB holds glibc's thread descriptor and TLS (about 6 KB here) and what
+ * create needs, and neither the 25 KB provhsm_config nor one 4 KB path buffer more.
  * AddressSanitizer puts red zones around every stack object: that build gets four times
  * the room.
  */
@@ -569,29 +596,92 @@ static void create_runs_on_a_small_thread_stack(void **state)
                      PROVHSM_OK);
     free(pem);
     assert_int_equal(provhsm_symmetric_set("stack-dev", SYMMETRIC_KEY), PROVHSM_OK);
-    size_t stack = SMALL_STACK;
-#if defined(__SANITIZE_ADDRESS__)
-    stack *= 4;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-    stack *= 4;
-#endif
-#endif
-    pthread_attr_t attr;
-    pthread_t thread;
     stack_run r = {0, 0};
-    assert_int_equal(pthread_attr_init(&attr), 0);
-    assert_int_equal(pthread_attr_setstacksize(&attr, stack), 0);
-    assert_int_equal(pthread_create(&thread, &attr, create_get_destroy, &r), 0);
-    assert_int_equal(pthread_join(thread, NULL), 0);
-    pthread_attr_destroy(&attr);
+    run_on_small_stack(create_get_destroy, &r);
     assert_true(r.x509_ok);
     assert_true(r.symmetric_ok);
 }
 
+typedef struct admin_run {
+    provhsm_err init, generate, import, symmetric, remove;
+    const char *backend;
+} admin_run;
+
+static void *admin_calls(void *arg)
+{
+    admin_run *r = arg;
+    char *pem = NULL;
+    r->init = provhsm_store_init();
+    r->generate = provhsm_x509_generate("stack-admin", PROVHSM_KEY_EC_P256, 30, 0, &pem);
+    if (r->generate == PROVHSM_OK)
+        r->import = provhsm_x509_import(pem, NULL, NULL); /* its own certificate again */
+    free(pem);
+    r->symmetric = provhsm_symmetric_set("stack-admin", SYMMETRIC_KEY);
+    r->backend = provhsm_backend_name("symmetric");
+    r->remove = provhsm_identity_remove("symmetric");
+    return NULL;
+}
+
+/*
+ * The administration API on the same small stack: a factory tool or an agent may call it
+ * from a worker thread. Each call loads the configuration, which lives on the heap.
+ */
+static void admin_api_runs_on_a_small_thread_stack(void **state)
+{
+    (void)state;
+    admin_run r = {-1, -1, -1, -1, -1, NULL};
+    run_on_small_stack(admin_calls, &r);
+    assert_int_equal(r.init, PROVHSM_OK);
+    assert_int_equal(r.generate, PROVHSM_OK);
+    assert_int_equal(r.import, PROVHSM_OK);
+    assert_int_equal(r.symmetric, PROVHSM_OK);
+    assert_non_null(r.backend);
+    assert_string_equal(r.backend, "software");
+    assert_int_equal(r.remove, PROVHSM_OK);
+}
+
+static void *symmetric_without_identity(void *arg)
+{
+    int *refused = arg;
+    const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
+    HSM_CLIENT_HANDLE h = k->hsm_client_key_create();
+    if (h != NULL) {
+        *refused = k->hsm_client_set_symm_key_info(h, NULL, NULL) != 0 &&
+                   k->hsm_client_get_registration_name(h) == NULL;
+        k->hsm_client_key_destroy(h);
+    }
+    return NULL;
+}
+
+/*
+ * The error lines of a failing call fit the small stack too, written where a device
+ * application sees them by default: stderr, without a log callback (glibc's fprintf
+ * takes an 8 KB buffer on the stack for an unbuffered stream).
+ */
+static void errors_to_stderr_fit_a_small_stack(void **state)
+{
+    (void)state;
+    int refused = 0;
+    provhsm_set_log_callback(NULL, NULL);
+    run_on_small_stack(symmetric_without_identity, &refused);
+    assert_true(refused);
+}
+
+/* Exactly one error line was logged since the count was reset, and it holds a and b. */
+static void assert_one_error_with(const char *a, const char *b)
+{
+    if (errors.count != 1)
+        fail_msg("%d error lines where one was expected (first: %s; second: %s)", errors.count,
+                 errors.count > 0 ? errors.text[0] : "-", errors.count > 1 ? errors.text[1] : "-");
+    if (error_with(a, b) == NULL)
+        fail_msg("the error line does not say \"%s\" and %s: %s", a, b, errors.text[0]);
+    errors.count = 0;
+}
+
 /*
  * No store, or a store without a symmetric identity, and nothing from the application:
- * an error-level line (seen at the default level) says what is missing and where.
+ * one error-level line (seen at the default level) says what is missing and where, and
+ * no second line repeats it.
  */
 static void missing_symmetric_identity_says_where(void **state)
 {
@@ -600,22 +690,22 @@ static void missing_symmetric_identity_says_where(void **state)
     const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
     HSM_CLIENT_HANDLE h = k->hsm_client_key_create();
     assert_non_null(h); /* the application may still pass its identity */
+    assert_int_equal(errors.count, 0);
     assert_int_not_equal(k->hsm_client_set_symm_key_info(h, NULL, NULL), 0);
-    if (error_with("no store at", store) == NULL)
-        fail_msg("no error line names the missing store %s (first: %s)", store, errors.text[0]);
-    errors.count = 0;
+    assert_one_error_with("no store at", store);
     assert_null(k->hsm_client_get_registration_name(h));
-    assert_non_null(error_with("no store at", store));
+    assert_one_error_with("no registration id: there is no store at", store);
+    assert_null(k->hsm_client_get_symm_key(h));
+    assert_one_error_with("no symmetric key: there is no store at", store);
     k->hsm_client_key_destroy(h);
 
     assert_int_equal(provhsm_store_init(), PROVHSM_OK);
     errors.count = 0;
     h = k->hsm_client_key_create();
     assert_non_null(h);
+    assert_int_equal(errors.count, 0);
     assert_null(k->hsm_client_get_symm_key(h));
-    if (error_with("holds no symmetric identity", store) == NULL)
-        fail_msg("no error line says the store %s holds no identity (first: %s)", store,
-                 errors.text[0]);
+    assert_one_error_with("holds no symmetric identity", store);
     /* what the application passes is enough */
     assert_int_equal(k->hsm_client_set_symm_key_info(h, "app-dev", SYMMETRIC_KEY), 0);
     char *id = k->hsm_client_get_registration_name(h);
@@ -643,6 +733,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(create_runs_on_a_small_thread_stack, software_setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(missing_symmetric_identity_says_where, software_setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(errors_to_stderr_fit_a_small_stack, software_setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(admin_api_runs_on_a_small_thread_stack, software_setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

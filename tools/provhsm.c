@@ -42,7 +42,8 @@ static const char usage_x509_generate[] =
     "Generates the device key inside the store (it is never written in clear), and either\n"
     "a self-signed certificate, which becomes the X.509 identity (its SHA-256 fingerprint\n"
     "is the thumbprint an individual enrollment needs), or a certificate request to be\n"
-    "signed by a CA and brought back with 'provhsm x509 import --cert'.\n"
+    "signed by a CA and brought back with 'provhsm x509 import --cert'. The key of a\n"
+    "pending request waits for that certificate; a new --csr is refused without --force.\n"
     "\n"
     "Options:\n"
     "  --cn NAME        subject common name = the registration id\n"
@@ -51,7 +52,9 @@ static const char usage_x509_generate[] =
     "  --self-signed    make a self-signed certificate\n"
     "  --days N         its validity in days (default 365)\n"
     "  --csr FILE       write a PKCS#10 request (PEM) to FILE, mode 0644; '-' = stdout\n"
-    "  --force          replace an existing X.509 identity\n"
+    "  --force          with --self-signed: replace an existing X.509 identity;\n"
+    "                   with --csr: replace the key of a pending request (a certificate\n"
+    "                   later signed for the old request then matches nothing)\n"
     "  --json           print the result as JSON\n"
     "  --help           print this help\n";
 

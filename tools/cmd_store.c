@@ -153,8 +153,7 @@ static void probe_tpm(attestation_info *a)
         set_reason(a->reason, sizeof(a->reason), "the endorsement key cannot be read");
         goto cleanup;
     }
-    a->registration_id = provhsm_cli_tpm_registration_id(ek, ek_len);
-    if (a->registration_id == NULL) {
+    if (provhsm_tpm_registration_id(ek, ek_len, &a->registration_id) != PROVHSM_OK) {
         snprintf(a->reason, sizeof(a->reason), "cannot hash the endorsement key");
         goto cleanup;
     }

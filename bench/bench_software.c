@@ -229,7 +229,10 @@ static int write_empty_file(const char *path)
     FILE *f = fopen(path, "w");
     if (f == NULL)
         return -1;
-    return fclose(f);
+    /* whatever the umask: a configuration others can write is refused */
+    if (fclose(f) != 0)
+        return -1;
+    return chmod(path, 0644);
 }
 
 static int setup_store(const char *dir, bench_ctx *c)

@@ -20,6 +20,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 
 #include "bench_stats.h"
@@ -267,15 +268,15 @@ int main(int argc, char **argv)
     }
     snprintf(path, sizeof(path), "%s/provhsm.conf", swtpm.dir);
     FILE *f = fopen(path, "w");
-    if (f != NULL)
-        fclose(f);
+    /* whatever the umask: a configuration others can write is refused */
+    int config_ok = f != NULL && fclose(f) == 0 && chmod(path, 0644) == 0;
     setenv("PROVHSM_CONFIG", path, 1);
     setenv("PROVHSM_TCTI", swtpm.tcti, 1);
     setenv("PROVHSM_STORE", swtpm.dir, 1);
 
     c.tcti = swtpm.tcti;
     c.tpm = hsm_client_tpm_interface();
-    if (f == NULL || hsm_client_tpm_init() != 0 || c.tpm == NULL ||
+    if (!config_ok || hsm_client_tpm_init() != 0 || c.tpm == NULL ||
         (c.handle = c.tpm->hsm_client_tpm_create()) == NULL ||
         c.tpm->hsm_client_activate_identity_key(c.handle, c.blob[0], c.blob_len[0]) != 0 ||
         op_sign_big(&c) != 0) { /* warm-up: the input buffer size is read once */

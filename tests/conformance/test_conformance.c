@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <pthread.h>
 #include <cmocka.h>
@@ -140,7 +141,9 @@ static int suite_setup(void **state)
     if (f == NULL)
         return -1;
     fputs("# conformance test: software store only\n[log]\nlevel = error\n", f);
-    fclose(f);
+    /* whatever the umask: a configuration others can write is refused */
+    if (fclose(f) != 0 || chmod(path, 0644) != 0)
+        return -1;
     setenv("PROVHSM_CONFIG", path, 1);
     snprintf(path, sizeof(path), "%s/store", tmpdir);
     setenv("PROVHSM_STORE", path, 1);

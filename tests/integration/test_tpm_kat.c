@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <cmocka.h>
 
 #include "backend.h"
@@ -98,7 +99,9 @@ static int prepare(void)
     FILE *f = fopen(K.config_file, "w");
     if (f == NULL)
         return -1;
-    fclose(f);
+    /* whatever the umask: a configuration others can write is refused */
+    if (fclose(f) != 0 || chmod(K.config_file, 0644) != 0)
+        return -1;
     setenv("PROVHSM_CONFIG", K.config_file, 1);
     setenv("PROVHSM_TCTI", K.swtpm.tcti, 1);
     setenv("PROVHSM_STORE", K.swtpm.dir, 1);

@@ -59,6 +59,7 @@ fi
 # The environment the program runs in: nothing from the machine's /etc or $HOME.
 mkdir -p "$tmp/home"
 : >"$tmp/empty.conf"
+chmod 644 "$tmp/empty.conf" # a umask of 002 would make it group-writable: refused
 run_consumer() {
     env -u PROVHSM_TCTI -u PROVHSM_PASSPHRASE -u PROVHSM_LOG \
         HOME="$tmp/home" XDG_DATA_HOME="$tmp/home/.local/share" \

@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -203,6 +204,8 @@ static void write_text(const char *path, const char *text)
     assert_non_null(f);
     assert_true(fputs(text, f) >= 0);
     assert_int_equal(fclose(f), 0);
+    /* whatever the umask: a configuration file others can write is refused */
+    assert_int_equal(chmod(path, 0644), 0);
 }
 
 static void log_level_follows_a_reread_file(void **state)

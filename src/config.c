@@ -462,7 +462,7 @@ provhsm_err provhsm_config_parse(provhsm_config *cfg, const char *text, const ch
 {
     provhsm_err err = PROVHSM_E_CONFIG;
     parse_ctx ctx;
-    char line[CONFIG_LINE_MAX + 1];
+    char *line = NULL; /* on the heap: create may run on a 16 KB thread stack */
     const char *p, *nl;
     size_t len;
 
@@ -478,8 +478,11 @@ provhsm_err provhsm_config_parse(provhsm_config *cfg, const char *text, const ch
     ctx.errbuf = errbuf;
     ctx.errlen = errlen;
     ctx.cfg = malloc(sizeof(*ctx.cfg));
-    if (ctx.cfg == NULL) {
+    line = malloc(CONFIG_LINE_MAX + 1);
+    if (ctx.cfg == NULL || line == NULL) {
         PH_ERR(MOD, "out of memory");
+        free(ctx.cfg);
+        free(line);
         return PROVHSM_E_NOMEM;
     }
     memcpy(ctx.cfg, cfg, sizeof(*cfg));
@@ -505,6 +508,7 @@ provhsm_err provhsm_config_parse(provhsm_config *cfg, const char *text, const ch
     memcpy(cfg, ctx.cfg, sizeof(*cfg));
     err = PROVHSM_OK;
 out:
+    free(line);
     free(ctx.cfg);
     return err;
 }

@@ -602,6 +602,35 @@ static void create_runs_on_a_small_thread_stack(void **state)
     assert_true(r.symmetric_ok);
 }
 
+static void *create_with_bad_configuration(void *arg)
+{
+    int *refused = arg;
+    *refused = hsm_client_x509_interface()->hsm_client_x509_create() == NULL &&
+               hsm_client_key_interface()->hsm_client_key_create() == NULL;
+    return NULL;
+}
+
+/*
+ * A configuration file with an error, reported to stderr, on the same small stack: the
+ * parser's line buffer and the error line must both fit (the parse and its report nest).
+ */
+static void bad_configuration_on_a_small_thread_stack(void **state)
+{
+    (void)state;
+    char path[sizeof(workdir) + 16];
+    snprintf(path, sizeof(path), "%s/bad.conf", workdir);
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs("[store]\nno_such_key = 1\n", f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(path, 0600), 0);
+    setenv("PROVHSM_CONFIG", path, 1);
+    provhsm_set_log_callback(NULL, NULL);
+    int refused = 0;
+    run_on_small_stack(create_with_bad_configuration, &refused);
+    assert_true(refused);
+}
+
 typedef struct admin_run {
     provhsm_err init, generate, import, symmetric, remove;
     const char *backend;
@@ -737,6 +766,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(errors_to_stderr_fit_a_small_stack, software_setup,
                                         teardown),
         cmocka_unit_test_setup_teardown(admin_api_runs_on_a_small_thread_stack, software_setup,
+                                        teardown),
+        cmocka_unit_test_setup_teardown(bad_configuration_on_a_small_thread_stack, software_setup,
                                         teardown),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

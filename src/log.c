@@ -38,16 +38,29 @@ int provhsm_log_parse_level(const char *text)
     return -1;
 }
 
+/*
+ * One line to stderr, formatted here and written with one fputs: fprintf on an unbuffered
+ * stream takes an 8 KB buffer on the stack in glibc, more than an SDK thread of 16 KB
+ * has to spare.
+ */
+static void log_to_stderr(provhsm_log_level level, const char *module, const char *message)
+{
+    char out[1024 + 64];
+    snprintf(out, sizeof(out), "provhsm: %s: [%s] %s\n", level_names[level], module, message);
+    fputs(out, stderr);
+}
+
 static int current_level_locked(void)
 {
     if (env_level == -2) {
         const char *env = getenv("PROVHSM_LOG");
         env_level = provhsm_log_parse_level(env);
-        if (env != NULL && *env != '\0' && env_level < 0)
-            fprintf(stderr,
-                    "provhsm: warn: [log] PROVHSM_LOG=\"%s\" is not "
-                    "error|warn|info|debug; using warn\n",
-                    env);
+        if (env != NULL && *env != '\0' && env_level < 0) {
+            char note[160];
+            snprintf(note, sizeof(note),
+                     "PROVHSM_LOG=\"%.64s\" is not error|warn|info|debug; using warn", env);
+            log_to_stderr(PROVHSM_LOG_WARN, "log", note);
+        }
     }
     if (api_level >= 0)
         return api_level;
@@ -86,18 +99,6 @@ void provhsm_log_set_config_level(provhsm_log_level level)
     pthread_mutex_lock(&log_lock);
     config_level = (level >= PROVHSM_LOG_ERROR && level <= PROVHSM_LOG_DEBUG) ? (int)level : -1;
     pthread_mutex_unlock(&log_lock);
-}
-
-/*
- * One line to stderr, formatted here and written with one fputs: fprintf on an unbuffered
- * stream takes an 8 KB buffer on the stack in glibc, more than an SDK thread of 16 KB
- * has to spare.
- */
-static void log_to_stderr(provhsm_log_level level, const char *module, const char *message)
-{
-    char out[1024 + 64];
-    snprintf(out, sizeof(out), "provhsm: %s: [%s] %s\n", level_names[level], module, message);
-    fputs(out, stderr);
 }
 
 void provhsm_log(provhsm_log_level level, const char *module, const char *fmt, ...)

@@ -4,12 +4,16 @@
 #   make build   configure and build build/ (RelWithDebInfo)
 #   make test    plain + ASan/UBSan + fuzz builds and their tests (scripts/test.sh)
 #   make demo    a software store in .demo/, the CLI, and the SDK walkthrough
+#   make deb     Debian packages libprovhsm-dev and provhsm for amd64 and arm64 in
+#                build-deb-out/, lintian, and their install test in a clean root (scripts/deb.sh)
+#   make size    archive size and what provhsm adds to a consumer, per architecture
+#                (scripts/size.sh)
 #   make clean   remove the build directories and the demo store
 SHELL := /bin/bash
 JOBS ?= 2
 export JOBS
 
-.PHONY: all deps build test demo clean
+.PHONY: all deps build test demo deb size clean
 
 all: build
 
@@ -25,6 +29,12 @@ test:
 
 demo: deps build
 	@bash scripts/demo.sh
+
+deb:
+	@bash scripts/deb.sh
+
+size:
+	@bash scripts/size.sh
 
 clean:
 	rm -rf build build-asan build-fuzz .demo

@@ -94,13 +94,18 @@ step "compile the consumer with pkg-config --cflags --libs provhsm" \
 # directory postinst made must both be accepted as they are.
 check "consumer (hsm_custom_lib) runs on the default configuration and /var/lib/provhsm" \
     bash -c '/tmp/build1/consumer >/tmp/run1.log 2>&1'
-cat /tmp/run1.log | sed 's/^/     /'
 check "provhsm info, as root, reads what the consumer stored in /var/lib/provhsm" \
     bash -c 'provhsm info 2>&1 | tee /tmp/info.log | grep -q link-test-device'
 check "consumer2 (find_package) runs" \
     env PROVHSM_STORE=/tmp/store2 /tmp/build2/consumer2 >/tmp/run2.log 2>&1
 check "consumer3 (pkg-config) runs" \
     env PROVHSM_STORE=/tmp/store3 /tmp/consumer3 >/tmp/run3.log 2>&1
+
+if ((failures > 0)); then
+    for log in /tmp/run1.log /tmp/info.log /tmp/run2.log /tmp/run3.log; do
+        [[ -f $log ]] && sed "s|^|     ${log#/tmp/}: |" "$log"
+    done
+fi
 
 # ---- purge and reinstall ----------------------------------------------------------------
 step "apt-get purge provhsm" apt-get purge -y -q provhsm

@@ -162,13 +162,8 @@ void provhsm_cli_json_str(provhsm_cli_json *j, const char *key, const char *valu
 void provhsm_cli_json_int(provhsm_cli_json *j, const char *key, long long value);
 void provhsm_cli_json_bool(provhsm_cli_json *j, const char *key, int value);
 
-/* ---- encodings ------------------------------------------------------------ */
-
-/*
- * The TPM registration id (provhsm_tpm_registration_id), malloc'd; NULL on failure. Base64
- * comes from the library too: provhsm_base64_encode, provhsm_base64_decode_text.
- */
-char *provhsm_cli_tpm_registration_id(const uint8_t *ek, size_t len);
+/* Encodings and the TPM registration id come from the library's public API
+ * (provhsm_base64_encode, provhsm_base64_decode_text, provhsm_tpm_registration_id). */
 
 /* OPENSSL_cleanse(p, len) then free(p). NULL is fine. */
 void provhsm_cli_free_wiped(void *p, size_t len);

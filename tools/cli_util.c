@@ -541,12 +541,6 @@ void provhsm_cli_json_bool(provhsm_cli_json *j, const char *key, int value)
 
 /* ---- encodings ---------------------------------------------------------------- */
 
-char *provhsm_cli_tpm_registration_id(const uint8_t *ek, size_t len)
-{
-    char *id = NULL;
-    return provhsm_tpm_registration_id(ek, len, &id) == PROVHSM_OK ? id : NULL;
-}
-
 /* ---- input -------------------------------------------------------------------- */
 
 /*

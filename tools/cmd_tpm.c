@@ -76,10 +76,10 @@ int provhsm_cli_cmd_tpm_info(const provhsm_cli_cmd *cmd, int argc, char **argv)
         goto cleanup;
     }
     provhsm_cli_capture_end(ignored, sizeof(ignored));
-    regid = provhsm_cli_tpm_registration_id(ek, ek_len);
     ek_b64 = provhsm_base64_encode(ek, ek_len);
     srk_b64 = provhsm_base64_encode(srk, srk_len);
-    if (regid == NULL || ek_b64 == NULL || srk_b64 == NULL) {
+    if (provhsm_tpm_registration_id(ek, ek_len, &regid) != PROVHSM_OK || ek_b64 == NULL ||
+        srk_b64 == NULL) {
         rc = provhsm_cli_error("out of memory");
         goto cleanup;
     }

@@ -52,10 +52,20 @@ static int find_in_path(const char *name, char *out, size_t outlen)
     return -1;
 }
 
+/* The swtpm to start: $PROVHSM_TEST_SWTPM when set (tests point it at a program that
+ * fails, to exercise the setup-failure paths), else swtpm on PATH. */
+static int swtpm_program(char *out, size_t outlen)
+{
+    const char *forced = getenv("PROVHSM_TEST_SWTPM");
+    if (forced != NULL && *forced != '\0')
+        return snprintf(out, outlen, "%s", forced) < (int)outlen ? 0 : -1;
+    return find_in_path("swtpm", out, outlen);
+}
+
 int provhsm_test_swtpm_available(void)
 {
     char buf[512];
-    return find_in_path("swtpm", buf, sizeof(buf)) == 0;
+    return swtpm_program(buf, sizeof(buf)) == 0;
 }
 
 int provhsm_test_programs_available(const char *first, ...)
@@ -188,7 +198,7 @@ static int port_accepts(int port)
 static pid_t spawn_swtpm(const provhsm_test_swtpm *s)
 {
     char exe[512], state[512], server[128], ctrl[128], logpath[512];
-    if (find_in_path("swtpm", exe, sizeof(exe)) != 0)
+    if (swtpm_program(exe, sizeof(exe)) != 0)
         return -1;
     snprintf(state, sizeof(state), "dir=%s/state", s->dir);
     snprintf(server, sizeof(server), "type=tcp,port=%d,bindaddr=127.0.0.1", s->port);

@@ -26,7 +26,8 @@ typedef struct provhsm_test_swtpm {
     char tcti[128]; /* "swtpm:host=127.0.0.1,port=<port>" */
 } provhsm_test_swtpm;
 
-/* 1 when a swtpm binary is on PATH. */
+/* 1 when a swtpm binary is on PATH, or PROVHSM_TEST_SWTPM names the program to start
+ * instead (a bogus one makes every start fail: the setup-failure test). */
 int provhsm_test_swtpm_available(void);
 
 /* 1 when every named program is on PATH (NULL-terminated list). */

@@ -114,16 +114,16 @@ static int group_teardown(void **unused)
     (void)unused;
     provhsm_test_swtpm_stop(&T.swtpm);
     free(T.key);
+    memset(&T, 0, sizeof(T)); /* a second call frees nothing */
     return 0;
 }
 
-/* A setup that fails is not followed by the teardown: clean up here. */
+/* cmocka runs the group teardown after a failed group setup too: the setup leaves what
+ * it made to the teardown (freeing it here as well was a double free). */
 static int group_setup(void **unused)
 {
-    if (prepare() == 0)
-        return 0;
-    (void)group_teardown(unused);
-    return -1;
+    (void)unused;
+    return prepare() == 0 ? 0 : -1;
 }
 
 /* (g) four states on four threads, signing at the same time. */

@@ -62,7 +62,12 @@ check "/etc/provhsm/provhsm.conf: root:root, 0644" \
 check "/etc/provhsm/provhsm.conf is a conffile" \
     bash -c "dpkg-query -W -f='\${Conffiles}' provhsm | grep -q '^ /etc/provhsm/provhsm.conf '"
 
-value=$(pkg-config --variable=hsm_custom_lib provhsm)
+# pkg-config checks provhsm.pc's Requires (libcrypto, tss2-*): they come from the Depends
+if ! value=$(pkg-config --print-errors --variable=hsm_custom_lib provhsm 2>/tmp/pc.log); then
+    cat /tmp/pc.log >&2
+    echo "FAIL pkg-config --variable=hsm_custom_lib provhsm" >&2
+    exit 1
+fi
 echo "     hsm_custom_lib=$value"
 IFS=';' read -r -a entries <<<"$value"
 check "hsm_custom_lib names the packaged archive first" \

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 #include "provhsm/provhsm.h"
 
@@ -55,6 +56,30 @@ int provhsm_cli_cmd_tpm_info(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_tpm_activate(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_tpm_sign(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_tpm_clear(const provhsm_cli_cmd *cmd, int argc, char **argv);
+
+/* ---- the store's owner (cli_owner.c) ------------------------------------- */
+
+/*
+ * As root, when the configured store directory belongs to another user: becomes that user
+ * (its groups, then its gid and uid, for good), with PROVHSM_STORE pinned to the directory.
+ * Does nothing otherwise. Returns an exit code (0 = go on).
+ */
+int provhsm_cli_become_store_owner(void);
+
+typedef struct provhsm_cli_owner {
+    uid_t uid;
+    gid_t gid;
+    char name[256];
+} provhsm_cli_owner;
+
+/* Resolves "USER[:GROUP]" (names or numbers; the group defaults to the user's). */
+int provhsm_cli_resolve_owner(const char *spec, provhsm_cli_owner *out);
+
+/*
+ * Before init --owner creates the store: as root, makes `dir` the owner's (created, or an
+ * empty directory of root's) and becomes the owner. Returns an exit code (0 = go on).
+ */
+int provhsm_cli_init_as_owner(const char *dir, const provhsm_cli_owner *owner);
 
 /* ---- options ------------------------------------------------------------- */
 

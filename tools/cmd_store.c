@@ -19,17 +19,26 @@
 
 int provhsm_cli_cmd_init(const provhsm_cli_cmd *cmd, int argc, char **argv)
 {
-    provhsm_cli_opt opts[] = {{"json", 0, 0, NULL, 0}};
+    provhsm_cli_opt opts[] = {{"json", 0, 0, NULL, 0}, {"owner", 1, 0, NULL, 0}};
+    const provhsm_cli_opt *owner_opt = &opts[1];
     provhsm_cli_buf out = {0};
+    provhsm_cli_owner owner;
     char *dir = NULL;
     provhsm_err err;
     int rc;
 
-    if (provhsm_cli_parse(cmd, argc, argv, opts, 1, NULL, 0, NULL, &rc))
+    if (provhsm_cli_parse(cmd, argc, argv, opts, 2, NULL, 0, NULL, &rc))
         return rc;
+    if (owner_opt->seen && provhsm_cli_resolve_owner(owner_opt->value, &owner) != 0)
+        return PROVHSM_CLI_FAIL;
     err = provhsm_config_store_dir(&dir);
     if (err != PROVHSM_OK)
         return provhsm_cli_fail(err, "cannot read the configuration");
+    if (owner_opt->seen) {
+        rc = provhsm_cli_init_as_owner(dir, &owner);
+        if (rc != PROVHSM_CLI_OK)
+            goto cleanup;
+    }
     err = provhsm_store_init();
     if (err == PROVHSM_E_EXISTS) {
         rc = provhsm_cli_fail(err, "a store is already initialised at %s", dir);

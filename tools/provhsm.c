@@ -14,12 +14,18 @@
 #include "cli.h"
 
 static const char usage_init[] =
-    "Usage: provhsm init [--json]\n"
+    "Usage: provhsm init [--owner USER[:GROUP]] [--json]\n"
     "\n"
     "Creates the key store (directory 0700 and its key) named by the configuration, and\n"
     "prints its directory. Fails when a store already exists there.\n"
     "\n"
+    "Run as root, every command works on a store owned by another user as that user\n"
+    "(its uid, gid and groups), so files stay the owner's.\n"
+    "\n"
     "Options:\n"
+    "  --owner USER[:GROUP]  (as root) create the store for USER, the user the SDK\n"
+    "            application runs as: the directory is created for USER (or an empty\n"
+    "            one of root's is given to USER), then the store is made as USER\n"
     "  --json    print {\"store_dir\": ...}\n"
     "  --help    print this help\n";
 
@@ -364,7 +370,9 @@ int main(int argc, char **argv)
             return provhsm_cli_fail(err, "cannot use configuration file %s", config);
     }
 
-    rc = dispatch(argc - i, argv + i);
+    rc = provhsm_cli_become_store_owner();
+    if (rc == PROVHSM_CLI_OK)
+        rc = dispatch(argc - i, argv + i);
     provhsm_cli_sdk_deinit();
     if (fflush(stdout) != 0 && rc == PROVHSM_CLI_OK)
         rc = provhsm_cli_error("writing to stdout failed");

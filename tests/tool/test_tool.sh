@@ -23,6 +23,8 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 FIXTURES=${PROVHSM_FIXTURES:-$HERE/../fixtures}
 # shellcheck source=cases_process.sh
 . "$HERE/cases_process.sh" # the tool as a process; what users paste elsewhere
+# shellcheck source=cases_owner.sh
+. "$HERE/cases_owner.sh" # a device's service user owns the store; root acts as that user
 
 if [ -z "$TOOL" ] || [ ! -x "$TOOL" ]; then
     echo "usage: $0 PATH_TO_PROVHSM [CASE...] (or set PROVHSM_TOOL)" >&2
@@ -1140,6 +1142,7 @@ CASES=(t_help t_usage_errors t_init_twice t_config_option t_x509_self_signed t_x
     t_tty_key_not_echoed)
 CASES+=(t_file_arg_fifo t_tty_interrupt_restores_echo t_activate_empty_blob t_thumbprint
     t_sas_far_expiry)
+CASES+=(t_service_user)
 CASES+=(t_csr_pending_refused t_init_existing_dir t_config_file_safety t_import_chain_order
     t_write_order)
 if [ "${PROVHSM_TEST_WITH_TPM:-1}" = 0 ]; then

@@ -5,9 +5,12 @@
 #                 hsm_custom_lib provhsm)" and target_link_libraries(... ${hsm_custom_lib})
 #   find_package  find_package(provhsm) + provhsm::provhsm
 #   pkg_config    cc main.c $(pkg-config --cflags --libs provhsm)
-# then runs the program against a fresh store in the temporary directory.
+# then runs the program against a fresh store in the temporary directory. For a cross build
+# the consumer is built with the same CMake toolchain file (pkg-config reads the target's
+# .pc files), must come out for the target's machine, and runs under the emulator.
 # Registered by tests/link/CMakeLists.txt:
-#   run_link_test.sh MODE BUILD_DIR SOURCE_DIR C_COMPILER [SANITIZERS]
+#   run_link_test.sh MODE BUILD_DIR SOURCE_DIR C_COMPILER [SANITIZERS [TOOLCHAIN [EMULATOR]]]
+# (EMULATOR: a ;-separated command, as CMake lists it)
 set -euo pipefail
 
 mode=${1:?mode}
@@ -15,6 +18,8 @@ build_dir=${2:?build dir}
 source_dir=${3:?source dir}
 cc=${4:?C compiler}
 sanitize=${5:-}
+toolchain=${6:-}
+IFS=';' read -r -a emulator <<<"${7:-}"
 
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/provhsm-link.XXXXXX")
 cleanup() { rm -rf "$tmp"; }
@@ -50,6 +55,16 @@ done
 export PKG_CONFIG_PATH=$pcdir${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
 command -v pkg-config >/dev/null || fail "pkg-config is not installed"
 
+# what a consumer's configure gets besides its own options
+consumer_cmake=(-DCMAKE_C_COMPILER="$cc")
+if [[ -n $toolchain ]]; then
+    consumer_cmake+=(-DCMAKE_TOOLCHAIN_FILE="$toolchain")
+    # the target's .pc files (libcrypto, tss2-*) instead of the build machine's
+    multiarch=$("$cc" -print-multiarch)
+    [[ -n $multiarch ]] || fail "$cc -print-multiarch printed nothing"
+    export PKG_CONFIG_LIBDIR=/usr/lib/$multiarch/pkgconfig:/usr/share/pkgconfig
+fi
+
 san_flags=
 if [[ -n $sanitize ]]; then
     # an instrumented archive needs the sanitizer runtime in the final link
@@ -64,7 +79,18 @@ run_consumer() {
     env -u PROVHSM_TCTI -u PROVHSM_PASSPHRASE -u PROVHSM_LOG \
         HOME="$tmp/home" XDG_DATA_HOME="$tmp/home/.local/share" \
         XDG_CONFIG_HOME="$tmp/home/.config" \
-        PROVHSM_CONFIG="$tmp/empty.conf" PROVHSM_STORE="$tmp/store" "$@"
+        PROVHSM_CONFIG="$tmp/empty.conf" PROVHSM_STORE="$tmp/store" "${emulator[@]}" "$@"
+}
+
+# The program is for the machine the library was built for: its ELF machine field is the
+# one of the installed archive's objects.
+check_machine() {
+    local program=$1 want got
+    want=$(LC_ALL=C readelf -h "$(find "$prefix" -name libprovhsm.a -print -quit)" |
+        sed -n 's/^ *Machine: *//p' | sort -u)
+    got=$(LC_ALL=C readelf -h "$program" | sed -n 's/^ *Machine: *//p')
+    [[ -n $want && $got == "$want" ]] || fail "$program is for '$got', the library for '$want'"
+    echo "consumer machine: $got"
 }
 
 case $mode in
@@ -88,23 +114,25 @@ custom_lib)
     [[ ${sysrooted%%;*} == /some/sysroot"$prefix"/lib*/libprovhsm.a ]] ||
         fail "the archive does not follow PKG_CONFIG_SYSROOT_DIR: ${sysrooted%%;*}"
     step "configure consumer" cmake -S "$source_dir/tests/link/consumer" -B "$tmp/build" \
-        -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Debug \
+        "${consumer_cmake[@]}" -DCMAKE_BUILD_TYPE=Debug \
         -DCMAKE_C_FLAGS="$san_flags" -DCMAKE_EXE_LINKER_FLAGS="$san_flags" \
         -Dhsm_custom_lib="$value" \
         -DPROVHSM_SDK_HEADER_DIR="$source_dir/src/sdk" \
         -DPROVHSM_INCLUDE_DIR="$source_dir/include"
     step "build consumer" cmake --build "$tmp/build"
+    check_machine "$tmp/build/consumer"
     run_consumer "$tmp/build/consumer"
     ;;
 find_package)
     step "configure consumer2" cmake -S "$source_dir/tests/link/consumer_pkg" -B "$tmp/build" \
-        -DCMAKE_C_COMPILER="$cc" -DCMAKE_BUILD_TYPE=Debug \
+        "${consumer_cmake[@]}" -DCMAKE_BUILD_TYPE=Debug \
         -DCMAKE_C_FLAGS="$san_flags" -DCMAKE_EXE_LINKER_FLAGS="$san_flags" \
         -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_FIND_USE_PACKAGE_REGISTRY=OFF \
         -DPROVHSM_SDK_HEADER_DIR="$source_dir/src/sdk"
     found=$(sed -n 's/^provhsm_DIR:PATH=//p' "$tmp/build/CMakeCache.txt")
     [[ $found == "$prefix"/* ]] || fail "find_package found provhsm outside the prefix: $found"
     step "build consumer2" cmake --build "$tmp/build"
+    check_machine "$tmp/build/consumer2"
     run_consumer "$tmp/build/consumer2"
     ;;
 pkg_config)
@@ -114,6 +142,7 @@ pkg_config)
     step "compile with pkg-config flags" "$cc" -std=c11 "${sanv[@]}" "${cflags[@]}" \
         -I"$source_dir/src/sdk" "$source_dir/tests/link/consumer/main.c" \
         "${libs[@]}" -o "$tmp/consumer3"
+    check_machine "$tmp/consumer3"
     run_consumer "$tmp/consumer3"
     ;;
 *)

@@ -47,13 +47,20 @@ maintainer="The provhsm authors <maintainers@users.noreply.r-seed-db58a3e6.examp
 export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-$(git log -1 --format=%ct 2>/dev/null || date +%s)}
 
 # ---- what the build needs ---------------------------------------------------------------
-# installed PACKAGE: true when PACKAGE (name or name:arch) is installed. dpkg-query prints
-# one line per installed architecture, so each line is read on its own.
+# installed PACKAGE[:ARCH]: true when PACKAGE is installed for ARCH (default: this machine's
+# architecture) or for all. dpkg-query prints one line per installed architecture, so a
+# -dev package installed only for a foreign architecture must not count for the native one.
 installed() {
-    local status
-    while read -r status; do
-        [[ $status == installed ]] && return 0
-    done < <(dpkg-query -W -f='${db:Status-Status}\n' "$1" 2>/dev/null || true)
+    local name=${1%%:*} want status arch
+    want=$(dpkg --print-architecture)
+    if [[ $1 == *:* ]]; then
+        want=${1#*:}
+    fi
+    while read -r status arch; do
+        if [[ $status == installed && ($arch == "$want" || $arch == all) ]]; then
+            return 0
+        fi
+    done < <(dpkg-query -W -f='${db:Status-Status} ${Architecture}\n' "$name" 2>/dev/null || true)
     return 1
 }
 

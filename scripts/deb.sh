@@ -3,8 +3,10 @@
 # CMake package, hsm_custom_lib.txt) and provhsm (the tool, its documentation, the default
 # /etc/provhsm/provhsm.conf as a conffile, the store directory made by postinst), for amd64
 # and arm64 (cross-compiled with cmake/toolchains/aarch64-linux-gnu.cmake). Then runs
-# lintian on all four, and tests/deb/install_test.sh, which installs the amd64 pair into a
-# clean Debian root and builds the link-test consumer against them.
+# lintian on all four; tests/deb/install_test.sh, which installs the amd64 pair into a
+# clean Debian root and builds the link-test consumer against them; and
+# tests/deb/cross_test.sh, which cross-builds the consumer against the arm64 pair unpacked
+# as a sysroot and runs it under qemu-user.
 #
 #   scripts/deb.sh [--no-test] [ARCH...]     ARCH: amd64, arm64 (default: both)
 #
@@ -69,7 +71,7 @@ ensure_packages() {
     local a
     for a in "${archs[@]}"; do
         if [[ $a != "$(dpkg --print-architecture)" ]]; then
-            needed+=("crossbuild-essential-$a" "libssl-dev:$a" "libtss2-dev:$a")
+            needed+=("crossbuild-essential-$a" "libssl-dev:$a" "libtss2-dev:$a" qemu-user-static file)
         fi
     done
     local missing=() p
@@ -270,7 +272,12 @@ done
 echo "deb: packages built and lint-clean in $((SECONDS - start)) s"
 
 if ((run_test)); then
-    [[ " ${archs[*]} " == *" amd64 "* ]] || fail "the install test needs the amd64 packages"
-    bash "$src/tests/deb/install_test.sh" "$out/libprovhsm-dev_${version}_amd64.deb" \
-        "$out/provhsm_${version}_amd64.deb"
+    if [[ " ${archs[*]} " == *" amd64 "* ]]; then
+        bash "$src/tests/deb/install_test.sh" "$out/libprovhsm-dev_${version}_amd64.deb" \
+            "$out/provhsm_${version}_amd64.deb"
+    fi
+    if [[ " ${archs[*]} " == *" arm64 "* ]]; then
+        bash "$src/tests/deb/cross_test.sh" "$out/libprovhsm-dev_${version}_arm64.deb" \
+            "$out/provhsm_${version}_arm64.deb"
+    fi
 fi

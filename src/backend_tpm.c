@@ -75,7 +75,7 @@ typedef struct tcti_lock {
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
 static tcti_lock *registry;
 
-static pthread_mutex_t *lock_for(const char *tcti)
+pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti)
 {
     pthread_mutex_t *found = NULL;
     pthread_mutex_lock(&registry_lock);
@@ -428,7 +428,7 @@ static provhsm_err tpm_open(const provhsm_config *cfg, provhsm_kind kind, void *
         goto cleanup;
     }
     memcpy(st->cfg, cfg, sizeof(*cfg));
-    st->lock = lock_for(cfg->tcti);
+    st->lock = provhsm_tpm_lock_for(cfg->tcti);
     if (st->lock == NULL) {
         err = PROVHSM_E_NOMEM;
         goto cleanup;
@@ -698,7 +698,7 @@ provhsm_err provhsm_tpm_clear_identity(void)
     err = provhsm_front_config(st.cfg);
     if (err != PROVHSM_OK)
         goto cleanup;
-    st.lock = lock_for(st.cfg->tcti);
+    st.lock = provhsm_tpm_lock_for(st.cfg->tcti);
     if (st.lock == NULL) {
         err = PROVHSM_E_NOMEM;
         goto cleanup;

@@ -53,6 +53,7 @@ enum value_kind {
     V_HANDLE,       /* TPM persistent handle, hex (0x) or decimal */
     V_BACKEND,      /* software | tpm | pkcs11 */
     V_STRING,       /* any non-empty text */
+    V_PCRS,         /* "" or <bank>:<n>[,<n>...], the PCRs a sealed store key is bound to */
     V_LEVEL         /* error | warn | info | debug */
 };
 
@@ -78,6 +79,9 @@ static const key_desc keys[] = {
     {SEC_STORE, "scrypt_log2_n", V_UINT, MEMBER(scrypt_log2_n), 10, 22},
     {SEC_STORE, "scrypt_r", V_UINT, MEMBER(scrypt_r), 1, 32},
     {SEC_STORE, "scrypt_p", V_UINT, MEMBER(scrypt_p), 1, 16},
+    {SEC_STORE, "seal_pcrs", V_PCRS, MEMBER(seal_pcrs), 0, 0},
+    {SEC_STORE, "sealed_key_handle", V_HANDLE, MEMBER(sealed_key_handle), TPM_PERSISTENT_FIRST,
+     TPM_PERSISTENT_LAST},
     {SEC_X509, "backend", V_BACKEND, MEMBER(x509_backend), 0, 0},
     {SEC_SYMMETRIC, "backend", V_BACKEND, MEMBER(symmetric_backend), 0, 0},
     {SEC_TPM, "backend", V_BACKEND, MEMBER(tpm_backend), 0, 0},
@@ -281,6 +285,65 @@ static char *extract_value(parse_ctx *ctx, char *raw)
     return v + 1;
 }
 
+/* PCR banks by name, with their TPM algorithm identifiers (TPM2_ALG_*). */
+static const struct {
+    const char *name;
+    uint16_t alg;
+} pcr_banks[] = {{"sha1", 0x0004}, {"sha256", 0x000b}, {"sha384", 0x000c}, {"sha512", 0x000d}};
+
+/* "sha256:0,7": a bank and distinct PCR numbers 0..23; "" for none. 0, or -1 after fail(). */
+static int apply_pcrs(parse_ctx *ctx, const key_desc *k, const char *value)
+{
+    const char *colon = strchr(value, ':');
+    uint16_t alg = 0;
+    uint32_t mask = 0;
+
+    if (*value == '\0') {
+        ctx->cfg->seal_pcrs[0] = '\0';
+        ctx->cfg->seal_pcr_bank = 0;
+        ctx->cfg->seal_pcr_mask = 0;
+        return 0;
+    }
+    for (size_t i = 0; colon != NULL && i < sizeof(pcr_banks) / sizeof(pcr_banks[0]); i++)
+        if (strlen(pcr_banks[i].name) == (size_t)(colon - value) &&
+            strncmp(value, pcr_banks[i].name, (size_t)(colon - value)) == 0)
+            alg = pcr_banks[i].alg;
+    if (alg == 0) {
+        fail(ctx,
+             "[store] %s: \"%.32s\" does not start with a PCR bank (sha1:, sha256:, sha384:, "
+             "sha512:)",
+             k->name, value);
+        return -1;
+    }
+    for (const char *p = colon + 1;;) {
+        char *end = NULL;
+        if (*p < '0' || *p > '9') {
+            fail(ctx, "[store] %s: expected a PCR number at \"%.32s\"", k->name, p);
+            return -1;
+        }
+        unsigned long n = strtoul(p, &end, 10);
+        if (n > 23 || (mask & (1ul << n)) != 0) {
+            fail(ctx, "[store] %s: PCR %lu is out of range (0..23) or named twice", k->name, n);
+            return -1;
+        }
+        mask |= 1ul << n;
+        if (*end == '\0')
+            break;
+        if (*end != ',') {
+            fail(ctx, "[store] %s: expected ',' at \"%.32s\"", k->name, end);
+            return -1;
+        }
+        p = end + 1;
+    }
+    if (copy_str(ctx->cfg->seal_pcrs, k->size, value) != 0) {
+        fail(ctx, "[store] %s: value is longer than %zu characters", k->name, k->size - 1);
+        return -1;
+    }
+    ctx->cfg->seal_pcr_bank = alg;
+    ctx->cfg->seal_pcr_mask = mask;
+    return 0;
+}
+
 /* Checks and stores one value into ctx->cfg; 0 on success, -1 after fail(). */
 static int apply_value(parse_ctx *ctx, const key_desc *k, const char *value)
 {
@@ -376,6 +439,9 @@ static int apply_value(parse_ctx *ctx, const key_desc *k, const char *value)
             return -1;
         }
         return 0;
+
+    case V_PCRS:
+        return apply_pcrs(ctx, k, value);
 
     case V_LEVEL:
         level = provhsm_log_parse_level(value);

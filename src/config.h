@@ -28,6 +28,11 @@ typedef struct provhsm_config {
     char passphrase_env[PROVHSM_NAME_MAX];  /* env var holding the passphrase */
     uint8_t scrypt_log2_n;                  /* scrypt cost N = 2^log2_n, for new stores */
     uint32_t scrypt_r, scrypt_p;
+    /* stores whose key is sealed to the TPM (provhsm init --seal-to-tpm) */
+    char seal_pcrs[64];         /* as written, "" = no PCR binding ("sha256:0,7") */
+    uint16_t seal_pcr_bank;     /* TPM2_ALG_SHA1/SHA256/SHA384/SHA512, 0 = none */
+    uint32_t seal_pcr_mask;     /* bit n = PCR n (0..23) */
+    uint32_t sealed_key_handle; /* persistent handle of the sealed key; 0 = blob file */
 
     /* backend per attestation: "software", "tpm", later "pkcs11" */
     char x509_backend[PROVHSM_NAME_MAX];

@@ -71,10 +71,16 @@
 #include <openssl/params.h>
 #include <openssl/rand.h>
 
+#include "front.h"
+#include "provhsm/provhsm_store_key.h"
 #include "log.h"
 #include "safefile.h"
 #include "secmem.h"
 #include "store.h"
+#ifdef PROVHSM_WITH_TPM
+#include <pthread.h>
+#include "tpm_esys.h"
+#endif
 
 #define MOD "store"
 
@@ -98,6 +104,14 @@
 
 #define KEY_MODE_FILE       1u
 #define KEY_MODE_PASSPHRASE 2u
+#define KEY_MODE_TPM        3u
+
+#define SEALED_NAME       "store.sealed"
+#define SEALED_MAGIC      "PHSMSEAL"
+#define SEALED_OFF_PARENT 12u
+#define SEALED_OFF_HANDLE 16u
+#define SEALED_OFF_PCRS   20u
+#define SEALED_MAX        4096u
 
 #define KEYFILE_MAGIC   "PHSMSKEY"
 #define KEYFILE_LEN     44u
@@ -188,6 +202,11 @@ static int all_zero(const uint8_t *p, size_t len)
     for (size_t i = 0; i < len; i++)
         acc |= p[i];
     return acc == 0;
+}
+
+static int handle_is_persistent(uint32_t h)
+{
+    return h >= 0x81000000u && h <= 0x81ffffffu;
 }
 
 static int name_is_valid(const char *name)
@@ -645,6 +664,324 @@ out:
     return rc;
 }
 
+/* ---- the store key sealed to the TPM ------------------------------------------------ */
+
+#ifdef PROVHSM_WITH_TPM
+/*
+ * store.sealed: where the sealed store key is, and what unseals it (the byte layout is in
+ * the opening comment). Parsed in full before any TPM command.
+ */
+typedef struct sealed_file {
+    uint32_t parent;         /* the SRK's persistent handle when it was sealed */
+    uint32_t handle;         /* the sealed object's persistent handle; 0: pub/priv below */
+    TPML_PCR_SELECTION pcrs; /* count 0: no PCR policy */
+    TPM2B_PUBLIC pub;
+    TPM2B_PRIVATE priv;
+} sealed_file;
+
+static provhsm_err parse_sealed(const uint8_t *buf, size_t len, const char *path, sealed_file *out)
+{
+    size_t off = SEALED_OFF_PCRS;
+    provhsm_err rc;
+
+    memset(out, 0, sizeof(*out));
+    if (len < SEALED_OFF_PCRS || memcmp(buf, SEALED_MAGIC, 8) != 0) {
+        PH_ERR(MOD, "%s is not a sealed store key (%zu bytes, bad size or magic)", path, len);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (get_be16(buf + 8) != FORMAT_VERSION || get_be16(buf + 10) != 0) {
+        PH_ERR(MOD, "%s has format version %u (flags %u); this build reads version %u", path,
+               get_be16(buf + 8), get_be16(buf + 10), FORMAT_VERSION);
+        return PROVHSM_E_CORRUPT;
+    }
+    out->parent = get_be32(buf + SEALED_OFF_PARENT);
+    out->handle = get_be32(buf + SEALED_OFF_HANDLE);
+    if (!handle_is_persistent(out->parent) ||
+        (out->handle != 0 && !handle_is_persistent(out->handle))) {
+        PH_ERR(MOD, "%s names handles 0x%08lx and 0x%08lx; persistent handles expected", path,
+               (unsigned long)out->parent, (unsigned long)out->handle);
+        return PROVHSM_E_CORRUPT;
+    }
+    rc = provhsm_tpm_unmarshal_pcrs(buf, len, &off, path, &out->pcrs);
+    if (rc == PROVHSM_OK && out->pcrs.count > 1) {
+        PH_ERR(MOD, "%s: the store key is bound to %lu PCR banks; provhsm binds to one", path,
+               (unsigned long)out->pcrs.count);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    if (rc == PROVHSM_OK && out->handle == 0)
+        rc = provhsm_tpm_unmarshal_sealed_object(buf, len, &off, path, &out->pub, &out->priv);
+    if (rc == PROVHSM_OK && off != len) {
+        PH_ERR(MOD, "%s: %zu bytes after the sealed key", path, len - off);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    if (rc == PROVHSM_OK && out->handle == 0 &&
+        (out->pcrs.count > 0) != (out->pub.publicArea.authPolicy.size > 0)) {
+        PH_ERR(MOD, "%s: the PCR selection and the sealed object's policy disagree", path);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    return rc;
+}
+
+provhsm_err provhsm_store_parse_sealed(const uint8_t *buf, size_t len, const char *path)
+{
+    if (buf == NULL || path == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    sealed_file *sf = malloc(sizeof(*sf));
+    if (sf == NULL)
+        return PROVHSM_E_NOMEM;
+    provhsm_err rc = parse_sealed(buf, len, path, sf);
+    free(sf);
+    return rc;
+}
+
+/* The configured PCR binding as a TPM selection (count 0 when there is none). */
+static void configured_pcrs(const provhsm_config *cfg, TPML_PCR_SELECTION *sel)
+{
+    memset(sel, 0, sizeof(*sel));
+    if (cfg->seal_pcr_bank == 0 || cfg->seal_pcr_mask == 0)
+        return;
+    sel->count = 1;
+    sel->pcrSelections[0].hash = cfg->seal_pcr_bank;
+    sel->pcrSelections[0].sizeofSelect = 3;
+    for (unsigned i = 0; i < 3; i++)
+        sel->pcrSelections[0].pcrSelect[i] = (uint8_t)(cfg->seal_pcr_mask >> (8 * i));
+}
+
+/* "sha256:0,7" for messages, from a selection read from disk. */
+static void describe_pcrs(const TPML_PCR_SELECTION *sel, char *out, size_t outlen)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    if (sel->count == 0) {
+        snprintf(out, outlen, "none");
+        return;
+    }
+    const TPMS_PCR_SELECTION *s = &sel->pcrSelections[0];
+    const char *bank = s->hash == 0x0004   ? "sha1"
+                       : s->hash == 0x000b ? "sha256"
+                       : s->hash == 0x000c ? "sha384"
+                       : s->hash == 0x000d ? "sha512"
+                                           : "bank?";
+    n = (size_t)snprintf(out, outlen, "%s:", bank);
+    for (unsigned i = 0; i < 24 && n < outlen; i++)
+        if (s->pcrSelect[i / 8] & (1u << (i % 8)))
+            n += (size_t)snprintf(out + n, outlen - n, "%s%u", out[n - 1] == ':' ? "" : ",", i);
+}
+
+/* Connects to the configured TPM and addresses the SRK (no command for the SRK). */
+static provhsm_err tpm_and_srk(const provhsm_config *cfg, uint32_t srk_handle,
+                               provhsm_tpm **tpm_out, ESYS_TR *srk_out)
+{
+    provhsm_tpm *tpm = NULL;
+    provhsm_err rc = provhsm_tpm_connect(cfg->tcti, &tpm);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_persistent_handle(tpm, srk_handle, srk_out);
+    if (rc != PROVHSM_OK) {
+        provhsm_tpm_disconnect(tpm);
+        return rc;
+    }
+    *tpm_out = tpm;
+    return PROVHSM_OK;
+}
+
+/*
+ * Seals `key` under the SRK (checked to exist first: one GetCapability), with a PCR
+ * policy when the configuration asks for one (unbound: never), and builds the bytes of
+ * store.sealed. Sends GetCapability, [StartAuthSession, PolicyPCR, PolicyGetDigest,
+ * FlushContext,] Create.
+ */
+static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key, int unbound,
+                                  uint8_t **file_out, size_t *len_out)
+{
+    provhsm_err rc;
+    provhsm_tpm *tpm = NULL;
+    ESYS_TR srk = ESYS_TR_NONE, trial = ESYS_TR_NONE;
+    TPML_PCR_SELECTION pcrs;
+    TPM2B_DIGEST policy = {.size = 0};
+    TPM2B_PRIVATE *priv = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+    uint8_t *buf = NULL;
+    size_t off = SEALED_OFF_PCRS;
+    int present = 0;
+
+    if (!cfg->tpm_configured) {
+        PH_ERR(MOD, "sealing the store key to the TPM needs a [tpm] section (or PROVHSM_TCTI) "
+                    "in the configuration");
+        return PROVHSM_E_CONFIG;
+    }
+    if (unbound)
+        memset(&pcrs, 0, sizeof(pcrs));
+    else
+        configured_pcrs(cfg, &pcrs);
+    rc = provhsm_tpm_connect(cfg->tcti, &tpm);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_persistent_present(tpm, &cfg->srk_handle, 1, &present);
+    if (rc == PROVHSM_OK && !present) {
+        PH_ERR(MOD,
+               "no storage root key at 0x%08lx to seal the store key under: provision the TPM "
+               "first (provhsm tpm info makes the EK and SRK)",
+               (unsigned long)cfg->srk_handle);
+        rc = PROVHSM_E_NOT_FOUND;
+    }
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, &srk);
+    if (rc == PROVHSM_OK && pcrs.count > 0) {
+        rc = provhsm_tpm_pcr_policy_session(tpm, &pcrs, 1, &trial);
+        if (rc == PROVHSM_OK)
+            rc = provhsm_tpm_policy_digest(tpm, trial, &policy);
+        provhsm_tpm_flush(tpm, &trial);
+    }
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_create_sealed(tpm, srk, key, STORE_KEY_LEN, &policy, &priv, &pub);
+    if (rc != PROVHSM_OK)
+        goto out;
+    buf = malloc(SEALED_MAX);
+    if (buf == NULL) {
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    memset(buf, 0, SEALED_OFF_PCRS);
+    memcpy(buf, SEALED_MAGIC, 8);
+    put_be16(buf + 8, FORMAT_VERSION);
+    put_be32(buf + SEALED_OFF_PARENT, cfg->srk_handle);
+    put_be32(buf + SEALED_OFF_HANDLE, 0);
+    rc = provhsm_tpm_marshal_pcrs(&pcrs, buf, SEALED_MAX, &off);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_marshal_object(pub, priv, buf, SEALED_MAX, &off);
+    if (rc != PROVHSM_OK)
+        goto out;
+    *file_out = buf;
+    *len_out = off;
+    buf = NULL;
+out:
+    free(buf);
+    Esys_Free(priv);
+    Esys_Free(pub);
+    provhsm_tpm_disconnect(tpm);
+    return rc;
+}
+
+/* Says why a sealed store key does not open, with the way out. */
+static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file *sf, int at_load)
+{
+    char pcrs[96];
+    describe_pcrs(&sf->pcrs, pcrs, sizeof(pcrs));
+    if (at_load)
+        PH_ERR(MOD,
+               "store %s: its key is sealed to another TPM (the TPM behind \"%s\" refuses the "
+               "sealed object as made under another storage root key): this store directory was "
+               "copied from another device, or this TPM was cleared. Nothing was changed.",
+               cfg->store_dir, cfg->tcti);
+    else
+        PH_ERR(MOD,
+               "store %s: the PCRs its key is bound to (%s) no longer hold the values it was "
+               "sealed to (a firmware, boot loader or boot configuration change?). Boot the "
+               "previous state and run `provhsm store reseal --unbound` before such an update, "
+               "then `provhsm store reseal` after it. Nothing was changed.",
+               cfg->store_dir, pcrs);
+}
+
+/*
+ * Reads store.sealed (through safefile) and unseals the store key into key_out. On a
+ * provisioned TPM: Load, Unseal, FlushContext with a blob; Unseal alone with a persistent
+ * handle; a PCR policy adds StartAuthSession and PolicyPCR. The per-TPM lock is held while
+ * a transient object or a session exists, as the TPM backend does.
+ */
+static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const char *dir,
+                                    uint8_t *key_out)
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    sealed_file *sf = NULL;
+    provhsm_tpm *tpm = NULL;
+    ESYS_TR srk = ESYS_TR_NONE, item = ESYS_TR_NONE, session = ESYS_TR_NONE;
+    pthread_mutex_t *lock = NULL;
+    uint8_t *raw = NULL, *key = NULL;
+    size_t raw_len = 0, key_len = 0;
+    provhsm_err rc;
+
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, path_size, "%s/%s", dir, SEALED_NAME);
+    rc = read_file_at(dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
+    if (rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD, "%s is missing: the store's key is sealed to the TPM and cannot be found",
+               path);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    if (rc != PROVHSM_OK)
+        goto out;
+    sf = malloc(sizeof(*sf));
+    if (sf == NULL) {
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    rc = parse_sealed(raw, raw_len, path, sf);
+    if (rc != PROVHSM_OK)
+        goto out;
+    lock = provhsm_tpm_lock_for(cfg->tcti);
+    if (lock == NULL) {
+        rc = PROVHSM_E_NOMEM;
+        goto out;
+    }
+    pthread_mutex_lock(lock);
+    rc = tpm_and_srk(cfg, sf->parent, &tpm, &srk);
+    if (rc == PROVHSM_OK && sf->handle == 0) {
+        rc = provhsm_tpm_load_sealed(tpm, srk, &sf->priv, &sf->pub, &item);
+        if (rc == PROVHSM_E_WRONG_KEY)
+            explain_unseal_failure(cfg, sf, 1);
+    } else if (rc == PROVHSM_OK) {
+        rc = provhsm_tpm_persistent_handle(tpm, sf->handle, &item);
+    }
+    if (rc == PROVHSM_OK && sf->pcrs.count > 0)
+        rc = provhsm_tpm_pcr_policy_session(tpm, &sf->pcrs, 0, &session);
+    if (rc == PROVHSM_OK) {
+        rc = provhsm_tpm_unseal(tpm, item, &session, &key, &key_len);
+        if (rc == PROVHSM_E_WRONG_KEY)
+            explain_unseal_failure(cfg, sf, 0);
+    }
+    provhsm_tpm_flush(tpm, &session);
+    if (sf->handle == 0)
+        provhsm_tpm_flush(tpm, &item);
+    pthread_mutex_unlock(lock);
+    if (rc == PROVHSM_E_NO_DEVICE)
+        PH_ERR(MOD, "store %s: its key is sealed to a TPM, and none answers through \"%s\"",
+               cfg->store_dir, cfg->tcti);
+    if (rc == PROVHSM_OK && key_len != STORE_KEY_LEN) {
+        PH_ERR(MOD, "%s: the sealed store key is %zu bytes, not %u", path, key_len, STORE_KEY_LEN);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    if (rc == PROVHSM_OK)
+        memcpy(key_out, key, STORE_KEY_LEN);
+out:
+    provhsm_tpm_disconnect(tpm);
+    provhsm_secure_free(key);
+    free(sf);
+    free(raw);
+    free(path);
+    return rc;
+}
+#else
+provhsm_err provhsm_store_parse_sealed(const uint8_t *buf, size_t len, const char *path)
+{
+    (void)buf;
+    (void)len;
+    (void)path;
+    return PROVHSM_E_UNSUPPORTED;
+}
+
+static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const char *dir,
+                                    uint8_t *key_out)
+{
+    (void)dirfd;
+    (void)dir;
+    (void)key_out;
+    PH_ERR(MOD, "store %s: its key is sealed to a TPM, and this build has no TPM support",
+           cfg->store_dir);
+    return PROVHSM_E_UNSUPPORTED;
+}
+#endif
+
 /* ---- keys --------------------------------------------------------------- */
 
 static int scrypt_params_ok(unsigned log2_n, uint32_t r, uint32_t p)
@@ -762,6 +1099,11 @@ static provhsm_err parse_meta(const uint8_t *raw, size_t len, const char *path, 
             PH_ERR(MOD, "%s: key-file store with scrypt parameters", path);
             return PROVHSM_E_CORRUPT;
         }
+    } else if (m->key_mode == KEY_MODE_TPM) {
+        if (!all_zero(raw + META_OFF_LOG2N, META_OFF_RSVD - META_OFF_LOG2N)) {
+            PH_ERR(MOD, "%s: TPM-sealed store with scrypt parameters", path);
+            return PROVHSM_E_CORRUPT;
+        }
     } else if (m->key_mode == KEY_MODE_PASSPHRASE) {
         if (!scrypt_params_ok(m->log2_n, m->r, m->p)) {
             PH_ERR(MOD, "%s: scrypt parameters log2(N)=%u r=%lu p=%lu are out of range", path,
@@ -796,7 +1138,8 @@ static provhsm_err open_key_dir(const char *key_path, char *key_base, size_t bas
 }
 
 /* Loads the store key named by the header into key_out (secure, STORE_KEY_LEN bytes). */
-static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint8_t *key_out)
+static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, int dirfd,
+                            uint8_t *key_out)
 {
     provhsm_err rc;
     char *path = NULL, base[FILE_NAME_BUF];
@@ -804,6 +1147,8 @@ static provhsm_err load_key(const provhsm_config *cfg, const store_meta *m, uint
     uint8_t *buf = NULL;
     size_t len = 0;
 
+    if (m->key_mode == KEY_MODE_TPM)
+        return unseal_store_key(cfg, dirfd, cfg->store_dir, key_out);
     if (m->key_mode == KEY_MODE_PASSPHRASE) {
         rc = get_passphrase(cfg, &buf, &len);
         if (rc == PROVHSM_E_NOT_FOUND) {
@@ -892,7 +1237,7 @@ static provhsm_err scan_store(int dirfd, const char *dir_path)
         size_t sl = strlen(ENTRY_SUFFIX);
         int is_tmp = strncmp(name, TMP_PREFIX, strlen(TMP_PREFIX)) == 0;
         int is_store_file = strcmp(name, META_NAME) == 0 || strcmp(name, CHECK_NAME) == 0 ||
-                            strcmp(name, KEY_DEFAULT) == 0 ||
+                            strcmp(name, KEY_DEFAULT) == 0 || strcmp(name, SEALED_NAME) == 0 ||
                             (nl > sl && strcmp(name + nl - sl, ENTRY_SUFFIX) == 0);
         if (!is_tmp && !is_store_file)
             continue;
@@ -1077,14 +1422,51 @@ static provhsm_err make_passphrase_key(const provhsm_config *cfg, const uint8_t 
 
 /* ---- the API ------------------------------------------------------------ */
 
+/* Tpm mode: a random store key, sealed, written as store.sealed (by create, before the header). */
+static provhsm_err make_sealed_key(const provhsm_config *cfg, int dirfd, uint8_t *meta,
+                                   uint8_t *key)
+{
+#ifdef PROVHSM_WITH_TPM
+    uint8_t *sealed = NULL;
+    size_t sealed_len = 0;
+    if (cfg->sealed_key_handle != 0) {
+        PH_ERR(MOD, "[store] sealed_key_handle is not supported yet: remove it to keep the "
+                    "sealed store key in the store directory");
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    meta[META_OFF_MODE] = KEY_MODE_TPM;
+    if (RAND_priv_bytes(key, STORE_KEY_LEN) != 1) {
+        provhsm_log_openssl(MOD, "RAND_priv_bytes (store key)");
+        return PROVHSM_E_CRYPTO;
+    }
+    provhsm_err rc = seal_store_key(cfg, key, 0, &sealed, &sealed_len);
+    /* one left by an interrupted create (no header yet) is replaced */
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(dirfd, cfg->store_dir, SEALED_NAME, sealed, sealed_len, WRITE_REPLACE, 0);
+    free(sealed);
+    return rc;
+#else
+    (void)dirfd;
+    (void)meta;
+    (void)key;
+    PH_ERR(MOD, "store %s: this build has no TPM support to seal the store key to", cfg->store_dir);
+    return PROVHSM_E_UNSUPPORTED;
+#endif
+}
+
 provhsm_err provhsm_store_create(const provhsm_config *cfg)
+{
+    return provhsm_store_create_mode(cfg, 0);
+}
+
+provhsm_err provhsm_store_create_mode(const provhsm_config *cfg, int seal_to_tpm)
 {
     provhsm_err rc = PROVHSM_OK;
     char *key_path = NULL, key_base[FILE_NAME_BUF];
     uint8_t meta[META_LEN];
     uint8_t *pass = NULL, *key = NULL, *check = NULL;
     size_t pass_len = 0, check_len = 0;
-    int dirfd = -1, keydirfd = -1, wrote_check = 0;
+    int dirfd = -1, keydirfd = -1, wrote_check = 0, wrote_sealed = 0;
 
     if (cfg == NULL)
         return PROVHSM_E_INVALID_ARG;
@@ -1120,7 +1502,12 @@ provhsm_err provhsm_store_create(const provhsm_config *cfg)
     memcpy(meta, META_MAGIC, 8);
     put_be16(meta + 8, FORMAT_VERSION);
 
-    /* passphrase mode when a passphrase is available, else a random key in a key file */
+    /* sealed when asked; else passphrase mode when a passphrase is available, else a key file */
+    if (seal_to_tpm) {
+        rc = make_sealed_key(cfg, dirfd, meta, key);
+        wrote_sealed = rc == PROVHSM_OK;
+        goto key_made;
+    }
     rc = get_passphrase(cfg, &pass, &pass_len);
     if (rc == PROVHSM_OK) {
         rc = make_passphrase_key(cfg, pass, pass_len, meta, key);
@@ -1131,6 +1518,7 @@ provhsm_err provhsm_store_create(const provhsm_config *cfg)
         if (rc == PROVHSM_OK)
             rc = make_key_file(key_path, key, &keydirfd, key_base, sizeof(key_base));
     }
+key_made:
     if (rc != PROVHSM_OK)
         goto out;
 
@@ -1147,7 +1535,10 @@ provhsm_err provhsm_store_create(const provhsm_config *cfg)
     rc = write_atomic(dirfd, cfg->store_dir, META_NAME, meta, META_LEN, WRITE_NEW, 0);
     if (rc != PROVHSM_OK)
         goto out;
-    if (meta[META_OFF_MODE] == KEY_MODE_PASSPHRASE)
+    if (meta[META_OFF_MODE] == KEY_MODE_TPM)
+        PH_INFO(MOD, "created store %s, key sealed to the TPM (PCRs: %s)", cfg->store_dir,
+                cfg->seal_pcrs[0] != '\0' ? cfg->seal_pcrs : "none");
+    else if (meta[META_OFF_MODE] == KEY_MODE_PASSPHRASE)
         PH_INFO(MOD, "created store %s, key from a passphrase (scrypt N=2^%u r=%lu p=%lu)",
                 cfg->store_dir, (unsigned)cfg->scrypt_log2_n, (unsigned long)cfg->scrypt_r,
                 (unsigned long)cfg->scrypt_p);
@@ -1158,6 +1549,8 @@ out:
     if (rc != PROVHSM_OK && rc != PROVHSM_E_EXISTS) {
         if (wrote_check)
             unlinkat(dirfd, CHECK_NAME, 0);
+        if (wrote_sealed)
+            unlinkat(dirfd, SEALED_NAME, 0);
         if (keydirfd >= 0)
             unlinkat(keydirfd, key_base, 0);
     }
@@ -1227,7 +1620,7 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
         rc = PROVHSM_E_NOMEM;
         goto out;
     }
-    rc = load_key(cfg, &meta, st->key);
+    rc = load_key(cfg, &meta, st->dirfd, st->key);
     if (rc != PROVHSM_OK)
         goto out;
 
@@ -1243,7 +1636,9 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
                               &plain, &plain_len);
     if (rc == PROVHSM_E_TAMPERED) {
         PH_ERR(MOD, "the store %s does not open with this %s", cfg->store_dir,
-               meta.key_mode == KEY_MODE_PASSPHRASE ? "passphrase" : "key file");
+               meta.key_mode == KEY_MODE_PASSPHRASE ? "passphrase"
+               : meta.key_mode == KEY_MODE_TPM      ? "sealed key"
+                                                    : "key file");
         rc = PROVHSM_E_WRONG_KEY;
     }
     if (rc != PROVHSM_OK)
@@ -1400,4 +1795,162 @@ int provhsm_store_has(provhsm_store *st, const char *name)
         return 0;
     entry_file_name(name, fname, sizeof(fname));
     return fstatat(st->dirfd, fname, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode);
+}
+
+/* ---- key mode: description, reseal -------------------------------------------------- */
+
+provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, size_t outlen)
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = NULL;
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    store_meta meta;
+    int dirfd = -1;
+    provhsm_err rc;
+
+    if (cfg == NULL || out == NULL || outlen == 0 || !cfg_strings_ok(cfg))
+        return PROVHSM_E_INVALID_ARG;
+    out[0] = '\0';
+    path = path_alloc(path_size);
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    const provhsm_file_ref dir = {AT_FDCWD,          cfg->store_dir, cfg->store_dir,
+                                  "store directory", NULL,           0};
+    rc = provhsm_safefile_open_dir(&dir, PROVHSM_FILE_PRIVATE, &dirfd);
+    if (rc == PROVHSM_OK) {
+        snprintf(path, path_size, "%s/%s", cfg->store_dir, META_NAME);
+        rc = read_file_at(dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    }
+    if (rc == PROVHSM_OK)
+        rc = parse_meta(raw, raw_len, path, &meta);
+    if (rc != PROVHSM_OK)
+        goto out;
+    if (meta.key_mode == KEY_MODE_FILE) {
+        snprintf(out, outlen, "key-file");
+    } else if (meta.key_mode == KEY_MODE_PASSPHRASE) {
+        snprintf(out, outlen, "passphrase");
+    } else {
+#ifdef PROVHSM_WITH_TPM
+        sealed_file *sf = malloc(sizeof(*sf));
+        free(raw);
+        raw = NULL;
+        snprintf(path, path_size, "%s/%s", cfg->store_dir, SEALED_NAME);
+        rc = sf == NULL ? PROVHSM_E_NOMEM
+                        : read_file_at(dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
+        if (rc == PROVHSM_OK)
+            rc = parse_sealed(raw, raw_len, path, sf);
+        if (rc == PROVHSM_OK) {
+            char pcrs[96];
+            describe_pcrs(&sf->pcrs, pcrs, sizeof(pcrs));
+            if (sf->handle != 0)
+                snprintf(out, outlen, "tpm (persistent handle 0x%08lx, PCRs %s)",
+                         (unsigned long)sf->handle, pcrs);
+            else
+                snprintf(out, outlen, "tpm (sealed blob in the store directory, PCRs %s)", pcrs);
+        }
+        free(sf);
+#else
+        snprintf(out, outlen, "tpm");
+#endif
+    }
+out:
+    if (dirfd >= 0)
+        close(dirfd);
+    free(raw);
+    free(path);
+    return rc;
+}
+
+provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
+{
+#ifdef PROVHSM_WITH_TPM
+    provhsm_store *st = NULL;
+    uint8_t *sealed = NULL;
+    size_t sealed_len = 0;
+    char mode[160];
+
+    if (cfg == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err rc = provhsm_store_describe_key(cfg, mode, sizeof(mode));
+    if (rc == PROVHSM_OK && strncmp(mode, "tpm", 3) != 0) {
+        PH_ERR(MOD, "store %s: its key is not sealed to the TPM (%s): nothing to reseal",
+               cfg->store_dir, mode);
+        rc = PROVHSM_E_UNSUPPORTED;
+    }
+    /* opening unseals the key under the current PCR values: only a readable store reseals */
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_open(cfg, &st);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_lock(st);
+    if (rc == PROVHSM_OK)
+        rc = seal_store_key(cfg, st->key, unbound, &sealed, &sealed_len);
+    /* one atomic replace: a crash leaves the old sealed key or the new one, same store key */
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(st->dirfd, st->dir, SEALED_NAME, sealed, sealed_len, WRITE_REPLACE, 0);
+    if (rc == PROVHSM_OK)
+        PH_INFO(MOD, "store %s: key sealed again, bound to PCRs %s", cfg->store_dir,
+                unbound || cfg->seal_pcrs[0] == '\0' ? "none" : cfg->seal_pcrs);
+    free(sealed);
+    provhsm_store_close(st);
+    return rc;
+#else
+    (void)unbound;
+    (void)cfg;
+    PH_ERR(MOD, "this build has no TPM support");
+    return PROVHSM_E_UNSUPPORTED;
+#endif
+}
+
+/* ---- the public administration calls (include/provhsm/provhsm_store_key.h) ----------- */
+
+static provhsm_err with_config(provhsm_config **out)
+{
+    *out = malloc(sizeof(**out));
+    if (*out == NULL) {
+        PH_ERR(MOD, "out of memory");
+        return PROVHSM_E_NOMEM;
+    }
+    provhsm_err rc = provhsm_front_config(*out);
+    if (rc != PROVHSM_OK) {
+        free(*out);
+        *out = NULL;
+    }
+    return rc;
+}
+
+provhsm_err provhsm_store_init_sealed(void)
+{
+    provhsm_config *cfg = NULL;
+    provhsm_err rc = with_config(&cfg);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_create_mode(cfg, 1);
+    free(cfg);
+    return rc;
+}
+
+provhsm_err provhsm_store_key_mode(char **mode_out)
+{
+    provhsm_config *cfg = NULL;
+    char mode[160];
+    if (mode_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err rc = with_config(&cfg);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_describe_key(cfg, mode, sizeof(mode));
+    free(cfg);
+    if (rc != PROVHSM_OK)
+        return rc;
+    *mode_out = strdup(mode);
+    return *mode_out != NULL ? PROVHSM_OK : PROVHSM_E_NOMEM;
+}
+
+provhsm_err provhsm_store_reseal(int unbound)
+{
+    provhsm_config *cfg = NULL;
+    provhsm_err rc = with_config(&cfg);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_reseal_with(cfg, unbound);
+    free(cfg);
+    return rc;
 }

@@ -85,6 +85,29 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_seal(const uint8_t *key, const char
                                                   const uint8_t *data, size_t len, uint8_t **out,
                                                   size_t *out_len);
 
+/*
+ * provhsm_store_create, choosing the key mode: seal_to_tpm non-zero makes a random store
+ * key sealed to the configured TPM (store.sealed in the store directory); 0 is what
+ * provhsm_store_create does (passphrase when one is configured, else a key file).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_create_mode(const provhsm_config *cfg,
+                                                         int seal_to_tpm);
+
+/* What protects the store's key, as text (see provhsm_store_key_mode()). No TPM command. */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out,
+                                                          size_t outlen);
+
+/* provhsm_store_reseal() with a given configuration. */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound);
+
+/*
+ * Parses the bytes of store.sealed (the sealed store key) as opening does, with no TPM
+ * command: PROVHSM_E_CORRUPT (logged, naming `path`) for anything malformed. The fuzz
+ * target's entry.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_parse_sealed(const uint8_t *buf, size_t len,
+                                                          const char *path);
+
 #ifdef PROVHSM_TEST_HOOKS
 /* Test hook (test build only): when set, provhsm_store_put stops after writing the temp file and
  * before the rename, returning PROVHSM_E_IO, as a crash there would. */

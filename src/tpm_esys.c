@@ -1126,3 +1126,298 @@ provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first, uint3
     *count_out = count;
     return PROVHSM_OK;
 }
+
+/* ---- sealed data ------------------------------------------------------------------------ */
+
+/* The attributes of the sealed data objects made here, and the only ones a blob may carry. */
+#define SEALED_ATTRIBUTES (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_NODA)
+#define SEALED_MAX        128 /* MAX_SYM_DATA */
+
+static void sealed_template(TPM2B_PUBLIC *t, const TPM2B_DIGEST *policy)
+{
+    memset(t, 0, sizeof(*t));
+    TPMT_PUBLIC *p = &t->publicArea;
+    p->type = TPM2_ALG_KEYEDHASH;
+    p->nameAlg = TPM2_ALG_SHA256;
+    p->objectAttributes = SEALED_ATTRIBUTES;
+    if (policy != NULL && policy->size > 0)
+        p->authPolicy = *policy;
+    else
+        p->objectAttributes |= TPMA_OBJECT_USERWITHAUTH;
+    p->parameters.keyedHashDetail.scheme.scheme = TPM2_ALG_NULL;
+}
+
+provhsm_err provhsm_tpm_create_sealed(provhsm_tpm *tpm, ESYS_TR parent, const uint8_t *data,
+                                      size_t len, const TPM2B_DIGEST *policy,
+                                      TPM2B_PRIVATE **private_out, TPM2B_PUBLIC **public_out)
+{
+    static const TPM2B_DATA no_outside_info = {.size = 0};
+    static const TPML_PCR_SELECTION no_pcrs = {.count = 0};
+    TPM2B_SENSITIVE_CREATE *sensitive = NULL;
+    TPM2B_PUBLIC tmpl;
+    TPM2B_PRIVATE *priv = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+    TPM2B_CREATION_DATA *creation_data = NULL;
+    TPM2B_DIGEST *creation_hash = NULL;
+    TPMT_TK_CREATION *ticket = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || data == NULL || len == 0 || len > SEALED_MAX || private_out == NULL ||
+        public_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Create");
+    sensitive = provhsm_secure_alloc(sizeof(*sensitive));
+    if (sensitive == NULL)
+        return PROVHSM_E_NOMEM;
+    sensitive->sensitive.data.size = (UINT16)len;
+    memcpy(sensitive->sensitive.data.buffer, data, len);
+    sealed_template(&tmpl, policy);
+    TPM_RUN(tpm, rc,
+            Esys_Create_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                              sensitive, &tmpl, &no_outside_info, &no_pcrs),
+            Esys_Create_Finish(tpm->esys, &priv, &pub, &creation_data, &creation_hash, &ticket));
+    provhsm_secure_free(sensitive);
+    Esys_Free(creation_data);
+    Esys_Free(creation_hash);
+    Esys_Free(ticket);
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Create (sealed data object)");
+    *private_out = priv;
+    *public_out = pub;
+    return PROVHSM_OK;
+}
+
+/* What Load answers for a private area whose integrity key (the parent's seed) differs. */
+static int rc_is_foreign_private(TSS2_RC rc)
+{
+    TSS2_RC code = tpm_code(rc);
+    if ((code & TPM2_RC_FMT1) == 0)
+        return 0;
+    TSS2_RC error = code & (TPM2_RC_FMT1 | 0x3f);
+    return error == TPM2_RC_INTEGRITY || error == TPM2_RC_SIZE || error == TPM2_RC_VALUE ||
+           error == TPM2_RC_KEY_SIZE || error == TPM2_RC_SENSITIVE;
+}
+
+provhsm_err provhsm_tpm_load_sealed(provhsm_tpm *tpm, ESYS_TR parent,
+                                    const TPM2B_PRIVATE *in_private, const TPM2B_PUBLIC *in_public,
+                                    ESYS_TR *tr_out)
+{
+    ESYS_TR tr = ESYS_TR_NONE;
+    TSS2_RC rc;
+    if (tpm == NULL || in_private == NULL || in_public == NULL || tr_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Load");
+    TPM_RUN(tpm, rc,
+            Esys_Load_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                            in_private, in_public),
+            Esys_Load_Finish(tpm->esys, &tr));
+    if (rc != TSS2_RC_SUCCESS && rc_is_foreign_private(rc)) {
+        tpm->last_failure_transient = 0;
+        PH_DEBUG(MOD, "Load of a sealed object: TPM code 0x%03x (%s)", (unsigned)tpm_code(rc),
+                 Tss2_RC_Decode(rc));
+        return PROVHSM_E_WRONG_KEY;
+    }
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Load (sealed data object)");
+    *tr_out = tr;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session, uint8_t **out,
+                               size_t *len_out)
+{
+    TPM2B_SENSITIVE_DATA *data = NULL;
+    ESYS_TR auth;
+    TSS2_RC rc;
+
+    if (tpm == NULL || session == NULL || out == NULL || len_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Unseal");
+    auth = *session == ESYS_TR_NONE ? ESYS_TR_PASSWORD : *session;
+    TPM_RUN(tpm, rc, Esys_Unseal_Async(tpm->esys, item, auth, ESYS_TR_NONE, ESYS_TR_NONE),
+            Esys_Unseal_Finish(tpm->esys, &data));
+    if (rc != TSS2_RC_SUCCESS) {
+        TSS2_RC code = tpm_code(rc);
+        if ((code & TPM2_RC_FMT1) != 0 && (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_POLICY_FAIL) {
+            tpm->last_failure_transient = 0;
+            return PROVHSM_E_WRONG_KEY;
+        }
+        return fail(tpm, rc, "Unseal");
+    }
+    if (auth != ESYS_TR_PASSWORD)
+        provhsm_tpm_forget(tpm, session); /* continueSession was clear: flushed by the TPM */
+    uint8_t *secure = provhsm_secure_alloc(data->size > 0 ? data->size : 1);
+    if (secure != NULL)
+        memcpy(secure, data->buffer, data->size);
+    size_t len = data->size;
+    provhsm_wipe(data, sizeof(*data));
+    Esys_Free(data);
+    if (secure == NULL)
+        return PROVHSM_E_NOMEM;
+    *out = secure;
+    *len_out = len;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_pcr_policy_session(provhsm_tpm *tpm, const TPML_PCR_SELECTION *pcrs,
+                                           int trial, ESYS_TR *session_out)
+{
+    static const TPMT_SYM_DEF no_symmetric = {.algorithm = TPM2_ALG_NULL};
+    static const TPM2B_DIGEST current_values = {.size = 0};
+    provhsm_err err = PROVHSM_OK;
+    ESYS_TR session = ESYS_TR_NONE;
+    TSS2_RC rc;
+
+    if (tpm == NULL || pcrs == NULL || session_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "StartAuthSession");
+    TPM_RUN(tpm, rc,
+            Esys_StartAuthSession_Async(
+                tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                NULL, trial ? TPM2_SE_TRIAL : TPM2_SE_POLICY, &no_symmetric, TPM2_ALG_SHA256),
+            Esys_StartAuthSession_Finish(tpm->esys, &session));
+    if (rc != TSS2_RC_SUCCESS) {
+        session = ESYS_TR_NONE;
+        return fail(tpm, rc, "StartAuthSession");
+    }
+    /* an empty digest: the TPM takes the PCRs' values as they are now */
+    TPM_RUN(tpm, rc,
+            Esys_PolicyPCR_Async(tpm->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                 &current_values, pcrs),
+            Esys_PolicyPCR_Finish(tpm->esys));
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "PolicyPCR");
+        goto cleanup;
+    }
+    rc = Esys_TRSess_SetAttributes(tpm->esys, session, 0, TPMA_SESSION_CONTINUESESSION);
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "Esys_TRSess_SetAttributes");
+        goto cleanup;
+    }
+    *session_out = session;
+    session = ESYS_TR_NONE;
+cleanup:
+    provhsm_tpm_flush(tpm, &session);
+    return err;
+}
+
+provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_TR session, TPM2B_DIGEST *digest_out)
+{
+    TPM2B_DIGEST *digest = NULL;
+    TSS2_RC rc;
+    if (tpm == NULL || digest_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "PolicyGetDigest");
+    TPM_RUN(
+        tpm, rc,
+        Esys_PolicyGetDigest_Async(tpm->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE),
+        Esys_PolicyGetDigest_Finish(tpm->esys, &digest));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "PolicyGetDigest");
+    *digest_out = *digest;
+    Esys_Free(digest);
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_pcr_extend_sha256(provhsm_tpm *tpm, unsigned pcr, const uint8_t digest[32])
+{
+    TPML_DIGEST_VALUES values = {.count = 1};
+    TSS2_RC rc;
+    if (tpm == NULL || digest == NULL || pcr > 23)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "PCR_Extend");
+    values.digests[0].hashAlg = TPM2_ALG_SHA256;
+    memcpy(values.digests[0].digest.sha256, digest, 32);
+    TPM_RUN(tpm, rc,
+            Esys_PCR_Extend_Async(tpm->esys, ESYS_TR_PCR0 + pcr, ESYS_TR_PASSWORD, ESYS_TR_NONE,
+                                  ESYS_TR_NONE, &values),
+            Esys_PCR_Extend_Finish(tpm->esys));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "PCR_Extend");
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_marshal_object(const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv,
+                                       uint8_t *buf, size_t size, size_t *offset)
+{
+    if (pub == NULL || priv == NULL || buf == NULL || offset == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t off = *offset;
+    TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, size, &off);
+    if (rc == TSS2_RC_SUCCESS)
+        rc = Tss2_MU_TPM2B_PRIVATE_Marshal(priv, buf, size, &off);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "cannot marshal a sealed object: %s", Tss2_RC_Decode(rc));
+        return PROVHSM_E_INVALID_ARG;
+    }
+    *offset = off;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_unmarshal_sealed_object(const uint8_t *buf, size_t size, size_t *offset,
+                                                const char *what, TPM2B_PUBLIC *pub,
+                                                TPM2B_PRIVATE *priv)
+{
+    if (buf == NULL || offset == NULL || what == NULL || pub == NULL || priv == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t off = *offset;
+    memset(pub, 0, sizeof(*pub));
+    memset(priv, 0, sizeof(*priv));
+    if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(buf, size, &off, pub) != TSS2_RC_SUCCESS ||
+        Tss2_MU_TPM2B_PRIVATE_Unmarshal(buf, size, &off, priv) != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "%s: the sealed object is truncated or malformed", what);
+        return PROVHSM_E_CORRUPT;
+    }
+    const TPMT_PUBLIC *p = &pub->publicArea;
+    TPMA_OBJECT attrs = p->objectAttributes & ~TPMA_OBJECT_USERWITHAUTH;
+    int has_policy = p->authPolicy.size > 0;
+    int user_with_auth = (p->objectAttributes & TPMA_OBJECT_USERWITHAUTH) != 0;
+    if (p->type != TPM2_ALG_KEYEDHASH || p->nameAlg != TPM2_ALG_SHA256 ||
+        attrs != SEALED_ATTRIBUTES || has_policy == user_with_auth ||
+        p->parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_NULL || priv->size == 0) {
+        PH_ERR(MOD,
+               "%s: not a sealed data object as provhsm makes them (type 0x%04x, attributes "
+               "0x%08x)",
+               what, (unsigned)p->type, (unsigned)p->objectAttributes);
+        return PROVHSM_E_CORRUPT;
+    }
+    *offset = off;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_marshal_pcrs(const TPML_PCR_SELECTION *pcrs, uint8_t *buf, size_t size,
+                                     size_t *offset)
+{
+    if (pcrs == NULL || buf == NULL || offset == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t off = *offset;
+    TSS2_RC rc = Tss2_MU_TPML_PCR_SELECTION_Marshal(pcrs, buf, size, &off);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "cannot marshal a PCR selection: %s", Tss2_RC_Decode(rc));
+        return PROVHSM_E_INVALID_ARG;
+    }
+    *offset = off;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_unmarshal_pcrs(const uint8_t *buf, size_t size, size_t *offset,
+                                       const char *what, TPML_PCR_SELECTION *pcrs)
+{
+    if (buf == NULL || offset == NULL || what == NULL || pcrs == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t off = *offset;
+    memset(pcrs, 0, sizeof(*pcrs));
+    if (Tss2_MU_TPML_PCR_SELECTION_Unmarshal(buf, size, &off, pcrs) != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "%s: the PCR selection is truncated or malformed", what);
+        return PROVHSM_E_CORRUPT;
+    }
+    for (UINT32 i = 0; i < pcrs->count; i++) {
+        if (pcrs->pcrSelections[i].sizeofSelect != 3) {
+            PH_ERR(MOD, "%s: a PCR selection of %u bytes (3 expected)", what,
+                   (unsigned)pcrs->pcrSelections[i].sizeofSelect);
+            return PROVHSM_E_CORRUPT;
+        }
+    }
+    *offset = off;
+    return PROVHSM_OK;
+}

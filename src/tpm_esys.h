@@ -16,6 +16,7 @@
 #define PROVHSM_TPM_ESYS_H
 
 #include <stddef.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <tss2/tss2_esys.h>
 
@@ -65,6 +66,14 @@ void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t comma
                                     uint32_t tpm_rc);
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
 #endif
+
+/*
+ * The process-wide mutex for the TPM behind `tcti` (one per TCTI string, never freed;
+ * NULL when out of memory). Whoever holds a transient object or a session across
+ * commands holds it: a TPM without a resource manager has room for only a few.
+ * Defined in backend_tpm.c, used there and by the store's sealed key.
+ */
+pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti);
 
 /* ---- objects ------------------------------------------------------------------ */
 
@@ -200,5 +209,81 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first,
                                                          uint32_t *count_out);
+
+/* ---- sealed data (the store key sealed to the TPM) ------------------------------- */
+
+/*
+ * Create under `parent` (password-authorised, empty auth): a keyedhash sealed data object
+ * holding `data` (at most 128 bytes), fixedTPM and fixedParent, noDA, with neither sign
+ * nor decrypt. `policy` NULL or empty: userWithAuth with the empty authorisation value;
+ * otherwise userWithAuth clear and `policy` as its authPolicy. *private_out and
+ * *public_out are ESAPI-allocated (Esys_Free, or free()). One TPM command.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_create_sealed(provhsm_tpm *tpm, ESYS_TR parent,
+                                                         const uint8_t *data, size_t len,
+                                                         const TPM2B_DIGEST *policy,
+                                                         TPM2B_PRIVATE **private_out,
+                                                         TPM2B_PUBLIC **public_out);
+
+/*
+ * Load of a sealed data object under `parent`, as provhsm_tpm_load() does, telling apart
+ * the failure of a blob made under another TPM's parent (TPM_RC_INTEGRITY and the like on
+ * the private area): PROVHSM_E_WRONG_KEY, logged by the caller, who knows what it means.
+ * Other failures are logged here.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_load_sealed(provhsm_tpm *tpm, ESYS_TR parent,
+                                                       const TPM2B_PRIVATE *in_private,
+                                                       const TPM2B_PUBLIC *in_public,
+                                                       ESYS_TR *tr_out);
+
+/*
+ * Unseal of `item`, authorised by the empty password (session ESYS_TR_PASSWORD) or by a
+ * policy session from provhsm_tpm_pcr_policy_session() (consumed on success: *session
+ * becomes ESYS_TR_NONE; on failure it stays for the caller to flush). *out is secure
+ * memory (provhsm_secure_free). A failed policy check (the PCRs are no longer those the
+ * object was sealed to) is PROVHSM_E_WRONG_KEY, not logged here.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session,
+                                                  uint8_t **out, size_t *len_out);
+
+/*
+ * StartAuthSession (SHA-256; a trial session when `trial`) then PolicyPCR over the
+ * current values of the PCRs in `pcrs`: two commands. A policy session is single-use
+ * (continueSession clear). On failure nothing is left behind.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_policy_session(provhsm_tpm *tpm,
+                                                              const TPML_PCR_SELECTION *pcrs,
+                                                              int trial, ESYS_TR *session_out);
+
+/* PolicyGetDigest of a (trial) session: one command. */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_TR session,
+                                                         TPM2B_DIGEST *digest_out);
+
+/* PCR_Extend of the SHA-256 bank of `pcr` with a 32-byte digest (tests, tools). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_extend_sha256(provhsm_tpm *tpm, unsigned pcr,
+                                                             const uint8_t digest[32]);
+
+/* The TPM2B_PUBLIC and TPM2B_PRIVATE of an object, marshaled one after the other (tss2-mu). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_object(const TPM2B_PUBLIC *pub,
+                                                          const TPM2B_PRIVATE *priv, uint8_t *buf,
+                                                          size_t size, size_t *offset);
+
+/*
+ * Unmarshals what provhsm_tpm_marshal_object() wrote, from buf[*offset] on, and checks
+ * that the public area describes a sealed data object as provhsm_tpm_create_sealed()
+ * makes them. PROVHSM_E_CORRUPT (logged, naming `what`) otherwise. No TPM command: also
+ * the fuzz target's entry.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_unmarshal_sealed_object(const uint8_t *buf, size_t size,
+                                                                   size_t *offset, const char *what,
+                                                                   TPM2B_PUBLIC *pub,
+                                                                   TPM2B_PRIVATE *priv);
+
+/* A TPML_PCR_SELECTION marshaled / unmarshaled with tss2-mu (PROVHSM_E_CORRUPT, logged). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_pcrs(const TPML_PCR_SELECTION *pcrs,
+                                                        uint8_t *buf, size_t size, size_t *offset);
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_unmarshal_pcrs(const uint8_t *buf, size_t size,
+                                                          size_t *offset, const char *what,
+                                                          TPML_PCR_SELECTION *pcrs);
 
 #endif

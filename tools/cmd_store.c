@@ -16,18 +16,21 @@
 
 #include "cli.h"
 #include "hsm_client_data.h"
+#include "provhsm/provhsm_store_key.h"
 
 int provhsm_cli_cmd_init(const provhsm_cli_cmd *cmd, int argc, char **argv)
 {
-    provhsm_cli_opt opts[] = {{"json", 0, 0, NULL, 0}, {"owner", 1, 0, NULL, 0}};
+    provhsm_cli_opt opts[] = {
+        {"json", 0, 0, NULL, 0}, {"owner", 1, 0, NULL, 0}, {"seal-to-tpm", 0, 0, NULL, 0}};
     const provhsm_cli_opt *owner_opt = &opts[1];
+    const provhsm_cli_opt *seal_opt = &opts[2];
     provhsm_cli_buf out = {0};
     provhsm_cli_owner owner;
     char *dir = NULL;
     provhsm_err err;
     int rc;
 
-    if (provhsm_cli_parse(cmd, argc, argv, opts, 2, NULL, 0, NULL, &rc))
+    if (provhsm_cli_parse(cmd, argc, argv, opts, 3, NULL, 0, NULL, &rc))
         return rc;
     if (owner_opt->seen && provhsm_cli_resolve_owner(owner_opt->value, &owner) != 0)
         return PROVHSM_CLI_FAIL;
@@ -39,7 +42,7 @@ int provhsm_cli_cmd_init(const provhsm_cli_cmd *cmd, int argc, char **argv)
         if (rc != PROVHSM_CLI_OK)
             goto cleanup;
     }
-    err = provhsm_store_init();
+    err = seal_opt->seen ? provhsm_store_init_sealed() : provhsm_store_init();
     if (err == PROVHSM_E_EXISTS) {
         rc = provhsm_cli_fail(err, "a store is already initialised at %s", dir);
         goto cleanup;
@@ -188,13 +191,15 @@ static const char *backend_of(const char *attestation)
     return b != NULL ? b : "none";
 }
 
-static void info_json(provhsm_cli_buf *out, const char *store_dir, attestation_info *atts, size_t n)
+static void info_json(provhsm_cli_buf *out, const char *store_dir, const char *key_mode,
+                      attestation_info *atts, size_t n)
 {
     provhsm_cli_json j;
 
     provhsm_cli_json_begin(&j, out);
     provhsm_cli_json_str(&j, "version", provhsm_version());
     provhsm_cli_json_str(&j, "store_dir", store_dir);
+    provhsm_cli_json_str(&j, "store_key", key_mode);
     for (size_t i = 0; i < n; i++) {
         attestation_info *a = &atts[i];
         provhsm_cli_json_open(&j, a->name);
@@ -234,10 +239,13 @@ static void info_line(provhsm_cli_buf *out, const char *label, const char *value
     provhsm_cli_buf_printf(out, "%s\n", suffix != NULL ? suffix : "");
 }
 
-static void info_text(provhsm_cli_buf *out, const char *store_dir, attestation_info *atts, size_t n)
+static void info_text(provhsm_cli_buf *out, const char *store_dir, const char *key_mode,
+                      attestation_info *atts, size_t n)
 {
     provhsm_cli_buf_puts(out, "store: ");
     provhsm_cli_buf_text(out, store_dir);
+    provhsm_cli_buf_puts(out, "\nstore key: ");
+    provhsm_cli_buf_text(out, key_mode);
     provhsm_cli_buf_puts(out, "\n");
     for (size_t i = 0; i < n; i++) {
         attestation_info *a = &atts[i];
@@ -279,7 +287,7 @@ int provhsm_cli_cmd_info(const provhsm_cli_cmd *cmd, int argc, char **argv)
     attestation_info atts[3];
     struct stat st;
     provhsm_cli_buf out = {0};
-    char *dir = NULL;
+    char *dir = NULL, *key_mode = NULL;
     provhsm_err err;
     int rc;
 
@@ -312,10 +320,13 @@ int provhsm_cli_cmd_info(const provhsm_cli_cmd *cmd, int argc, char **argv)
                          "no store at %s; run 'provhsm init'", dir);
     }
 
+    /* what protects the store: read from its header, no TPM command */
+    if (provhsm_store_key_mode(&key_mode) != PROVHSM_OK)
+        key_mode = NULL;
     if (opts[0].seen)
-        info_json(&out, dir, atts, 3);
+        info_json(&out, dir, key_mode != NULL ? key_mode : "none", atts, 3);
     else
-        info_text(&out, dir, atts, 3);
+        info_text(&out, dir, key_mode != NULL ? key_mode : "none", atts, 3);
     rc = provhsm_cli_buf_flush(&out);
 cleanup:
     for (size_t i = 0; i < 3; i++) {
@@ -323,6 +334,7 @@ cleanup:
         provhsm_cli_cert_info_free(&atts[i].cert);
     }
     provhsm_cli_buf_free(&out);
+    free(key_mode);
     free(dir);
     return rc;
 }
@@ -390,6 +402,30 @@ int provhsm_cli_cmd_identity_remove(const provhsm_cli_cmd *cmd, int argc, char *
     if (err != PROVHSM_OK)
         return provhsm_cli_fail(err, "cannot remove the %s identity", pos[0]);
     provhsm_cli_buf_printf(&out, "removed the %s identity\n", pos[0]);
+    rc = provhsm_cli_buf_flush(&out);
+    provhsm_cli_buf_free(&out);
+    return rc;
+}
+
+/* ---- store reseal --------------------------------------------------------------- */
+
+int provhsm_cli_cmd_store_reseal(const provhsm_cli_cmd *cmd, int argc, char **argv)
+{
+    provhsm_cli_opt opts[] = {{"unbound", 0, 0, NULL, 0}};
+    provhsm_cli_buf out = {0};
+    char *mode = NULL;
+    provhsm_err err;
+    int rc;
+
+    if (provhsm_cli_parse(cmd, argc, argv, opts, 1, NULL, 0, NULL, &rc))
+        return rc;
+    err = provhsm_store_reseal(opts[0].seen);
+    if (err != PROVHSM_OK)
+        return provhsm_cli_fail(err, "cannot seal the store key again");
+    if (provhsm_store_key_mode(&mode) != PROVHSM_OK)
+        mode = NULL;
+    provhsm_cli_buf_printf(&out, "store key sealed again: %s\n", mode != NULL ? mode : "tpm");
+    free(mode);
     rc = provhsm_cli_buf_flush(&out);
     provhsm_cli_buf_free(&out);
     return rc;

@@ -26,6 +26,8 @@ static const char usage_init[] =
     "  --owner USER[:GROUP]  (as root) create the store for USER, the user the SDK\n"
     "            application runs as: the directory is created for USER (or an empty\n"
     "            one of root's is given to USER), then the store is made as USER\n"
+    "  --seal-to-tpm  make a random store key sealed to the TPM of [tpm] (bound to the\n"
+    "            PCRs of [store] seal_pcrs when set) instead of a key file or passphrase\n"
     "  --json    print {\"store_dir\": ...}\n"
     "  --help    print this help\n";
 
@@ -178,6 +180,18 @@ static const char usage_identity_remove[] =
     "Options:\n"
     "  --help    print this help\n";
 
+static const char usage_store_reseal[] =
+    "Usage: provhsm store reseal [--unbound]\n"
+    "\n"
+    "Seals the store key of a TPM-sealed store again, to the current values of the PCRs\n"
+    "of [store] seal_pcrs. The store must open now. Before a firmware or boot update that\n"
+    "changes those PCRs, run it with --unbound (the key stays sealed to this TPM, bound to\n"
+    "no PCR), then without it after the update. Entries are not rewritten.\n"
+    "\n"
+    "Options:\n"
+    "  --unbound  seal to no PCR (for the time of an update)\n"
+    "  --help     print this help\n";
+
 static const provhsm_cli_cmd commands[] = {
     {NULL, "init", "create the key store", usage_init, provhsm_cli_cmd_init},
     {NULL, "info", "show backends and identities (never a secret)", usage_info,
@@ -202,6 +216,8 @@ static const provhsm_cli_cmd commands[] = {
     {"tpm", "clear-identity", "evict the identity key", usage_tpm_clear, provhsm_cli_cmd_tpm_clear},
     {"identity", "remove", "remove a stored identity", usage_identity_remove,
      provhsm_cli_cmd_identity_remove},
+    {"store", "reseal", "seal a TPM-sealed store key again (PCR changes)", usage_store_reseal,
+     provhsm_cli_cmd_store_reseal},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

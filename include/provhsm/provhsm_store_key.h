@@ -1,0 +1,43 @@
+/*
+ * The store key's mode, for the factory line and the provhsm tool: a store whose key is
+ * sealed to the device's TPM, what protects a store, and resealing before a firmware
+ * update. The configuration is read as provhsm.h's administration calls read it.
+ */
+#ifndef PROVHSM_STORE_KEY_H
+#define PROVHSM_STORE_KEY_H
+
+#include "provhsm/provhsm.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/*
+ * Creates the store like provhsm_store_init(), with a random store key sealed to the TPM
+ * named by [tpm] (a keyedhash sealed data object under the SRK, bound to the PCRs of
+ * [store] seal_pcrs when set), kept in the store directory. PROVHSM_E_CONFIG without a
+ * [tpm] section, PROVHSM_E_NOT_FOUND when the TPM has no SRK yet, PROVHSM_E_EXISTS when a
+ * store is already there.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_init_sealed(void);
+
+/*
+ * What protects the store's key, as text: "key-file", "passphrase", or "tpm (...)" with
+ * where the sealed key is and the PCRs it is bound to. Sends no TPM command. *mode_out is
+ * malloc'd. PROVHSM_E_NOT_FOUND when there is no store.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_key_mode(char **mode_out);
+
+/*
+ * Seals the store key of a TPM-sealed store again: to the current values of the PCRs
+ * of [store] seal_pcrs, or to no PCRs when `unbound` is non-zero (run that before a
+ * firmware update, then the bound form after it). The store must open now; the store key
+ * and the entries do not change, and the sealed key is replaced in one atomic write.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal(int unbound);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

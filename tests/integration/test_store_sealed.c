@@ -1,0 +1,394 @@
+/*
+ * The software store with its key sealed to the TPM (issue 8), on private swtpms:
+ *  - init --seal-to-tpm, identities (symmetric and X.509) written through the admin API
+ *    and read back through the SDK's tables, with the TPM commands each create costs
+ *    (Load, Unseal, FlushContext with a blob; two more with a PCR policy), and no
+ *    transient object or session left behind;
+ *  - the same store directory opened against another TPM: refused with "sealed to another
+ *    TPM", every file of the store unchanged byte for byte;
+ *  - a PCR-bound store refused after a PCR extend (with the way out named), readable
+ *    after the TPM restarts (PCRs reset), then reseal --unbound, the extend, reseal, read;
+ *  - the TPM gone: the cause is named;
+ *  - the sealed-blob parser refuses a truncated or altered file.
+ */
+#include <dirent.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include "backend.h"
+#include "hsm_client_data.h"
+#include "provhsm/provhsm.h"
+#include "provhsm/provhsm_store_key.h"
+#include "store.h"
+#include "swtpm_fixture.h"
+#include "testutil.h"
+#include "tpm_esys.h"
+
+/* What the SDK's hsm_client_data.c defines, so this program links like the SDK. */
+int initialize_hsm_system(void)
+{
+    int r = hsm_client_x509_init();
+    if (r == 0)
+        r = hsm_client_tpm_init();
+    return r;
+}
+
+void deinitialize_hsm_system(void)
+{
+    hsm_client_x509_deinit();
+    hsm_client_tpm_deinit();
+}
+
+#define SYM_KEY_B64 "c2VhbGVkLXN0b3JlLXN5bW1ldHJpYy1rZXktMzI="
+
+typedef struct sealed_env {
+    provhsm_test_swtpm tpm_a, tpm_b;
+    char dir[256];
+    char config[300];
+} sealed_env;
+
+static sealed_env env;
+
+/* The TPM backend's open makes the EK and SRK: what "a provisioned TPM" means here. */
+static void provision(const char *tcti)
+{
+    provhsm_config cfg;
+    void *st = NULL;
+    provhsm_test_tpm_config(&cfg, tcti);
+    assert_int_equal(provhsm_backend_tpm.open(&cfg, PROVHSM_KIND_TPM, &st), PROVHSM_OK);
+    provhsm_backend_tpm.close(st);
+}
+
+/* Writes the configuration (0600) for the store `store` on `tcti` and makes it current. */
+static void use_config(const char *store, const char *tcti, const char *seal_pcrs)
+{
+    FILE *f = fopen(env.config, "w");
+    assert_non_null(f);
+    fprintf(f, "[store]\npath = %s/%s\n", env.dir, store);
+    if (seal_pcrs != NULL)
+        fprintf(f, "seal_pcrs = %s\n", seal_pcrs);
+    fprintf(f, "[tpm]\ntcti = %s\n", tcti);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(env.config, 0600), 0);
+    assert_int_equal(provhsm_config_use_file(env.config), PROVHSM_OK);
+}
+
+static int group_setup(void **state)
+{
+    (void)state;
+    memset(&env, 0, sizeof(env));
+    snprintf(env.dir, sizeof(env.dir), "/tmp/provhsm-sealed-XXXXXX");
+    if (mkdtemp(env.dir) == NULL)
+        return -1;
+    snprintf(env.config, sizeof(env.config), "%s/provhsm.conf", env.dir);
+    if (provhsm_test_swtpm_start(&env.tpm_a, NULL) != 0 ||
+        provhsm_test_swtpm_start(&env.tpm_b, NULL) != 0)
+        return -1;
+    return initialize_hsm_system();
+}
+
+static int group_teardown(void **state)
+{
+    (void)state;
+    deinitialize_hsm_system();
+    provhsm_test_swtpm_stop(&env.tpm_a);
+    provhsm_test_swtpm_stop(&env.tpm_b);
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "rm -rf %s", env.dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", env.dir);
+    return 0;
+}
+
+/* Reads the symmetric identity through the SDK's table; *commands: TPM commands it cost. */
+static char *read_symmetric(uint64_t *commands)
+{
+    const HSM_CLIENT_KEY_INTERFACE *k = hsm_client_key_interface();
+    uint64_t before = provhsm_tpm_commands_total();
+    /* create opens the store: a store that does not open gives no handle */
+    HSM_CLIENT_HANDLE h = k->hsm_client_key_create();
+    if (h == NULL)
+        return NULL;
+    char *key = k->hsm_client_get_symm_key(h);
+    if (key != NULL) {
+        char *name = k->hsm_client_get_registration_name(h);
+        assert_non_null(name);
+        assert_string_equal(name, "sealed-device");
+        free(name);
+    }
+    k->hsm_client_key_destroy(h);
+    if (commands != NULL)
+        *commands = provhsm_tpm_commands_total() - before;
+    return key;
+}
+
+/* The store directory's files and their bytes, as one text for comparison. */
+static char *snapshot(const char *store)
+{
+    char path[600];
+    size_t cap = 1 << 16, len = 0;
+    char *out = calloc(1, cap);
+    assert_non_null(out);
+    snprintf(path, sizeof(path), "%s/%s", env.dir, store);
+    DIR *d = opendir(path);
+    assert_non_null(d);
+    struct dirent *de;
+    char *names[64];
+    int n = 0;
+    while ((de = readdir(d)) != NULL && n < 64)
+        if (de->d_name[0] != '.')
+            names[n++] = strdup(de->d_name);
+    closedir(d);
+    for (int i = 0; i < n; i++)
+        for (int j = i + 1; j < n; j++)
+            if (strcmp(names[i], names[j]) > 0) {
+                char *t = names[i];
+                names[i] = names[j];
+                names[j] = t;
+            }
+    for (int i = 0; i < n; i++) {
+        uint8_t *buf = NULL;
+        size_t blen = 0;
+        snprintf(path, sizeof(path), "%s/%s/%s", env.dir, store, names[i]);
+        assert_int_equal(provhsm_test_read_file(path, &buf, &blen), 0);
+        len += (size_t)snprintf(out + len, cap - len, "%s:", names[i]);
+        for (size_t b = 0; b < blen && len + 3 < cap; b++)
+            len += (size_t)snprintf(out + len, cap - len, "%02x", buf[b]);
+        len += (size_t)snprintf(out + len, cap - len, "\n");
+        free(buf);
+        free(names[i]);
+    }
+    return out;
+}
+
+static void extend_pcr(const char *tcti, unsigned pcr)
+{
+    static const uint8_t digest[32] = {0x5e, 0xa1, 0xed};
+    provhsm_tpm *tpm = NULL;
+    assert_int_equal(provhsm_tpm_connect(tcti, &tpm), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, pcr, digest), PROVHSM_OK);
+    provhsm_tpm_disconnect(tpm);
+}
+
+/* Init sealed; identities through the SDK tables; TPM commands per create; no leak. */
+static void test_sealed_store_serves_the_sdk(void **state)
+{
+    (void)state;
+    provision(env.tpm_a.tcti);
+    use_config("store-a", env.tpm_a.tcti, NULL);
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs none)");
+    free(mode);
+    /* nothing secret beside the store: no key file */
+    char path[400];
+    struct stat sb;
+    snprintf(path, sizeof(path), "%s/store-a/store.key", env.dir);
+    assert_int_not_equal(stat(path, &sb), 0);
+    snprintf(path, sizeof(path), "%s/store-a/store.sealed", env.dir);
+    assert_int_equal(stat(path, &sb), 0);
+    assert_int_equal(sb.st_mode & 0777, 0600);
+
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+    char *pem = NULL;
+    assert_int_equal(provhsm_x509_generate("sealed-x509", PROVHSM_KEY_EC_P256, 30, 0, &pem),
+                     PROVHSM_OK);
+    free(pem);
+
+    provhsm_test_tpm_counts counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+
+    uint64_t commands = 0;
+    char *key = read_symmetric(&commands);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    printf("# symmetric create + get on a sealed store (blob): %llu TPM commands\n",
+           (unsigned long long)commands);
+    assert_int_equal(commands, 3); /* Load, Unseal, FlushContext */
+
+    const HSM_CLIENT_X509_INTERFACE *x = hsm_client_x509_interface();
+    uint64_t before = provhsm_tpm_commands_total();
+    HSM_CLIENT_HANDLE h = x->hsm_client_x509_create();
+    assert_non_null(h);
+    char *cert = x->hsm_client_get_cert(h);
+    char *alias = x->hsm_client_get_key(h);
+    char *cn = x->hsm_client_get_common_name(h);
+    assert_non_null(cert);
+    assert_non_null(alias);
+    assert_non_null(cn);
+    assert_string_equal(cn, "sealed-x509");
+    free(cert);
+    free(alias);
+    free(cn);
+    x->hsm_client_x509_destroy(h);
+    commands = provhsm_tpm_commands_total() - before;
+    printf("# x509 create + get on a sealed store (blob): %llu TPM commands\n",
+           (unsigned long long)commands);
+    assert_int_equal(commands, 3);
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
+}
+
+/* The same store directory on another TPM: refused as such, nothing changed. */
+static void test_another_tpm_is_refused(void **state)
+{
+    (void)state;
+    provision(env.tpm_b.tcti);
+    use_config("store-a", env.tpm_b.tcti, NULL);
+    char *before = snapshot("store-a");
+    provhsm_test_log_clear();
+    char *key = read_symmetric(NULL);
+    assert_null(key);
+    assert_true(provhsm_test_log_seen("sealed to another TPM"));
+    char *after = snapshot("store-a");
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+    /* and it still opens on its own TPM */
+    use_config("store-a", env.tpm_a.tcti, NULL);
+    key = read_symmetric(NULL);
+    assert_non_null(key);
+    free(key);
+}
+
+/* No TPM answering: the cause is named, nothing changed. */
+static void test_tpm_absent_is_named(void **state)
+{
+    (void)state;
+    use_config("store-a", env.tpm_a.tcti, NULL);
+    char *before = snapshot("store-a");
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    provhsm_test_log_clear();
+    char *key = read_symmetric(NULL);
+    assert_null(key);
+    assert_true(provhsm_test_log_seen("sealed to a TPM, and none answers"));
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    char *after = snapshot("store-a");
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+}
+
+/* PCR-bound: refused after an extend, readable after a restart, reseal around an update. */
+static void test_pcr_bound_store_and_reseal(void **state)
+{
+    (void)state;
+    use_config("store-pcr", env.tpm_a.tcti, "sha256:0,7");
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha256:0,7)");
+    free(mode);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+
+    provhsm_test_tpm_counts counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    uint64_t commands = 0;
+    char *key = read_symmetric(&commands);
+    assert_non_null(key);
+    free(key);
+    printf("# symmetric create + get on a PCR-bound sealed store: %llu TPM commands\n",
+           (unsigned long long)commands);
+    /* Load, StartAuthSession, PolicyPCR, Unseal, FlushContext */
+    assert_int_equal(commands, 5);
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
+
+    /* a boot change: PCR 7 extended */
+    char *before = snapshot("store-pcr");
+    extend_pcr(env.tpm_a.tcti, 7);
+    provhsm_test_log_clear();
+    assert_null(read_symmetric(NULL));
+    assert_true(provhsm_test_log_seen("no longer hold the values"));
+    assert_true(provhsm_test_log_seen("provhsm store reseal"));
+    /* reseal cannot help now (the key does not unseal), and changes nothing */
+    assert_int_not_equal(provhsm_store_reseal(0), PROVHSM_OK);
+    char *after = snapshot("store-pcr");
+    assert_string_equal(before, after);
+    free(after);
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
+
+    /* the previous boot state again (PCRs reset): readable */
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    key = read_symmetric(NULL);
+    assert_non_null(key);
+    free(key);
+
+    /* the update done right: reseal --unbound, update, reseal */
+    assert_int_equal(provhsm_store_reseal(1), PROVHSM_OK);
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs none)");
+    free(mode);
+    extend_pcr(env.tpm_a.tcti, 7);
+    key = read_symmetric(NULL);
+    assert_non_null(key);
+    free(key);
+    assert_int_equal(provhsm_store_reseal(0), PROVHSM_OK);
+    key = read_symmetric(NULL);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    /* bound again: the next change is refused */
+    extend_pcr(env.tpm_a.tcti, 0);
+    assert_null(read_symmetric(NULL));
+    /* entries were never rewritten by reseal */
+    after = snapshot("store-pcr");
+    const char *entry = strstr(before, "symmetric.entry:");
+    assert_non_null(entry);
+    const char *end = strchr(entry, '\n');
+    char *line = strndup(entry, (size_t)(end - entry));
+    assert_non_null(strstr(after, line));
+    free(line);
+    free(before);
+    free(after);
+}
+
+/* The parser of store.sealed refuses a truncated or altered file before any TPM command. */
+static void test_sealed_file_parser(void **state)
+{
+    (void)state;
+    char path[400];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/store-a/store.sealed", env.dir);
+    assert_int_equal(provhsm_test_read_file(path, &buf, &len), 0);
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_OK);
+    for (size_t cut = 0; cut < len; cut += 7)
+        assert_int_equal(provhsm_store_parse_sealed(buf, cut, path), PROVHSM_E_CORRUPT);
+    /* the public area (after the 20-byte header and a 4-byte empty PCR selection): its
+       size, type, nameAlg, then the attributes; byte 33 holds userWithAuth (0x40) */
+    buf[33] ^= 0x40;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    buf[33] ^= 0x40;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_OK);
+    buf[0] ^= 1;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    free(buf);
+}
+
+int main(void)
+{
+    if (!provhsm_test_swtpm_available()) {
+        fprintf(stderr, "skip: swtpm is not installed\n");
+        return PROVHSM_TEST_SKIP;
+    }
+    provhsm_test_log_capture();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_sealed_store_serves_the_sdk),
+        cmocka_unit_test(test_another_tpm_is_refused),
+        cmocka_unit_test(test_tpm_absent_is_named),
+        cmocka_unit_test(test_pcr_bound_store_and_reseal),
+        cmocka_unit_test(test_sealed_file_parser),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

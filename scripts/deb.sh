@@ -260,14 +260,18 @@ lint_package() {
 
 ensure_packages
 mkdir -p "$out"
-rm -f "$out"/*.deb
+for arch in "${archs[@]}"; do
+    rm -f "$out"/*_"$arch".deb
+done
 start=$SECONDS
 for arch in "${archs[@]}"; do
     build_tree "$arch"
     package_arch "$arch"
 done
-for deb in "$out"/*.deb; do
-    lint_package "$deb"
+for arch in "${archs[@]}"; do
+    for deb in "$out"/*_"$arch".deb; do
+        lint_package "$deb"
+    done
 done
 echo "deb: packages built and lint-clean in $((SECONDS - start)) s"
 

@@ -9,8 +9,8 @@
 #   tests/deb/cross_test.sh LIBPROVHSM_DEV_DEB PROVHSM_DEB
 set -euo pipefail
 
-dev_deb=$(realpath "${1:?libprovhsm-dev .deb}")
-tool_deb=$(realpath "${2:?provhsm .deb}")
+dev_deb=$(realpath -e "${1:?libprovhsm-dev .deb}")
+tool_deb=$(realpath -e "${2:?provhsm .deb}")
 src=$(cd "$(dirname "$0")/../.." && pwd)
 triplet=aarch64-linux-gnu
 qemu=(qemu-aarch64-static -L "/usr/$triplet")

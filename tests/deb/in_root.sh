@@ -129,6 +129,12 @@ check "postinst made /var/lib/provhsm again: root:root, 0700" \
     test "$(stat -c '%U:%G %a' /var/lib/provhsm)" = "root:root 700"
 step "apt-get purge provhsm on an empty store directory" apt-get purge -y -q provhsm
 check "purge removed the empty store directory" test ! -e /var/lib/provhsm
+# an administrator's dpkg-statoverride decides the store directory's owner and mode
+step "install provhsm with a statoverride for /var/lib/provhsm (nobody:nogroup 0700)" \
+    bash -c "dpkg-statoverride --add nobody nogroup 0700 /var/lib/provhsm &&
+        apt-get install -y -q -o APT::Sandbox::User=root '$tool_deb'"
+check "postinst applied the statoverride (nobody:nogroup 0700)" \
+    test "$(stat -c '%U:%G %a' /var/lib/provhsm)" = "nobody:nogroup 700"
 
 echo "$failures failure(s) in the clean root"
 ((failures == 0))

@@ -19,8 +19,8 @@
 # (PROVHSM_DEB_MIRROR overrides it).
 set -euo pipefail
 
-dev_deb=$(realpath "${1:?libprovhsm-dev .deb}")
-tool_deb=$(realpath "${2:?provhsm .deb}")
+dev_deb=$(realpath -e "${1:?libprovhsm-dev .deb}")
+tool_deb=$(realpath -e "${2:?provhsm .deb}")
 src=$(cd "$(dirname "$0")/../.." && pwd)
 cache=$src/build-deb-cache
 base=$cache/bookworm-minbase.tar

@@ -1,8 +1,10 @@
 /*
  * The encrypted software key store (store.h): files in one directory, each entry sealed
- * with AES-256-GCM (OpenSSL EVP) under a store key that comes from a random key file or
- * from a passphrase through scrypt (EVP_KDF "SCRYPT"). Called by the software backend
- * and the administration API. Static state: none besides the test hook; an open store
+ * with AES-256-GCM (OpenSSL EVP) under a store key that comes from a random key file,
+ * from a passphrase through scrypt (EVP_KDF "SCRYPT"), or from the TPM, which unseals a
+ * random key sealed to it (tpm_esys.h; the store holds the per-TPM lock while it has an
+ * object loaded). A rekey moves every entry to a new key, crash-safe. Called by the software
+ * backend and the administration API. Static state: none besides the test hook; an open store
  * handle is immutable after open (a directory fd and the key in secure memory), so one
  * handle may be used from several threads at once.
  *
@@ -18,18 +20,24 @@
  *     store.meta               public header, written last by create (marks a store)
  *     store.check              key-check entry
  *     store.key                key file in key-file mode (its path is configurable)
+ *     store.sealed             the sealed store key in TPM mode
  *     <name>.entry             one file per entry, 0600
  *     .tmp-<16 hex>-<target>   unfinished write: ignored; removed by open when stale
+ *     <file>.new               staged by a rekey (store.meta.new, store.check.new,
+ *                              store.sealed.new, <name>.entry.new, <key file>.new):
+ *                              finished or undone by the next open (see "rekey" below)
  *
  *   store.meta, 64 bytes:
  *     off len
  *       0   8  magic "PHSMMETA"
  *       8   2  format version, 1
- *      10   1  key mode: 1 = random key in the key file, 2 = scrypt of a passphrase
- *      11   1  scrypt log2(N)        (0 in key-file mode)
- *      12   4  scrypt r              (0 in key-file mode)
- *      16   4  scrypt p              (0 in key-file mode)
- *      20  32  scrypt salt, random   (zero in key-file mode)
+ *      10   1  key mode: 1 = random key in the key file, 2 = scrypt of a passphrase,
+ *                        3 = random key sealed to the TPM (store.sealed); a build without
+ *                        mode 3 refuses it as an unknown mode, as older builds do
+ *      11   1  scrypt log2(N)        (0 in key-file and TPM modes)
+ *      12   4  scrypt r              (0 in key-file and TPM modes)
+ *      16   4  scrypt p              (0 in key-file and TPM modes)
+ *      20  32  scrypt salt, random   (zero in key-file and TPM modes)
  *      52  12  reserved, zero
  *
  *   key file, 44 bytes, 0600:
@@ -37,6 +45,18 @@
  *       8   2  format version, 1
  *      10   2  reserved, zero
  *      12  32  the store key (AES-256)
+ *
+ *   store.sealed, at most 4096 bytes, 0600 (TPM mode):
+ *       0   8  magic "PHSMSEAL"
+ *       8   2  format version, 1
+ *      10   2  reserved, zero
+ *      12   4  the parent's persistent handle (the SRK when it was sealed)
+ *      16   4  the sealed object's persistent handle; 0: the object follows here
+ *      20   *  TPML_PCR_SELECTION (tss2-mu; count 0: no PCR policy, else one bank)
+ *       *   *  TPM2B_PUBLIC then TPM2B_PRIVATE (tss2-mu), when the handle is 0: a
+ *              keyedhash sealed data object (fixedTPM, fixedParent, noDA, no sign or
+ *              decrypt; userWithAuth with the empty value, or PolicyPCR as authPolicy)
+ *              holding the 32-byte store key; nothing after it
  *
  *   entry file, 44 + n bytes (n <= 1 MiB):
  *       0   8  magic "PHSMENTR"
@@ -52,7 +72,10 @@
  *   entry can pose as it) whose associated data is followed by the 64 bytes of
  *   store.meta, and whose plaintext is "provhsm store key check v1".
  *
- *   Store key = key file bytes 12..43, or scrypt(passphrase, salt, N, r, p) -> 32 bytes.
+ *   Store key = key file bytes 12..43, or scrypt(passphrase, salt, N, r, p) -> 32 bytes,
+ *   or the data of the sealed object, unsealed by the TPM.
+ *
+ *   Old stores (modes 1 and 2) read as before: mode 3 adds a value and a file, nothing else.
  */
 #include <dirent.h>
 #include <errno.h>
@@ -148,6 +171,9 @@ struct provhsm_store {
     uint8_t *key; /* STORE_KEY_LEN bytes of secure memory */
     char dir[PROVHSM_PATH_MAX];
 };
+
+static provhsm_err rekey_recover(const provhsm_config *cfg, int dirfd, const char *dir);
+static int lock_dir(int dirfd, int nonblocking);
 
 typedef struct store_meta {
     uint8_t raw[META_LEN];
@@ -1601,6 +1627,9 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     if (rc != PROVHSM_OK)
         goto out;
 
+    rc = rekey_recover(cfg, st->dirfd, cfg->store_dir);
+    if (rc != PROVHSM_OK)
+        goto out;
     snprintf(path, path_size, "%s/%s", cfg->store_dir, META_NAME);
     rc = read_file_at(st->dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
     if (rc == PROVHSM_E_NOT_FOUND)
@@ -1951,6 +1980,442 @@ provhsm_err provhsm_store_reseal(int unbound)
     provhsm_err rc = with_config(&cfg);
     if (rc == PROVHSM_OK)
         rc = provhsm_store_reseal_with(cfg, unbound);
+    free(cfg);
+    return rc;
+}
+
+/* ---- rekey: every entry under a new store key, crash-safe ----------------------------- */
+
+/*
+ * The protocol (the file names are in the opening comment):
+ *   1. stage: first store.meta.new (the new header: it marks a rekey in progress), the
+ *      new key holder (store.sealed.new or <key file>.new; nothing for a passphrase),
+ *      every entry re-encrypted as <name>.entry.new, then store.check.new. The old files
+ *      are not touched.
+ *   2. switch: store.meta.new renamed over store.meta (the commit point).
+ *   3. roll forward: every <name>.entry.new renamed over <name>.entry, the new key holder
+ *      into place, the old one removed, and last store.check.new over store.check.
+ * Opening recovers under the store lock: store.meta.new present means the switch did not
+ * happen (staged files are removed, store.meta.new last, so the old store stays as it
+ * was); store.check.new without store.meta.new means it did (the roll forward is done
+ * again; each of its renames can be repeated).
+ */
+#define NEW_SUFFIX       "new"
+#define META_NEW         META_NAME "." NEW_SUFFIX
+#define CHECK_NEW        CHECK_NAME "." NEW_SUFFIX
+#define SEALED_NEW       SEALED_NAME "." NEW_SUFFIX
+#define ENTRY_NEW_SUFFIX ENTRY_SUFFIX "." NEW_SUFFIX
+
+#ifdef PROVHSM_TEST_HOOKS
+int provhsm_store_test_rekey_fail_at = 0;
+/* 1 when the armed step is reached: the rekey stops there as a crash would. */
+static int rekey_crash_due(void)
+{
+    return provhsm_store_test_rekey_fail_at > 0 && --provhsm_store_test_rekey_fail_at == 0;
+}
+#define REKEY_CRASH_DUE() rekey_crash_due()
+#else
+#define REKEY_CRASH_DUE() 0
+#endif
+
+static int exists_at(int dirfd, const char *name)
+{
+    struct stat sb;
+    return fstatat(dirfd, name, &sb, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* The names of the directory's files that end in `suffix`, without it (valid entry names). */
+static provhsm_err list_suffixed(int dirfd, const char *dir_path, const char *suffix,
+                                 char ***names_out, size_t *n_out)
+{
+    provhsm_err rc = PROVHSM_OK;
+    size_t n = 0, cap = 0, sl = strlen(suffix);
+    char **names = NULL;
+    struct dirent *de;
+    DIR *d = NULL;
+    int fd = openat(dirfd, ".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+    if (fd < 0 || (d = fdopendir(fd)) == NULL) {
+        PH_ERR(MOD, "cannot list %s: %s", dir_path, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        return PROVHSM_E_IO;
+    }
+    while ((de = readdir(d)) != NULL) {
+        size_t nl = strlen(de->d_name);
+        char name[FILE_NAME_BUF];
+        if (nl <= sl || nl - sl >= sizeof(name) || strcmp(de->d_name + nl - sl, suffix) != 0)
+            continue;
+        memcpy(name, de->d_name, nl - sl);
+        name[nl - sl] = '\0';
+        if (!name_is_valid(name))
+            continue;
+        if (n == cap) {
+            size_t ncap = cap == 0 ? 16 : cap * 2;
+            char **grown = realloc(names, ncap * sizeof(*names));
+            if (grown == NULL) {
+                rc = PROVHSM_E_NOMEM;
+                break;
+            }
+            names = grown;
+            cap = ncap;
+        }
+        names[n] = strdup(name);
+        if (names[n] == NULL) {
+            rc = PROVHSM_E_NOMEM;
+            break;
+        }
+        n++;
+    }
+    closedir(d);
+    if (rc != PROVHSM_OK) {
+        PH_ERR(MOD, "out of memory listing %s", dir_path);
+        for (size_t i = 0; i < n; i++)
+            free(names[i]);
+        free(names);
+        return rc;
+    }
+    *names_out = names;
+    *n_out = n;
+    return PROVHSM_OK;
+}
+
+static void free_names(char **names, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(names[i]);
+    free(names);
+}
+
+/* The key file's directory (opened) and the key file's name in it. */
+static provhsm_err key_file_dir(const provhsm_config *cfg, int *fd_out, char *base, size_t baselen)
+{
+    char *path = path_alloc(PROVHSM_PATH_MAX);
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    provhsm_err rc = key_file_path(cfg, path, PROVHSM_PATH_MAX);
+    if (rc == PROVHSM_OK)
+        rc = open_key_dir(path, base, baselen, fd_out);
+    free(path);
+    return rc;
+}
+
+static provhsm_err rename_in(int dirfd, const char *dir, const char *from, const char *to)
+{
+    if (renameat(dirfd, from, dirfd, to) != 0) {
+        PH_ERR(MOD, "cannot rename %s/%s to %s: %s", dir, from, to, strerror(errno));
+        return PROVHSM_E_IO;
+    }
+    return PROVHSM_OK;
+}
+
+/* Undoes a rekey that did not reach its switch: the staged files go, store.meta.new last. */
+static provhsm_err rekey_roll_back(const provhsm_config *cfg, int dirfd, const char *dir)
+{
+    char **names = NULL, fname[FILE_NAME_BUF], base[FILE_NAME_BUF + 8];
+    size_t n = 0;
+    int keydirfd = -1;
+    provhsm_err rc = list_suffixed(dirfd, dir, ENTRY_NEW_SUFFIX, &names, &n);
+    if (rc != PROVHSM_OK)
+        return rc;
+    for (size_t i = 0; i < n; i++) {
+        snprintf(fname, sizeof(fname), "%s%s", names[i], ENTRY_NEW_SUFFIX);
+        unlinkat(dirfd, fname, 0);
+    }
+    free_names(names, n);
+    unlinkat(dirfd, CHECK_NEW, 0);
+    unlinkat(dirfd, SEALED_NEW, 0);
+    if (key_file_dir(cfg, &keydirfd, base, FILE_NAME_BUF) == PROVHSM_OK) {
+        strcat(base, "." NEW_SUFFIX);
+        unlinkat(keydirfd, base, 0);
+        fsync(keydirfd);
+        close(keydirfd);
+    }
+    rc = fsync_dir(dirfd, dir);
+    if (rc == PROVHSM_OK && unlinkat(dirfd, META_NEW, 0) != 0 && errno != ENOENT) {
+        PH_ERR(MOD, "cannot remove %s/%s: %s", dir, META_NEW, strerror(errno));
+        rc = PROVHSM_E_IO;
+    }
+    if (rc == PROVHSM_OK)
+        rc = fsync_dir(dirfd, dir);
+    if (rc == PROVHSM_OK)
+        PH_INFO(MOD, "store %s: an unfinished rekey was undone; the store keeps its old key", dir);
+    return rc;
+}
+
+/* Completes a rekey past its switch (store.meta holds the new mode): idempotent. */
+static provhsm_err rekey_roll_forward(const provhsm_config *cfg, int dirfd, const char *dir,
+                                      unsigned new_mode)
+{
+    char **names = NULL, from[FILE_NAME_BUF], to[FILE_NAME_BUF], base[FILE_NAME_BUF + 8];
+    size_t n = 0;
+    int keydirfd = -1;
+    provhsm_err rc = list_suffixed(dirfd, dir, ENTRY_NEW_SUFFIX, &names, &n);
+    if (rc != PROVHSM_OK)
+        return rc;
+    for (size_t i = 0; i < n && rc == PROVHSM_OK; i++) {
+        snprintf(from, sizeof(from), "%s%s", names[i], ENTRY_NEW_SUFFIX);
+        entry_file_name(names[i], to, sizeof(to));
+        rc = rename_in(dirfd, dir, from, to);
+        if (rc == PROVHSM_OK && REKEY_CRASH_DUE())
+            rc = PROVHSM_E_IO;
+    }
+    free_names(names, n);
+    if (rc != PROVHSM_OK)
+        return rc;
+    /* the new key holder into place, the old one away (a key left on disk is a secret) */
+    if (exists_at(dirfd, SEALED_NEW))
+        rc = rename_in(dirfd, dir, SEALED_NEW, SEALED_NAME);
+    else if (new_mode != KEY_MODE_TPM)
+        unlinkat(dirfd, SEALED_NAME, 0);
+    if (rc == PROVHSM_OK && key_file_dir(cfg, &keydirfd, base, FILE_NAME_BUF) == PROVHSM_OK) {
+        char staged[FILE_NAME_BUF + 16];
+        snprintf(staged, sizeof(staged), "%s.%s", base, NEW_SUFFIX);
+        if (exists_at(keydirfd, staged))
+            rc = rename_in(keydirfd, "key file directory", staged, base);
+        else if (new_mode != KEY_MODE_FILE)
+            unlinkat(keydirfd, base, 0);
+        if (fsync(keydirfd) != 0 && rc == PROVHSM_OK)
+            rc = PROVHSM_E_IO;
+        close(keydirfd);
+    }
+    if (rc == PROVHSM_OK)
+        rc = fsync_dir(dirfd, dir);
+    if (rc == PROVHSM_OK && REKEY_CRASH_DUE())
+        rc = PROVHSM_E_IO;
+    /* last: while store.check.new exists, opening does all of this again */
+    if (rc == PROVHSM_OK)
+        rc = rename_in(dirfd, dir, CHECK_NEW, CHECK_NAME);
+    if (rc == PROVHSM_OK)
+        rc = fsync_dir(dirfd, dir);
+    return rc;
+}
+
+/* With the store lock held: finishes or undoes an interrupted rekey, if there is one. */
+static provhsm_err rekey_recover_locked(const provhsm_config *cfg, int dirfd, const char *dir)
+{
+    if (exists_at(dirfd, META_NEW))
+        return rekey_roll_back(cfg, dirfd, dir);
+    if (!exists_at(dirfd, CHECK_NEW))
+        return PROVHSM_OK;
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    store_meta meta;
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, path_size, "%s/%s", dir, META_NAME);
+    provhsm_err rc = read_file_at(dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    if (rc == PROVHSM_OK)
+        rc = parse_meta(raw, raw_len, path, &meta);
+    if (rc == PROVHSM_OK)
+        rc = rekey_roll_forward(cfg, dirfd, dir, meta.key_mode);
+    if (rc == PROVHSM_OK)
+        PH_INFO(MOD, "store %s: an interrupted rekey was completed", dir);
+    free(raw);
+    free(path);
+    return rc;
+}
+
+/*
+ * Called by open: a rekey left unfinished (by a crash, or still running in another
+ * process, whose lock this waits for) is finished or undone before anything is read.
+ */
+static provhsm_err rekey_recover(const provhsm_config *cfg, int dirfd, const char *dir)
+{
+    if (!exists_at(dirfd, META_NEW) && !exists_at(dirfd, CHECK_NEW))
+        return PROVHSM_OK;
+    if (lock_dir(dirfd, 0) != 0) {
+        PH_ERR(MOD, "cannot lock store directory %s: %s", dir, strerror(errno));
+        return PROVHSM_E_IO;
+    }
+    provhsm_err rc = rekey_recover_locked(cfg, dirfd, dir);
+    flock(dirfd, LOCK_UN);
+    return rc;
+}
+
+/* Fills meta_new and key_new for `mode` (a passphrase's key is derived: fresh salt). */
+static provhsm_err rekey_new_key(const provhsm_config *cfg, unsigned mode, uint8_t *meta_new,
+                                 uint8_t *key_new)
+{
+    memset(meta_new, 0, META_LEN);
+    memcpy(meta_new, META_MAGIC, 8);
+    put_be16(meta_new + 8, FORMAT_VERSION);
+    meta_new[META_OFF_MODE] = (uint8_t)mode;
+    if (mode == KEY_MODE_PASSPHRASE) {
+        uint8_t *pass = NULL;
+        size_t pass_len = 0;
+        provhsm_err rc = get_passphrase(cfg, &pass, &pass_len);
+        if (rc == PROVHSM_E_NOT_FOUND) {
+            PH_ERR(MOD, "rekey to a passphrase: set the environment variable %s or passphrase_file",
+                   cfg->passphrase_env[0] != '\0' ? cfg->passphrase_env : "(passphrase_env)");
+            rc = PROVHSM_E_CONFIG;
+        }
+        if (rc == PROVHSM_OK)
+            rc = make_passphrase_key(cfg, pass, pass_len, meta_new, key_new);
+        provhsm_secure_free(pass);
+        return rc;
+    }
+    if (RAND_priv_bytes(key_new, STORE_KEY_LEN) != 1) {
+        provhsm_log_openssl(MOD, "RAND_priv_bytes (store key)");
+        return PROVHSM_E_CRYPTO;
+    }
+    return PROVHSM_OK;
+}
+
+/* Stages what holds key_new: store.sealed.new, <key file>.new, or nothing (passphrase). */
+static provhsm_err rekey_stage_holder(const provhsm_config *cfg, const provhsm_store *st,
+                                      unsigned mode, const uint8_t *key_new)
+{
+    provhsm_err rc;
+    if (mode == KEY_MODE_PASSPHRASE)
+        return PROVHSM_OK;
+    if (mode == KEY_MODE_TPM) {
+#ifdef PROVHSM_WITH_TPM
+        uint8_t *sealed = NULL;
+        size_t sealed_len = 0;
+        rc = seal_store_key(cfg, key_new, 0, &sealed, &sealed_len);
+        if (rc == PROVHSM_OK)
+            rc = write_atomic(st->dirfd, st->dir, SEALED_NEW, sealed, sealed_len, WRITE_REPLACE, 0);
+        free(sealed);
+        return rc;
+#else
+        PH_ERR(MOD, "this build has no TPM support to seal the store key to");
+        return PROVHSM_E_UNSUPPORTED;
+#endif
+    }
+    char base[FILE_NAME_BUF + 8];
+    int keydirfd = -1;
+    uint8_t *keyfile = provhsm_secure_alloc(KEYFILE_LEN);
+    if (keyfile == NULL)
+        return PROVHSM_E_NOMEM;
+    rc = key_file_dir(cfg, &keydirfd, base, FILE_NAME_BUF);
+    if (rc == PROVHSM_E_NOT_FOUND)
+        PH_ERR(MOD, "the key file's directory does not exist: create it first");
+    if (rc == PROVHSM_OK) {
+        memcpy(keyfile, KEYFILE_MAGIC, 8);
+        put_be16(keyfile + 8, FORMAT_VERSION);
+        put_be16(keyfile + 10, 0);
+        memcpy(keyfile + KEYFILE_OFF_KEY, key_new, STORE_KEY_LEN);
+        strcat(base, "." NEW_SUFFIX);
+        rc = write_atomic(keydirfd, "key file directory", base, keyfile, KEYFILE_LEN, WRITE_REPLACE,
+                          0);
+        close(keydirfd);
+    }
+    provhsm_secure_free(keyfile);
+    return rc;
+}
+
+/* Re-encrypts one entry under key_new as <name>.entry.new. */
+static provhsm_err rekey_entry(provhsm_store *st, const char *name, const uint8_t *key_new)
+{
+    char fname[FILE_NAME_BUF];
+    uint8_t *data = NULL, *file = NULL;
+    size_t len = 0, file_len = 0;
+    provhsm_err rc = provhsm_store_get(st, name, &data, &len);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_seal(key_new, name, NULL, 0, data, len, &file, &file_len);
+    provhsm_secure_free(data);
+    snprintf(fname, sizeof(fname), "%s%s", name, ENTRY_NEW_SUFFIX);
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(st->dirfd, st->dir, fname, file, file_len, WRITE_REPLACE, 0);
+    free(file);
+    return rc;
+}
+
+provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
+{
+    provhsm_store *st = NULL;
+    provhsm_err rc;
+    uint8_t meta_new[META_LEN];
+    uint8_t *key_new = NULL, *check = NULL;
+    size_t check_len = 0, n = 0;
+    char **names = NULL;
+    unsigned mode;
+    int switched = 0, crashed = 0;
+
+    if (cfg == NULL || to == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (strcmp(to, "tpm") == 0)
+        mode = KEY_MODE_TPM;
+    else if (strcmp(to, "key-file") == 0)
+        mode = KEY_MODE_FILE;
+    else if (strcmp(to, "passphrase") == 0)
+        mode = KEY_MODE_PASSPHRASE;
+    else {
+        PH_ERR(MOD, "unknown store key mode \"%.32s\" (tpm, key-file or passphrase)", to);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    rc = provhsm_store_open(cfg, &st);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_lock(st);
+    /* a rekey that ended while this one waited for the lock */
+    if (rc == PROVHSM_OK)
+        rc = rekey_recover_locked(cfg, st->dirfd, st->dir);
+    if (rc != PROVHSM_OK) {
+        provhsm_store_close(st);
+        return rc;
+    }
+    key_new = provhsm_secure_alloc(STORE_KEY_LEN);
+    rc = key_new == NULL ? PROVHSM_E_NOMEM : rekey_new_key(cfg, mode, meta_new, key_new);
+    /* first: while store.meta.new exists, opening undoes everything staged */
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(st->dirfd, st->dir, META_NEW, meta_new, META_LEN, WRITE_REPLACE, 0);
+    if (rc == PROVHSM_OK)
+        rc = rekey_stage_holder(cfg, st, mode, key_new);
+    if (rc == PROVHSM_OK)
+        rc = list_suffixed(st->dirfd, st->dir, ENTRY_SUFFIX, &names, &n);
+    for (size_t i = 0; i < n && rc == PROVHSM_OK; i++) {
+        rc = rekey_entry(st, names[i], key_new);
+        if (rc == PROVHSM_OK && REKEY_CRASH_DUE()) {
+            rc = PROVHSM_E_IO;
+            crashed = 1;
+        }
+    }
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_seal(key_new, CHECK_NAME, meta_new, META_LEN,
+                                (const uint8_t *)CHECK_PLAIN, strlen(CHECK_PLAIN), &check,
+                                &check_len);
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(st->dirfd, st->dir, CHECK_NEW, check, check_len, WRITE_REPLACE, 0);
+    if (rc == PROVHSM_OK && REKEY_CRASH_DUE()) {
+        rc = PROVHSM_E_IO;
+        crashed = 1;
+    }
+    /* the commit point */
+    if (rc == PROVHSM_OK)
+        rc = rename_in(st->dirfd, st->dir, META_NEW, META_NAME);
+    if (rc == PROVHSM_OK) {
+        switched = 1;
+        rc = fsync_dir(st->dirfd, st->dir);
+    }
+    if (rc == PROVHSM_OK && REKEY_CRASH_DUE()) {
+        rc = PROVHSM_E_IO;
+        crashed = 1;
+    }
+    if (rc == PROVHSM_OK)
+        rc = rekey_roll_forward(cfg, st->dirfd, st->dir, mode);
+    if (rc == PROVHSM_OK)
+        PH_INFO(MOD, "store %s: %zu entries re-encrypted under a new key (%s)", st->dir, n, to);
+    else if (!switched && !crashed)
+        (void)rekey_roll_back(cfg, st->dirfd, st->dir);
+    else if (switched)
+        PH_ERR(MOD, "store %s: the rekey stopped after its switch; opening the store completes it",
+               st->dir);
+    free_names(names, n);
+    free(check);
+    provhsm_secure_free(key_new);
+    provhsm_store_close(st);
+    return rc;
+}
+
+provhsm_err provhsm_store_rekey(const char *to)
+{
+    provhsm_config *cfg = NULL;
+    provhsm_err rc = with_config(&cfg);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_rekey_with(cfg, to);
     free(cfg);
     return rc;
 }

@@ -108,6 +108,9 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal_with(const provhsm_config *c
 PROVHSM_MUST_CHECK provhsm_err provhsm_store_parse_sealed(const uint8_t *buf, size_t len,
                                                           const char *path);
 
+/* provhsm_store_rekey() with a given configuration ("tpm", "key-file", "passphrase"). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to);
+
 #ifdef PROVHSM_TEST_HOOKS
 /* Test hook (test build only): when set, provhsm_store_put stops after writing the temp file and
  * before the rename, returning PROVHSM_E_IO, as a crash there would. */
@@ -115,6 +118,10 @@ extern int provhsm_store_test_fail_before_rename;
 /* Test hook (test build only): called by provhsm_store_remove just before it removes the
  * entry, so that a test can make another process act in the middle of a write sequence. */
 extern void (*provhsm_store_test_before_remove)(const char *name);
+/* Test hook (test build only): the rekey stops as a crash would at its nth step (1 = the
+ * first): each entry staged, store.check.new staged, store.meta.new staged, the switch,
+ * each entry renamed into place, the key holders swapped. 0 disarms. */
+extern int provhsm_store_test_rekey_fail_at;
 #endif
 
 #endif

@@ -48,6 +48,7 @@ int provhsm_cli_cmd_info(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_export_cert(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_identity_remove(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_store_reseal(const provhsm_cli_cmd *cmd, int argc, char **argv);
+int provhsm_cli_cmd_store_rekey(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_symmetric_set(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_symmetric_derive(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_sas_token(const provhsm_cli_cmd *cmd, int argc, char **argv);

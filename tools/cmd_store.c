@@ -430,3 +430,34 @@ int provhsm_cli_cmd_store_reseal(const provhsm_cli_cmd *cmd, int argc, char **ar
     provhsm_cli_buf_free(&out);
     return rc;
 }
+
+/* ---- store rekey ---------------------------------------------------------------- */
+
+int provhsm_cli_cmd_store_rekey(const provhsm_cli_cmd *cmd, int argc, char **argv)
+{
+    provhsm_cli_opt opts[] = {{"to", 1, 0, NULL, 0}};
+    provhsm_cli_buf out = {0};
+    char *mode = NULL;
+    provhsm_err err;
+    int rc;
+
+    if (provhsm_cli_parse(cmd, argc, argv, opts, 1, NULL, 0, NULL, &rc))
+        return rc;
+    if (!opts[0].seen)
+        return provhsm_cli_usage_error(cmd,
+                                       "say which key to move to: --to tpm|key-file|passphrase");
+    if (strcmp(opts[0].value, "tpm") != 0 && strcmp(opts[0].value, "key-file") != 0 &&
+        strcmp(opts[0].value, "passphrase") != 0)
+        return provhsm_cli_usage_error(cmd, "unknown key mode '%s' (tpm, key-file or passphrase)",
+                                       opts[0].value);
+    err = provhsm_store_rekey(opts[0].value);
+    if (err != PROVHSM_OK)
+        return provhsm_cli_fail(err, "cannot rekey the store");
+    if (provhsm_store_key_mode(&mode) != PROVHSM_OK)
+        mode = NULL;
+    provhsm_cli_buf_printf(&out, "store rekeyed: %s\n", mode != NULL ? mode : opts[0].value);
+    free(mode);
+    rc = provhsm_cli_buf_flush(&out);
+    provhsm_cli_buf_free(&out);
+    return rc;
+}

@@ -192,6 +192,19 @@ static const char usage_store_reseal[] =
     "  --unbound  seal to no PCR (for the time of an update)\n"
     "  --help     print this help\n";
 
+static const char usage_store_rekey[] =
+    "Usage: provhsm store rekey --to tpm|key-file|passphrase\n"
+    "\n"
+    "Re-encrypts every entry under a new store key held as named: sealed to the TPM of\n"
+    "[tpm], in a new key file, or derived from the configured passphrase. The store must\n"
+    "open with its current key. New files are written beside the old ones and take over\n"
+    "in one atomic switch of the store's header: a crash at any point leaves a store that\n"
+    "opens (with the old key before the switch, the new one after it).\n"
+    "\n"
+    "Options:\n"
+    "  --to MODE  tpm, key-file or passphrase\n"
+    "  --help     print this help\n";
+
 static const provhsm_cli_cmd commands[] = {
     {NULL, "init", "create the key store", usage_init, provhsm_cli_cmd_init},
     {NULL, "info", "show backends and identities (never a secret)", usage_info,
@@ -218,6 +231,8 @@ static const provhsm_cli_cmd commands[] = {
      provhsm_cli_cmd_identity_remove},
     {"store", "reseal", "seal a TPM-sealed store key again (PCR changes)", usage_store_reseal,
      provhsm_cli_cmd_store_reseal},
+    {"store", "rekey", "re-encrypt every entry under a new store key", usage_store_rekey,
+     provhsm_cli_cmd_store_rekey},
 };
 
 #define NCOMMANDS (sizeof(commands) / sizeof(commands[0]))

@@ -36,6 +36,16 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_key_mode(char **mode_out);
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal(int unbound);
 
+/*
+ * Re-encrypts every entry under a new store key held as `to` says: "tpm" (sealed, as
+ * provhsm_store_init_sealed), "key-file" (a new random key file) or "passphrase" (the
+ * configured passphrase, new salt). The store must open with its current key. New files
+ * are written beside the old ones and take over in one atomic switch of the store's
+ * header; a crash at any point leaves a store that opens, with the old key before the
+ * switch and the new one after it (opening finishes or undoes what was left).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_rekey(const char *to);
+
 #ifdef __cplusplus
 }
 #endif

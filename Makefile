@@ -3,6 +3,7 @@
 #   make deps    install (as root) or list the Debian packages needed
 #   make build   configure and build build/ (RelWithDebInfo)
 #   make test    plain + ASan/UBSan + fuzz builds and their tests (scripts/test.sh)
+#   make test-cross  arm64 and armhf builds tested under qemu-user (scripts/test-cross.sh)
 #   make demo    a software store in .demo/, the CLI, and the SDK walkthrough
 #   make deb     Debian packages libprovhsm-dev and provhsm for amd64 and arm64 in
 #                build-deb-out/, lintian, and their install test in a clean root (scripts/deb.sh)
@@ -13,7 +14,7 @@ SHELL := /bin/bash
 JOBS ?= 2
 export JOBS
 
-.PHONY: all deps build test demo deb size clean
+.PHONY: all deps build test test-cross demo deb size clean
 
 all: build
 
@@ -26,6 +27,9 @@ build:
 
 test:
 	@bash scripts/test.sh
+
+test-cross:
+	@bash scripts/test-cross.sh
 
 demo: deps build
 	@bash scripts/demo.sh

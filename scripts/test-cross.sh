@@ -78,7 +78,10 @@ installed() {
 }
 
 foreign_arch_enabled() {
-    dpkg --print-foreign-architectures | grep -qx "$1"
+    # read whole first: grep -q closing the pipe early would fail dpkg (pipefail)
+    local archs
+    archs=$(dpkg --print-foreign-architectures)
+    [[ $'\n'$archs$'\n' == *$'\n'$1$'\n'* ]]
 }
 
 binfmt_registered() { # QEMU-NAME
@@ -115,14 +118,22 @@ print_missing_commands() {
         echo "  [ -e /proc/sys/fs/binfmt_misc/register ] || mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc" >&2
     fi
     for q in "${missing_binfmt[@]}"; do
-        echo "  cat /usr/lib/binfmt.d/qemu-$q.conf > /proc/sys/fs/binfmt_misc/register" >&2
+        if [[ -e /proc/sys/fs/binfmt_misc/qemu-$q ]]; then
+            echo "  echo 1 > /proc/sys/fs/binfmt_misc/qemu-$q" >&2
+        else
+            echo "  cat /usr/lib/binfmt.d/qemu-$q.conf > /proc/sys/fs/binfmt_misc/register" >&2
+        fi
     done
 }
 
 register_binfmt() { # QEMU-NAME
-    local conf=/usr/lib/binfmt.d/qemu-$1.conf
+    local conf=/usr/lib/binfmt.d/qemu-$1.conf entry=/proc/sys/fs/binfmt_misc/qemu-$1
     if [[ ! -e /proc/sys/fs/binfmt_misc/register ]]; then
         mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc || return 1
+    fi
+    if [[ -e $entry ]]; then # registered but disabled
+        echo 1 >"$entry"
+        return
     fi
     [[ -r $conf ]] || {
         echo "test-cross: $conf is missing (qemu-user-static installs it)" >&2

@@ -208,6 +208,12 @@ static provhsm_err use_auth(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hiera
     return err;
 }
 
+provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *cfg, provhsm_tpm *tpm)
+{
+    tpm_state st = {.cfg = (provhsm_config *)cfg, .lock = NULL, .link = NULL};
+    return use_auth(&st, tpm, ESYS_TR_RH_OWNER);
+}
+
 /* Overwrites both hierarchies' authorisations inside ESAPI (cannot fail for them). */
 static void drop_auth(provhsm_tpm *tpm)
 {

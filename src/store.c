@@ -53,10 +53,11 @@
  *      12   4  the parent's persistent handle (the SRK when it was sealed)
  *      16   4  the sealed object's persistent handle; 0: the object follows here
  *      20   *  TPML_PCR_SELECTION (tss2-mu; count 0: no PCR policy, else one bank)
- *       *   *  TPM2B_PUBLIC then TPM2B_PRIVATE (tss2-mu), when the handle is 0: a
+ *       *   *  TPM2B_PUBLIC then, when the handle is 0, TPM2B_PRIVATE (tss2-mu): a
  *              keyedhash sealed data object (fixedTPM, fixedParent, noDA, no sign or
  *              decrypt; userWithAuth with the empty value, or PolicyPCR as authPolicy)
- *              holding the 32-byte store key; nothing after it
+ *              holding the 32-byte store key. At a handle, the public area gives the
+ *              object's Name without a ReadPublic. Nothing after it.
  *
  *   entry file, 44 + n bytes (n <= 1 MiB):
  *       0   8  magic "PHSMENTR"
@@ -102,6 +103,7 @@
 #include "store.h"
 #ifdef PROVHSM_WITH_TPM
 #include <pthread.h>
+#include <tss2/tss2_mu.h>
 #include "tpm_esys.h"
 #endif
 
@@ -734,14 +736,15 @@ static provhsm_err parse_sealed(const uint8_t *buf, size_t len, const char *path
                (unsigned long)out->pcrs.count);
         rc = PROVHSM_E_CORRUPT;
     }
-    if (rc == PROVHSM_OK && out->handle == 0)
-        rc = provhsm_tpm_unmarshal_sealed_object(buf, len, &off, path, &out->pub, &out->priv);
+    /* the object in full, or at a handle only its public area (it names the object) */
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_unmarshal_sealed_object(buf, len, &off, path, &out->pub,
+                                                 out->handle == 0 ? &out->priv : NULL);
     if (rc == PROVHSM_OK && off != len) {
         PH_ERR(MOD, "%s: %zu bytes after the sealed key", path, len - off);
         rc = PROVHSM_E_CORRUPT;
     }
-    if (rc == PROVHSM_OK && out->handle == 0 &&
-        (out->pcrs.count > 0) != (out->pub.publicArea.authPolicy.size > 0)) {
+    if (rc == PROVHSM_OK && (out->pcrs.count > 0) != (out->pub.publicArea.authPolicy.size > 0)) {
         PH_ERR(MOD, "%s: the PCR selection and the sealed object's policy disagree", path);
         rc = PROVHSM_E_CORRUPT;
     }
@@ -887,6 +890,139 @@ out:
     return rc;
 }
 
+/* The handle form of store.sealed: header and PCR selection, the object in the TPM. */
+static provhsm_err handle_form(uint32_t parent, uint32_t handle, const TPML_PCR_SELECTION *pcrs,
+                               const TPM2B_PUBLIC *pub, uint8_t **file_out, size_t *len_out)
+{
+    size_t off = SEALED_OFF_PCRS;
+    uint8_t *buf = malloc(SEALED_MAX);
+    if (buf == NULL)
+        return PROVHSM_E_NOMEM;
+    memset(buf, 0, SEALED_OFF_PCRS);
+    memcpy(buf, SEALED_MAGIC, 8);
+    put_be16(buf + 8, FORMAT_VERSION);
+    put_be32(buf + SEALED_OFF_PARENT, parent);
+    put_be32(buf + SEALED_OFF_HANDLE, handle);
+    provhsm_err rc = provhsm_tpm_marshal_pcrs(pcrs, buf, SEALED_MAX, &off);
+    if (rc == PROVHSM_OK && Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, SEALED_MAX, &off) != 0)
+        rc = PROVHSM_E_INVALID_ARG;
+    if (rc != PROVHSM_OK) {
+        free(buf);
+        return rc;
+    }
+    *file_out = buf;
+    *len_out = off;
+    return PROVHSM_OK;
+}
+
+/*
+ * Makes the sealed object of a blob-form store.sealed persistent at `handle`, after
+ * evicting `old_handle` (0: none; the store's previous sealed key, already replaced on
+ * disk by the blob form), under the owner authorisation: Load, [EvictControl,]
+ * EvictControl, FlushContext, plus one GetCapability. A handle in use by anything else is
+ * refused (PROVHSM_E_EXISTS). *file_out is the handle form of store.sealed.
+ */
+static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blob, size_t blob_len,
+                                   uint32_t old_handle, uint32_t handle, uint8_t **file_out,
+                                   size_t *len_out)
+{
+    sealed_file *sf = malloc(sizeof(*sf));
+    provhsm_tpm *tpm = NULL;
+    ESYS_TR srk = ESYS_TR_NONE, loaded = ESYS_TR_NONE, old = ESYS_TR_NONE,
+            persistent = ESYS_TR_NONE;
+    pthread_mutex_t *lock = provhsm_tpm_lock_for(cfg->tcti);
+    int present = 0;
+    provhsm_err rc = sf == NULL || lock == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
+
+    if (rc == PROVHSM_OK)
+        rc = parse_sealed(blob, blob_len, "the new sealed store key", sf);
+    if (rc != PROVHSM_OK) {
+        free(sf);
+        return rc;
+    }
+    pthread_mutex_lock(lock);
+    rc = tpm_and_srk(cfg, sf->parent, &tpm, &srk);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_use_owner_auth(cfg, tpm);
+    if (rc == PROVHSM_OK && old_handle != 0 &&
+        provhsm_tpm_find_persistent(tpm, old_handle, &old) == PROVHSM_OK)
+        rc = provhsm_tpm_evict(tpm, &old);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_persistent_present(tpm, &handle, 1, &present);
+    if (rc == PROVHSM_OK && present) {
+        PH_ERR(MOD,
+               "persistent handle 0x%08lx ([store] sealed_key_handle) holds another object: "
+               "choose a free handle, or evict that object if it is not needed",
+               (unsigned long)handle);
+        rc = PROVHSM_E_EXISTS;
+    }
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_load_sealed(tpm, srk, &sf->priv, &sf->pub, &loaded);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_persist(tpm, loaded, handle, &persistent);
+    if (rc != PROVHSM_OK && provhsm_tpm_last_failure_auth(tpm))
+        PH_ERR(MOD, "the TPM refused the owner authorisation: [tpm] owner_auth_file or "
+                    "owner_auth_env is missing or wrong. Nothing was changed in the TPM.");
+    provhsm_tpm_flush(tpm, &loaded);
+    provhsm_tpm_forget(tpm, &persistent);
+    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
+        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
+    pthread_mutex_unlock(lock);
+    provhsm_tpm_disconnect(tpm);
+    if (rc == PROVHSM_OK)
+        rc = handle_form(sf->parent, handle, &sf->pcrs, &sf->pub, file_out, len_out);
+    free(sf);
+    return rc;
+}
+
+/* Evicts the store's former sealed key at `handle` (owner authorisation); logs a failure. */
+static void evict_sealed_handle(const provhsm_config *cfg, uint32_t handle)
+{
+    provhsm_tpm *tpm = NULL;
+    ESYS_TR tr = ESYS_TR_NONE;
+    pthread_mutex_t *lock = provhsm_tpm_lock_for(cfg->tcti);
+    if (lock == NULL)
+        return;
+    pthread_mutex_lock(lock);
+    provhsm_err rc = provhsm_tpm_connect(cfg->tcti, &tpm);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_use_owner_auth(cfg, tpm);
+    if (rc == PROVHSM_OK && provhsm_tpm_find_persistent(tpm, handle, &tr) == PROVHSM_OK)
+        rc = provhsm_tpm_evict(tpm, &tr);
+    if (rc != PROVHSM_OK)
+        PH_WARN(MOD,
+                "the former sealed store key at 0x%08lx could not be evicted; it is no "
+                "longer used (tpm2_evictcontrol removes it)",
+                (unsigned long)handle);
+    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
+        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
+    pthread_mutex_unlock(lock);
+    provhsm_tpm_disconnect(tpm);
+}
+
+/* The persistent handle the store's current store.sealed names (0: a blob). */
+static provhsm_err current_sealed_handle(const provhsm_store *st, uint32_t *handle_out)
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    sealed_file *sf = malloc(sizeof(*sf));
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    provhsm_err rc = path == NULL || sf == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
+    if (rc == PROVHSM_OK) {
+        snprintf(path, path_size, "%s/%s", st->dir, SEALED_NAME);
+        rc = read_file_at(st->dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
+    }
+    if (rc == PROVHSM_OK)
+        rc = parse_sealed(raw, raw_len, path, sf);
+    if (rc == PROVHSM_OK)
+        *handle_out = sf->handle;
+    free(raw);
+    free(sf);
+    free(path);
+    return rc;
+}
+
 /* Says why a sealed store key does not open, with the way out. */
 static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file *sf, int at_load)
 {
@@ -957,7 +1093,9 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
         if (rc == PROVHSM_E_WRONG_KEY)
             explain_unseal_failure(cfg, sf, 1);
     } else if (rc == PROVHSM_OK) {
-        rc = provhsm_tpm_persistent_handle(tpm, sf->handle, &item);
+        /* no lookup: the handle is addressed directly, and a missing object makes the
+           Unseal fail (explained below) */
+        rc = provhsm_tpm_persistent_object(tpm, sf->handle, &sf->pub, &item);
     }
     if (rc == PROVHSM_OK && sf->pcrs.count > 0)
         rc = provhsm_tpm_pcr_policy_session(tpm, &sf->pcrs, 0, &session);
@@ -965,6 +1103,12 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
         rc = provhsm_tpm_unseal(tpm, item, &session, &key, &key_len);
         if (rc == PROVHSM_E_WRONG_KEY)
             explain_unseal_failure(cfg, sf, 0);
+        if (rc == PROVHSM_E_TPM && sf->handle != 0)
+            PH_ERR(MOD,
+                   "store %s: its key is sealed at persistent handle 0x%08lx, which this TPM "
+                   "does not hold as sealed (sealed to another TPM, a cleared TPM, or an "
+                   "evicted handle). Nothing was changed.",
+                   cfg->store_dir, (unsigned long)sf->handle);
     }
     provhsm_tpm_flush(tpm, &session);
     if (sf->handle == 0)
@@ -1455,17 +1599,21 @@ static provhsm_err make_sealed_key(const provhsm_config *cfg, int dirfd, uint8_t
 #ifdef PROVHSM_WITH_TPM
     uint8_t *sealed = NULL;
     size_t sealed_len = 0;
-    if (cfg->sealed_key_handle != 0) {
-        PH_ERR(MOD, "[store] sealed_key_handle is not supported yet: remove it to keep the "
-                    "sealed store key in the store directory");
-        return PROVHSM_E_UNSUPPORTED;
-    }
     meta[META_OFF_MODE] = KEY_MODE_TPM;
     if (RAND_priv_bytes(key, STORE_KEY_LEN) != 1) {
         provhsm_log_openssl(MOD, "RAND_priv_bytes (store key)");
         return PROVHSM_E_CRYPTO;
     }
     provhsm_err rc = seal_store_key(cfg, key, 0, &sealed, &sealed_len);
+    if (rc == PROVHSM_OK && cfg->sealed_key_handle != 0) {
+        uint8_t *at_handle = NULL;
+        size_t at_len = 0;
+        rc = place_at_handle(cfg, sealed, sealed_len, 0, cfg->sealed_key_handle, &at_handle,
+                             &at_len);
+        free(sealed);
+        sealed = at_handle;
+        sealed_len = at_len;
+    }
     /* one left by an interrupted create (no header yet) is replaced */
     if (rc == PROVHSM_OK)
         rc = write_atomic(dirfd, cfg->store_dir, SEALED_NAME, sealed, sealed_len, WRITE_REPLACE, 0);
@@ -1897,6 +2045,7 @@ provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
     provhsm_store *st = NULL;
     uint8_t *sealed = NULL;
     size_t sealed_len = 0;
+    uint32_t old_handle = 0;
     char mode[160];
 
     if (cfg == NULL)
@@ -1913,10 +2062,30 @@ provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
     if (rc == PROVHSM_OK)
         rc = provhsm_store_lock(st);
     if (rc == PROVHSM_OK)
+        rc = current_sealed_handle(st, &old_handle);
+    if (rc == PROVHSM_OK)
         rc = seal_store_key(cfg, st->key, unbound, &sealed, &sealed_len);
-    /* one atomic replace: a crash leaves the old sealed key or the new one, same store key */
+    /*
+     * First the blob form, in one atomic replace: a crash leaves the old sealed key or the
+     * new one, for the same store key. Then, with a handle configured, the new object is
+     * made persistent there (the old one evicted) and the handle form replaces the blob.
+     */
     if (rc == PROVHSM_OK)
         rc = write_atomic(st->dirfd, st->dir, SEALED_NAME, sealed, sealed_len, WRITE_REPLACE, 0);
+    if (rc == PROVHSM_OK && cfg->sealed_key_handle != 0) {
+        uint8_t *at_handle = NULL;
+        size_t at_len = 0;
+        rc = place_at_handle(cfg, sealed, sealed_len, old_handle, cfg->sealed_key_handle,
+                             &at_handle, &at_len);
+        if (rc == PROVHSM_OK)
+            rc = write_atomic(st->dirfd, st->dir, SEALED_NAME, at_handle, at_len, WRITE_REPLACE, 0);
+        if (rc != PROVHSM_OK)
+            PH_ERR(MOD, "store %s: its key stays sealed as a blob in the store directory",
+                   cfg->store_dir);
+        free(at_handle);
+    } else if (rc == PROVHSM_OK && old_handle != 0) {
+        evict_sealed_handle(cfg, old_handle);
+    }
     if (rc == PROVHSM_OK)
         PH_INFO(MOD, "store %s: key sealed again, bound to PCRs %s", cfg->store_dir,
                 unbound || cfg->seal_pcrs[0] == '\0' ? "none" : cfg->seal_pcrs);

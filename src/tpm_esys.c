@@ -27,6 +27,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <openssl/evp.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
@@ -60,6 +61,7 @@ struct provhsm_tpm {
     uint32_t input_buffer; /* TPM2_PT_INPUT_BUFFER, 0 until read */
     int lost;
     int last_failure_transient; /* the last failure logged by fail() was a TPM warning */
+    int last_failure_auth;      /* ... was a refused authorisation (AUTH_FAIL, BAD_AUTH) */
     int startup_tried;
     char tcti[512]; /* for log lines */
 };
@@ -235,7 +237,11 @@ static int rc_is_tpm_warning(TSS2_RC rc)
 static provhsm_err fail(provhsm_tpm *tpm, TSS2_RC rc, const char *what)
 {
     provhsm_err err = map_rc(tpm, rc);
+    TSS2_RC code = tpm_code(rc);
     tpm->last_failure_transient = rc_is_tpm_warning(rc);
+    tpm->last_failure_auth =
+        (code & TPM2_RC_FMT1) != 0 && ((code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_AUTH_FAIL ||
+                                       (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_BAD_AUTH);
     if (err == PROVHSM_E_NO_DEVICE)
         PH_ERR(MOD, "%s: the TPM cannot be reached through \"%s\": %s (0x%08x)", what, tpm->tcti,
                Tss2_RC_Decode(rc), (unsigned)rc);
@@ -390,6 +396,11 @@ uint64_t provhsm_tpm_commands(const provhsm_tpm *tpm)
 uint64_t provhsm_tpm_commands_total(void)
 {
     return (uint64_t)atomic_load(&commands_total);
+}
+
+int provhsm_tpm_last_failure_auth(const provhsm_tpm *tpm)
+{
+    return tpm != NULL && !tpm->lost && tpm->last_failure_auth;
 }
 
 int provhsm_tpm_last_failure_transient(const provhsm_tpm *tpm)
@@ -609,6 +620,35 @@ provhsm_err provhsm_tpm_persistent_handle(provhsm_tpm *tpm, TPM2_HANDLE handle, 
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "ReadPublic");
     if (tr_deserialize(tpm, handle, NULL, NULL, &tr) != TSS2_RC_SUCCESS) {
+        PH_DEBUG(MOD, "Esys_TR_Deserialize refused a handle; using Esys_TR_FromTPMPublic");
+        return read_public_esys(tpm, handle, tr_out, NULL);
+    }
+    *tr_out = tr;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_persistent_object(provhsm_tpm *tpm, TPM2_HANDLE handle,
+                                          const TPM2B_PUBLIC *pub, ESYS_TR *tr_out)
+{
+    uint8_t marshaled[sizeof(TPMT_PUBLIC)];
+    size_t len = 0;
+    unsigned int digest_len = 0;
+    TPM2B_NAME name = {.size = 0};
+    ESYS_TR tr = ESYS_TR_NONE;
+
+    if (tpm == NULL || pub == NULL || tr_out == NULL || pub->publicArea.nameAlg != TPM2_ALG_SHA256)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "ReadPublic");
+    /* Name = nameAlg || SHA-256(TPMT_PUBLIC) */
+    if (Tss2_MU_TPMT_PUBLIC_Marshal(&pub->publicArea, marshaled, sizeof(marshaled), &len) !=
+        TSS2_RC_SUCCESS)
+        return PROVHSM_E_INVALID_ARG;
+    name.name[0] = (uint8_t)(TPM2_ALG_SHA256 >> 8);
+    name.name[1] = (uint8_t)TPM2_ALG_SHA256;
+    if (EVP_Digest(marshaled, len, name.name + 2, &digest_len, EVP_sha256(), NULL) != 1)
+        return PROVHSM_E_CRYPTO;
+    name.size = (UINT16)(2 + digest_len);
+    if (tr_deserialize(tpm, handle, &name, pub, &tr) != TSS2_RC_SUCCESS) {
         PH_DEBUG(MOD, "Esys_TR_Deserialize refused a handle; using Esys_TR_FromTPMPublic");
         return read_public_esys(tpm, handle, tr_out, NULL);
     }
@@ -1358,13 +1398,15 @@ provhsm_err provhsm_tpm_unmarshal_sealed_object(const uint8_t *buf, size_t size,
                                                 const char *what, TPM2B_PUBLIC *pub,
                                                 TPM2B_PRIVATE *priv)
 {
-    if (buf == NULL || offset == NULL || what == NULL || pub == NULL || priv == NULL)
+    if (buf == NULL || offset == NULL || what == NULL || pub == NULL)
         return PROVHSM_E_INVALID_ARG;
     size_t off = *offset;
     memset(pub, 0, sizeof(*pub));
-    memset(priv, 0, sizeof(*priv));
+    if (priv != NULL)
+        memset(priv, 0, sizeof(*priv));
     if (Tss2_MU_TPM2B_PUBLIC_Unmarshal(buf, size, &off, pub) != TSS2_RC_SUCCESS ||
-        Tss2_MU_TPM2B_PRIVATE_Unmarshal(buf, size, &off, priv) != TSS2_RC_SUCCESS) {
+        (priv != NULL &&
+         Tss2_MU_TPM2B_PRIVATE_Unmarshal(buf, size, &off, priv) != TSS2_RC_SUCCESS)) {
         PH_ERR(MOD, "%s: the sealed object is truncated or malformed", what);
         return PROVHSM_E_CORRUPT;
     }
@@ -1374,7 +1416,8 @@ provhsm_err provhsm_tpm_unmarshal_sealed_object(const uint8_t *buf, size_t size,
     int user_with_auth = (p->objectAttributes & TPMA_OBJECT_USERWITHAUTH) != 0;
     if (p->type != TPM2_ALG_KEYEDHASH || p->nameAlg != TPM2_ALG_SHA256 ||
         attrs != SEALED_ATTRIBUTES || has_policy == user_with_auth ||
-        p->parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_NULL || priv->size == 0) {
+        p->parameters.keyedHashDetail.scheme.scheme != TPM2_ALG_NULL ||
+        (priv != NULL && priv->size == 0)) {
         PH_ERR(MOD,
                "%s: not a sealed data object as provhsm makes them (type 0x%04x, attributes "
                "0x%08x)",

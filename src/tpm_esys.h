@@ -20,6 +20,7 @@
 #include <stdint.h>
 #include <tss2/tss2_esys.h>
 
+#include "config.h"
 #include "provhsm/provhsm.h"
 
 typedef struct provhsm_tpm provhsm_tpm;
@@ -51,6 +52,10 @@ uint64_t provhsm_tpm_commands_total(void);
  */
 int provhsm_tpm_last_failure_transient(const provhsm_tpm *tpm);
 
+/* 1 when the last failure this connection reported was an authorisation the TPM refused
+ * (TPM_RC_AUTH_FAIL or TPM_RC_BAD_AUTH: a wrong hierarchy or object authorisation). */
+int provhsm_tpm_last_failure_auth(const provhsm_tpm *tpm);
+
 #ifdef PROVHSM_TEST_HOOKS
 /*
  * Test hooks (built only into the test copy of the library, never the installed archive).
@@ -74,6 +79,14 @@ void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
  * Defined in backend_tpm.c, used there and by the store's sealed key.
  */
 pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti);
+
+/*
+ * Loads the owner authorisation configured in [tpm] (owner_auth_file / owner_auth_env)
+ * into the connection, as the TPM backend does before EvictControl. Defined in
+ * backend_tpm.c. provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) drops it.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *cfg,
+                                                          provhsm_tpm *tpm);
 
 /* ---- objects ------------------------------------------------------------------ */
 
@@ -111,6 +124,16 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_persistent_handle(provhsm_tpm *tpm, T
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_find_persistent(provhsm_tpm *tpm, TPM2_HANDLE handle,
                                                            ESYS_TR *tr_out);
+
+/*
+ * An ESYS handle for the persistent object at `handle` whose public area is `pub` (as
+ * stored by the caller): it carries the object's Name, computed here, so that it serves
+ * policy and HMAC sessions too. No TPM command (one ReadPublic only if ESAPI refuses the
+ * serialized form). A wrong `pub` makes the next command with the handle fail.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_persistent_object(provhsm_tpm *tpm, TPM2_HANDLE handle,
+                                                             const TPM2B_PUBLIC *pub,
+                                                             ESYS_TR *tr_out);
 
 /* The marshaled TPM2B_PUBLIC (2-byte size prefix, big-endian), malloc'd. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_public(const TPM2B_PUBLIC *pub, uint8_t **out,
@@ -269,10 +292,10 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_object(const TPM2B_PUBLIC *pu
                                                           size_t size, size_t *offset);
 
 /*
- * Unmarshals what provhsm_tpm_marshal_object() wrote, from buf[*offset] on, and checks
- * that the public area describes a sealed data object as provhsm_tpm_create_sealed()
- * makes them. PROVHSM_E_CORRUPT (logged, naming `what`) otherwise. No TPM command: also
- * the fuzz target's entry.
+ * Unmarshals what provhsm_tpm_marshal_object() wrote, from buf[*offset] on (only the
+ * TPM2B_PUBLIC when `priv` is NULL), and checks that the public area describes a sealed
+ * data object as provhsm_tpm_create_sealed() makes them. PROVHSM_E_CORRUPT (logged, naming `what`)
+ * otherwise. No TPM command: also the fuzz target's entry.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_unmarshal_sealed_object(const uint8_t *buf, size_t size,
                                                                    size_t *offset, const char *what,

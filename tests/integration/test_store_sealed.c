@@ -67,18 +67,26 @@ static void provision(const char *tcti)
     provhsm_backend_tpm.close(st);
 }
 
-/* Writes the configuration (0600) for the store `store` on `tcti` and makes it current. */
-static void use_config(const char *store, const char *tcti, const char *seal_pcrs)
+/* Writes the configuration (0600) for the store `store` on `tcti` and makes it current;
+ * `store_lines` and `tpm_lines` (optional) are added to [store] and [tpm]. */
+static void use_config_with(const char *store, const char *tcti, const char *store_lines,
+                            const char *tpm_lines)
 {
     FILE *f = fopen(env.config, "w");
     assert_non_null(f);
-    fprintf(f, "[store]\npath = %s/%s\n", env.dir, store);
-    if (seal_pcrs != NULL)
-        fprintf(f, "seal_pcrs = %s\n", seal_pcrs);
-    fprintf(f, "[tpm]\ntcti = %s\n", tcti);
+    fprintf(f, "[store]\npath = %s/%s\n%s", env.dir, store, store_lines);
+    fprintf(f, "[tpm]\ntcti = %s\n%s", tcti, tpm_lines != NULL ? tpm_lines : "");
     assert_int_equal(fclose(f), 0);
     assert_int_equal(chmod(env.config, 0600), 0);
     assert_int_equal(provhsm_config_use_file(env.config), PROVHSM_OK);
+}
+
+static void use_config(const char *store, const char *tcti, const char *seal_pcrs)
+{
+    char lines[128] = "";
+    if (seal_pcrs != NULL)
+        snprintf(lines, sizeof(lines), "seal_pcrs = %s\n", seal_pcrs);
+    use_config_with(store, tcti, lines, NULL);
 }
 
 static int group_setup(void **state)
@@ -353,6 +361,93 @@ static void test_pcr_bound_store_and_reseal(void **state)
     free(after);
 }
 
+/* The sealed key at a persistent handle: one TPM command per create; reseal keeps it. */
+static void test_persistent_handle(void **state)
+{
+    (void)state;
+    provhsm_test_tpm_counts before, counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &before), 0);
+    use_config_with("store-h", env.tpm_a.tcti, "sealed_key_handle = 0x81000200\n", NULL);
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (persistent handle 0x81000200, PCRs none)");
+    free(mode);
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, before.persistent + 1);
+    assert_int_equal(counts.transient, 0);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+
+    uint64_t commands = 0;
+    char *key = read_symmetric(&commands);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    printf("# symmetric create + get on a sealed store (persistent handle): %llu TPM commands\n",
+           (unsigned long long)commands);
+    assert_int_equal(commands, 1); /* Unseal */
+
+    /* reseal: a new object at the same handle, nothing else persisted */
+    assert_int_equal(provhsm_store_reseal(0), PROVHSM_OK);
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
+    key = read_symmetric(&commands);
+    assert_non_null(key);
+    free(key);
+    assert_int_equal(commands, 1);
+
+    /* bound to PCRs at a handle: the policy session adds two commands */
+    use_config_with("store-hp", env.tpm_a.tcti,
+                    "sealed_key_handle = 0x81000201\nseal_pcrs = sha256:0,7\n", NULL);
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+    key = read_symmetric(&commands);
+    assert_non_null(key);
+    free(key);
+    printf("# ... bound to PCRs, at a persistent handle: %llu TPM commands\n",
+           (unsigned long long)commands);
+    assert_int_equal(commands, 3); /* StartAuthSession, PolicyPCR, Unseal */
+}
+
+/* A wrong owner authorisation: the cause named, no store made, nothing persisted. */
+static void test_wrong_owner_authorisation(void **state)
+{
+    (void)state;
+    if (!provhsm_test_programs_available("tpm2_changeauth", NULL))
+        skip();
+    char cmd[300], auth[400];
+    snprintf(cmd, sizeof(cmd), "TPM2TOOLS_TCTI='%s' tpm2_changeauth -c owner ownerpass >/dev/null",
+             env.tpm_b.tcti);
+    assert_int_equal(system(cmd), 0);
+    snprintf(auth, sizeof(auth), "%s/owner.auth", env.dir);
+    FILE *f = fopen(auth, "w");
+    assert_non_null(f);
+    fputs("wrongpass\n", f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(chmod(auth, 0600), 0);
+    char tpm_lines[500];
+    snprintf(tpm_lines, sizeof(tpm_lines), "owner_auth_file = %s\n", auth);
+
+    provhsm_test_tpm_counts counts;
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_b.tcti, &counts), 0);
+    use_config_with("store-w", env.tpm_b.tcti, "sealed_key_handle = 0x81000300\n", tpm_lines);
+    provhsm_test_log_clear();
+    assert_int_not_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_true(provhsm_test_log_seen("refused the owner authorisation"));
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_b.tcti, &counts), 0);
+    char path[400];
+    snprintf(path, sizeof(path), "%s/store-w/store.meta", env.dir);
+    assert_int_not_equal(access(path, F_OK), 0);
+    snprintf(path, sizeof(path), "%s/store-w/store.sealed", env.dir);
+    assert_int_not_equal(access(path, F_OK), 0);
+
+    /* the right value works */
+    f = fopen(auth, "w");
+    assert_non_null(f);
+    fputs("ownerpass\n", f);
+    assert_int_equal(fclose(f), 0);
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+}
+
 /* The parser of store.sealed refuses a truncated or altered file before any TPM command. */
 static void test_sealed_file_parser(void **state)
 {
@@ -388,6 +483,8 @@ int main(void)
         cmocka_unit_test(test_another_tpm_is_refused),
         cmocka_unit_test(test_tpm_absent_is_named),
         cmocka_unit_test(test_pcr_bound_store_and_reseal),
+        cmocka_unit_test(test_persistent_handle),
+        cmocka_unit_test(test_wrong_owner_authorisation),
         cmocka_unit_test(test_sealed_file_parser),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -1,0 +1,65 @@
+/*
+ * libFuzzer target for the parser of store.sealed, the store key sealed to the TPM
+ * (provhsm_store_parse_sealed, src/store.c, which calls tpm_esys.c's tss2-mu
+ * unmarshalers): the file comes from disk, so any byte string must be refused cleanly or
+ * parsed whole. Property: a file that parses has no slack, so it parses neither with its
+ * last byte cut off nor with a byte added. Built only with PROVHSM_FUZZ=ON
+ * (tests/fuzz/CMakeLists.txt); seeds in corpus/sealed (files written by provhsm init
+ * --seal-to-tpm on swtpm, with and without a PCR binding, and the persistent-handle form).
+ */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "log.h"
+#include "store.h"
+
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+
+#define CHECK(cond)                                                                                \
+    do {                                                                                           \
+        if (!(cond)) {                                                                             \
+            fprintf(stderr, "fuzz_sealed: inconsistent parse: %s (line %d)\n", #cond, __LINE__);   \
+            abort();                                                                               \
+        }                                                                                          \
+    } while (0)
+
+static void quiet_log(provhsm_log_level level, const char *module, const char *message, void *ctx)
+{
+    (void)level;
+    (void)module;
+    (void)message;
+    (void)ctx;
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    setenv("TSS2_LOG", "all+none", 1);
+    provhsm_set_log_callback(quiet_log, NULL);
+    provhsm_set_log_level(PROVHSM_LOG_DEBUG);
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    /* a copy of exactly `size` bytes, so that a read past the end is caught */
+    uint8_t *copy = malloc(size + 1);
+    if (copy == NULL)
+        return 0;
+    if (size > 0)
+        memcpy(copy, data, size);
+    provhsm_err rc = provhsm_store_parse_sealed(copy, size, "fuzz/store.sealed");
+    CHECK(rc == PROVHSM_OK || rc == PROVHSM_E_CORRUPT);
+    if (rc == PROVHSM_OK) {
+        CHECK(size > 0);
+        CHECK(provhsm_store_parse_sealed(copy, size - 1, "fuzz/store.sealed") == PROVHSM_E_CORRUPT);
+        copy[size] = 0;
+        CHECK(provhsm_store_parse_sealed(copy, size + 1, "fuzz/store.sealed") == PROVHSM_E_CORRUPT);
+    }
+    free(copy);
+    return 0;
+}

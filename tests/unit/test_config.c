@@ -297,6 +297,32 @@ static void test_parse_bounds_accepted(void **state)
     free(cfg);
 }
 
+/* The sealed store key's keys: a PCR bank and PCR numbers parsed, a handle; "" clears. */
+static void test_parse_seal_keys(void **state)
+{
+    provhsm_config *cfg = new_config();
+    static const char text[] = "[store]\nseal_pcrs = sha256:0,7,23\n"
+                               "sealed_key_handle = 0x81000200\n";
+
+    (void)state;
+    assert_int_equal(cfg->seal_pcr_bank, 0);
+    assert_int_equal(cfg->sealed_key_handle, 0);
+    assert_int_equal(provhsm_config_parse(cfg, text, "s", NULL, 0), PROVHSM_OK);
+    assert_string_equal(cfg->seal_pcrs, "sha256:0,7,23");
+    assert_int_equal(cfg->seal_pcr_bank, 0x000b);
+    assert_int_equal(cfg->seal_pcr_mask, (1u << 0) | (1u << 7) | (1u << 23));
+    assert_int_equal(cfg->sealed_key_handle, 0x81000200u);
+    assert_int_equal(provhsm_config_parse(cfg, "[store]\nseal_pcrs = sha1:16\n", "s", NULL, 0),
+                     PROVHSM_OK);
+    assert_int_equal(cfg->seal_pcr_bank, 0x0004);
+    assert_int_equal(cfg->seal_pcr_mask, 1u << 16);
+    assert_int_equal(provhsm_config_parse(cfg, "[store]\nseal_pcrs =\n", "s", NULL, 0), PROVHSM_OK);
+    assert_string_equal(cfg->seal_pcrs, "");
+    assert_int_equal(cfg->seal_pcr_bank, 0);
+    assert_int_equal(cfg->seal_pcr_mask, 0);
+    free(cfg);
+}
+
 /* An empty [tpm] section still marks the TPM as configured; other sections do not. */
 static void test_parse_tpm_section_presence(void **state)
 {
@@ -400,6 +426,15 @@ typedef struct bad_case {
 
 static const bad_case bad_cases[] = {
     {"[nosuch]\n", 1, "unknown section [nosuch]"},
+    {"[store]\nseal_pcrs = sha256\n", 2, "does not start with a PCR bank"},
+    {"[store]\nseal_pcrs = md5:0\n", 2, "does not start with a PCR bank"},
+    {"[store]\nseal_pcrs = sha256:\n", 2, "expected a PCR number"},
+    {"[store]\nseal_pcrs = sha256:0,,7\n", 2, "expected a PCR number"},
+    {"[store]\nseal_pcrs = sha256:24\n", 2, "out of range (0..23) or named twice"},
+    {"[store]\nseal_pcrs = sha256:7,7\n", 2, "out of range (0..23) or named twice"},
+    {"[store]\nseal_pcrs = sha256:0;7\n", 2, "expected ','"},
+    {"[store]\nseal_pcrs = sha256:-1\n", 2, "expected a PCR number"},
+    {"[store]\nsealed_key_handle = 0x80000001\n", 2, "is not a persistent handle"},
     {"[store]\n[Store]\n", 2, "unknown section [Store]"},
     {"[]\n", 1, "unknown section []"},
     {"[store\n", 1, "without ']'"},
@@ -1045,6 +1080,7 @@ int main(void)
         T(test_defaults_store_no_home),
         T(test_parse_every_key),
         T(test_parse_bounds_accepted),
+        T(test_parse_seal_keys),
         T(test_parse_tpm_section_presence),
         T(test_parse_partial_and_clearing),
         T(test_parse_comments_quoting_whitespace),

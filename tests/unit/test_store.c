@@ -31,6 +31,9 @@
 #include "log.h"
 #include "secmem.h"
 #include "store.h"
+#ifdef PROVHSM_WITH_TPM
+#include "tpm_esys.h"
+#endif
 
 #define PASS_ENV "PROVHSM_TEST_STORE_PASSPHRASE"
 #define MARKER   "PLAINTEXT-MARKER-5e1f0c"
@@ -940,6 +943,46 @@ static void test_missing_and_corrupt_store(void **state)
     free(chk);
 }
 
+#ifdef PROVHSM_WITH_TPM
+/*
+ * A header naming the TPM-sealed mode (3) is read without any TPM command up to
+ * store.sealed: missing, it is named; malformed, it is refused before a TPM is contacted
+ * (this configuration names none); scrypt fields in that mode are refused too. The
+ * key-file store it was made from still opens once the header is restored.
+ */
+static void test_sealed_mode_header_checked_before_the_tpm(void **state)
+{
+    fixture *fx = *state;
+    char meta[512], sealed[512];
+    size_t len;
+
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_OK);
+    store_path(fx, "store.meta", meta, sizeof(meta));
+    store_path(fx, "store.sealed", sealed, sizeof(sealed));
+    uint8_t *orig = read_all(meta, &len);
+    poke_byte(meta, 10, 3);
+    log_reset();
+    assert_int_equal(open_rc(fx), PROVHSM_E_CORRUPT);
+    assert_true(log_has("store.sealed is missing"));
+
+    /* a file that is not a sealed key: refused by the parser, no TPM command */
+    static const uint8_t junk[] = "PHSMSEAL\0\1\0\0not a sealed key";
+    write_new_file(sealed, junk, sizeof(junk) - 1, 0600);
+    uint64_t before = provhsm_tpm_commands_total();
+    assert_int_equal(open_rc(fx), PROVHSM_E_CORRUPT);
+    assert_int_equal(provhsm_tpm_commands_total(), before);
+    assert_int_equal(unlink(sealed), 0);
+
+    /* scrypt parameters in a sealed store's header */
+    poke_byte(meta, 11, 15);
+    assert_int_equal(open_rc(fx), PROVHSM_E_CORRUPT);
+    poke_byte(meta, 11, 0);
+    poke_byte(meta, 10, orig[10]);
+    assert_int_equal(open_rc(fx), PROVHSM_OK);
+    free(orig);
+}
+#endif
+
 static void test_passphrase_header_bound(void **state)
 {
     fixture *fx = *state;
@@ -1421,6 +1464,10 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_permissions, setup, teardown),
         cmocka_unit_test_setup_teardown(test_missing_and_corrupt_store, setup, teardown),
         cmocka_unit_test_setup_teardown(test_passphrase_header_bound, setup, teardown),
+#ifdef PROVHSM_WITH_TPM
+        cmocka_unit_test_setup_teardown(test_sealed_mode_header_checked_before_the_tpm, setup,
+                                        teardown),
+#endif
         cmocka_unit_test_setup_teardown(test_create_twice, setup, teardown),
         cmocka_unit_test_setup_teardown(test_failed_create_cleans_up, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_scrypt_config, setup, teardown),

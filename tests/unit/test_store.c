@@ -975,7 +975,9 @@ static void test_sealed_mode_header_checked_before_the_tpm(void **state)
 
     /* scrypt parameters in a sealed store's header */
     poke_byte(meta, 11, 15);
+    log_reset();
     assert_int_equal(open_rc(fx), PROVHSM_E_CORRUPT);
+    assert_true(log_has("TPM-sealed store with scrypt parameters"));
     poke_byte(meta, 11, 0);
     poke_byte(meta, 10, orig[10]);
     assert_int_equal(open_rc(fx), PROVHSM_OK);

@@ -1023,6 +1023,21 @@ static provhsm_err current_sealed_handle(const provhsm_store *st, uint32_t *hand
     return rc;
 }
 
+static int exists_sealed(const provhsm_store *st)
+{
+    struct stat sb;
+    return fstatat(st->dirfd, SEALED_NAME, &sb, AT_SYMLINK_NOFOLLOW) == 0;
+}
+
+/* As current_sealed_handle, with no store.sealed (another mode) as handle 0. */
+static provhsm_err current_sealed_handle_quiet(const provhsm_store *st, uint32_t *handle_out)
+{
+    *handle_out = 0;
+    if (!exists_sealed(st))
+        return PROVHSM_OK;
+    return current_sealed_handle(st, handle_out);
+}
+
 /* Says why a sealed store key does not open, with the way out. */
 static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file *sf, int at_load)
 {
@@ -2503,6 +2518,9 @@ provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
     char **names = NULL;
     unsigned mode;
     int switched = 0, crashed = 0;
+#ifdef PROVHSM_WITH_TPM
+    uint32_t old_handle;
+#endif
 
     if (cfg == NULL || to == NULL)
         return PROVHSM_E_INVALID_ARG;
@@ -2526,6 +2544,11 @@ provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
         provhsm_store_close(st);
         return rc;
     }
+#ifdef PROVHSM_WITH_TPM
+    /* a sealed key at a persistent handle is evicted once the rekey is complete */
+    if (current_sealed_handle_quiet(st, &old_handle) != PROVHSM_OK)
+        old_handle = 0;
+#endif
     key_new = provhsm_secure_alloc(STORE_KEY_LEN);
     rc = key_new == NULL ? PROVHSM_E_NOMEM : rekey_new_key(cfg, mode, meta_new, key_new);
     /* first: while store.meta.new exists, opening undoes everything staged */
@@ -2565,6 +2588,10 @@ provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
     }
     if (rc == PROVHSM_OK)
         rc = rekey_roll_forward(cfg, st->dirfd, st->dir, mode);
+#ifdef PROVHSM_WITH_TPM
+    if (rc == PROVHSM_OK && old_handle != 0)
+        evict_sealed_handle(cfg, old_handle);
+#endif
     if (rc == PROVHSM_OK)
         PH_INFO(MOD, "store %s: %zu entries re-encrypted under a new key (%s)", st->dir, n, to);
     else if (!switched && !crashed)

@@ -406,6 +406,17 @@ static void test_persistent_handle(void **state)
     printf("# ... bound to PCRs, at a persistent handle: %llu TPM commands\n",
            (unsigned long long)commands);
     assert_int_equal(commands, 3); /* StartAuthSession, PolicyPCR, Unseal */
+
+    /* a rekey away from the TPM evicts the sealed key it no longer uses */
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, before.persistent + 2);
+    assert_int_equal(provhsm_store_rekey("key-file"), PROVHSM_OK);
+    key = read_symmetric(NULL);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, before.persistent + 1);
 }
 
 /* A wrong owner authorisation: the cause named, no store made, nothing persisted. */

@@ -1740,6 +1740,11 @@ out:
             unlinkat(dirfd, CHECK_NAME, 0);
         if (wrote_sealed)
             unlinkat(dirfd, SEALED_NAME, 0);
+#ifdef PROVHSM_WITH_TPM
+        /* the object this create made persistent goes with it */
+        if (wrote_sealed && cfg->sealed_key_handle != 0)
+            evict_sealed_handle(cfg, cfg->sealed_key_handle);
+#endif
         if (keydirfd >= 0)
             unlinkat(keydirfd, key_base, 0);
     }

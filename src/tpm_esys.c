@@ -1,7 +1,8 @@
 /*
  * The one wrapper around tpm2-tss: the TCTI loader, ESAPI and libtss2-mu. Called only by
- * backend_tpm.c (and by the integration tests and benchmark, which count commands and
- * inject faults here). It owns three things:
+ * backend_tpm.c and store.c (the store key sealed to the TPM: create, load, unseal, PCR
+ * policy), and by the integration tests and benchmarks, which count commands and inject
+ * faults here. It owns three things:
  *
  *  - A counting proxy TCTI placed between ESAPI and the loaded TCTI: every command is
  *    counted at the transport (per connection and process-wide), and a test hook can

@@ -10,7 +10,8 @@
  * how many TPM commands an operation cost. The proxy is also where tests inject faults.
  *
  * A connection is used by one thread at a time; different connections may be used at
- * once. Callers: backend_tpm.c, the integration tests and the TPM benchmark.
+ * once. Callers: backend_tpm.c, store.c (the store key sealed to the TPM), the
+ * integration tests and the TPM benchmarks.
  */
 #ifndef PROVHSM_TPM_ESYS_H
 #define PROVHSM_TPM_ESYS_H

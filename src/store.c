@@ -103,7 +103,6 @@
 #include "store.h"
 #ifdef PROVHSM_WITH_TPM
 #include <pthread.h>
-#include <tss2/tss2_mu.h>
 #include "tpm_esys.h"
 #endif
 
@@ -884,8 +883,8 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
     buf = NULL;
 out:
     free(buf);
-    Esys_Free(priv);
-    Esys_Free(pub);
+    free(priv);
+    free(pub);
     provhsm_tpm_disconnect(tpm);
     return rc;
 }
@@ -904,8 +903,8 @@ static provhsm_err handle_form(uint32_t parent, uint32_t handle, const TPML_PCR_
     put_be32(buf + SEALED_OFF_PARENT, parent);
     put_be32(buf + SEALED_OFF_HANDLE, handle);
     provhsm_err rc = provhsm_tpm_marshal_pcrs(pcrs, buf, SEALED_MAX, &off);
-    if (rc == PROVHSM_OK && Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, SEALED_MAX, &off) != 0)
-        rc = PROVHSM_E_INVALID_ARG;
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_marshal_object(pub, NULL, buf, SEALED_MAX, &off);
     if (rc != PROVHSM_OK) {
         free(buf);
         return rc;

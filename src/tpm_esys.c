@@ -1381,11 +1381,11 @@ provhsm_err provhsm_tpm_pcr_extend_sha256(provhsm_tpm *tpm, unsigned pcr, const 
 provhsm_err provhsm_tpm_marshal_object(const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv,
                                        uint8_t *buf, size_t size, size_t *offset)
 {
-    if (pub == NULL || priv == NULL || buf == NULL || offset == NULL)
+    if (pub == NULL || buf == NULL || offset == NULL)
         return PROVHSM_E_INVALID_ARG;
     size_t off = *offset;
     TSS2_RC rc = Tss2_MU_TPM2B_PUBLIC_Marshal(pub, buf, size, &off);
-    if (rc == TSS2_RC_SUCCESS)
+    if (rc == TSS2_RC_SUCCESS && priv != NULL)
         rc = Tss2_MU_TPM2B_PRIVATE_Marshal(priv, buf, size, &off);
     if (rc != TSS2_RC_SUCCESS) {
         PH_ERR(MOD, "cannot marshal a sealed object: %s", Tss2_RC_Decode(rc));

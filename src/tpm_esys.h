@@ -287,7 +287,8 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_extend_sha256(provhsm_tpm *tpm, unsigned pcr,
                                                              const uint8_t digest[32]);
 
-/* The TPM2B_PUBLIC and TPM2B_PRIVATE of an object, marshaled one after the other (tss2-mu). */
+/* The TPM2B_PUBLIC and TPM2B_PRIVATE of an object, marshaled one after the other (tss2-mu);
+ * only the TPM2B_PUBLIC when `priv` is NULL. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_object(const TPM2B_PUBLIC *pub,
                                                           const TPM2B_PRIVATE *priv, uint8_t *buf,
                                                           size_t size, size_t *offset);

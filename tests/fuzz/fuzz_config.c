@@ -7,6 +7,8 @@
  * buffer, a refused environment leaves the configuration as it was, and every string
  * field stays NUL-terminated within its array.
  */
+#define _XOPEN_SOURCE 700 /* putenv */
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -40,16 +42,32 @@ static void check_terminated(const provhsm_config *c)
     FUZZ_CHECK(TERMINATED(c->endorsement_auth_file) && TERMINATED(c->endorsement_auth_env));
 }
 
+/*
+ * glibc's setenv keeps every value it replaces, so a fuzzer calling it millions of times
+ * grows without bound; putenv of a buffer of our own that is rewritten in place does not.
+ */
+static char env_slots[3][4200];
+
+static void set_variable(size_t i, const char *value)
+{
+    if (value == NULL) {
+        unsetenv(env_names[i]);
+        return;
+    }
+    snprintf(env_slots[i], sizeof(env_slots[i]), "%s=%s", env_names[i], value);
+    putenv(env_slots[i]);
+}
+
 /* Sets each variable from the next NUL-separated part after the text, or unsets it. */
 static void set_environment(const char *text, size_t size)
 {
     size_t at = strlen(text) + 1;
     for (size_t i = 0; i < sizeof(env_names) / sizeof(env_names[0]); i++) {
         if (at > size) {
-            unsetenv(env_names[i]);
+            set_variable(i, NULL);
             continue;
         }
-        setenv(env_names[i], text + at, 1);
+        set_variable(i, text + at);
         at += strlen(text + at) + 1;
     }
 }

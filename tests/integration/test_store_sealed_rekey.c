@@ -175,67 +175,84 @@ static char *key_mode(void)
     return mode;
 }
 
-/* A crash at each step of key file -> TPM; the store opens after each, nothing lost. */
-static void test_rekey_survives_a_crash_at_every_step(void **state)
+/*
+ * A crash at each step of a rekey from one mode to another; the store opens after each,
+ * nothing lost. `from_sealed`: the store starts sealed to the TPM (its holder is
+ * store.sealed) rather than with a key file (store.key).
+ */
+static void crash_at_every_step(int from_sealed, const char *to, const char *to_mode_prefix)
 {
-    (void)state;
+    const char *holder = from_sealed ? "store.sealed" : "store.key";
+    const char *from_mode_prefix = from_sealed ? "tpm" : "key-file";
     int succeeded_at = 0, before_switch = 0, after_switch = 0;
     for (int step = 1; step <= 40 && succeeded_at == 0; step++) {
-        char name[32];
-        snprintf(name, sizeof(name), "crash-%02d", step);
+        char name[48];
+        snprintf(name, sizeof(name), "crash-%s-%02d", to, step);
         use_store(name);
-        assert_int_equal(provhsm_store_init(), PROVHSM_OK);
+        assert_int_equal(from_sealed ? provhsm_store_init_sealed() : provhsm_store_init(),
+                         PROVHSM_OK);
         identities want = populate();
         int entries = count_suffixed(".entry");
         assert_true(entries >= 2);
         char keypath[450];
         uint8_t *key_before = NULL, *key_after = NULL;
         size_t kb_len = 0, ka_len = 0;
-        snprintf(keypath, sizeof(keypath), "%s/store.key", env.store);
+        snprintf(keypath, sizeof(keypath), "%s/%s", env.store, holder);
         assert_int_equal(provhsm_test_read_file(keypath, &key_before, &kb_len), 0);
 
         provhsm_store_test_rekey_fail_at = step;
-        provhsm_err rc = provhsm_store_rekey("tpm");
+        provhsm_err rc = provhsm_store_rekey(to);
         provhsm_store_test_rekey_fail_at = 0;
+        /* crash points: each entry staged, the check staged (the store is still the old
+           one), then the switch and what follows it */
+        int switched = rc == PROVHSM_OK || step > entries + 1;
         if (rc == PROVHSM_OK) {
             succeeded_at = step;
+        } else if (switched) {
+            after_switch++; /* the mode is checked once opening has completed it */
         } else {
-            /* crash points: each entry staged, the check staged (the store is still the
-               old one), then the switch and what follows it */
-            int switched = step > entries + 1;
-            if (switched) {
-                after_switch++; /* the mode is checked once opening has completed it */
-            } else {
-                char *mode = key_mode();
-                before_switch++;
-                assert_string_equal(mode, "key-file");
-                free(mode);
-                /* the old key, untouched */
-                assert_int_equal(provhsm_test_read_file(keypath, &key_after, &ka_len), 0);
-                assert_int_equal(ka_len, kb_len);
-                assert_memory_equal(key_after, key_before, kb_len);
-                free(key_after);
-            }
+            char *mode = key_mode();
+            before_switch++;
+            assert_int_equal(strncmp(mode, from_mode_prefix, strlen(from_mode_prefix)), 0);
+            free(mode);
+            /* the old key holder, untouched */
+            assert_int_equal(provhsm_test_read_file(keypath, &key_after, &ka_len), 0);
+            assert_int_equal(ka_len, kb_len);
+            assert_memory_equal(key_after, key_before, kb_len);
+            free(key_after);
         }
         /* opening (through the SDK) finishes or undoes the rekey: identities as they were */
         assert_same_identities(&want);
         assert_int_equal(count_suffixed(".new"), 0);
         char *mode = key_mode();
-        if (rc == PROVHSM_OK || step > entries + 1) {
-            assert_non_null(strstr(mode, "tpm"));
-            /* the old key file is gone: no key left on disk */
+        if (switched) {
+            assert_int_equal(strncmp(mode, to_mode_prefix, strlen(to_mode_prefix)), 0);
+            /* the old key holder is gone: no key left on disk */
             assert_int_not_equal(access(keypath, F_OK), 0);
+        } else {
+            assert_int_equal(strncmp(mode, from_mode_prefix, strlen(from_mode_prefix)), 0);
         }
         free(mode);
         free(key_before);
         identities_free(&want);
     }
-    printf("# rekey key-file -> tpm: %d crashes before the switch, %d after, success at step "
-           "%d\n",
-           before_switch, after_switch, succeeded_at);
+    printf("# rekey %s -> %s: %d crashes before the switch, %d after, success at step %d\n",
+           from_mode_prefix, to, before_switch, after_switch, succeeded_at);
     assert_true(succeeded_at > 0);
     assert_true(before_switch >= 3); /* two entries and the check at least */
     assert_true(after_switch >= 3);  /* the switch, two entries moved */
+}
+
+static void test_rekey_to_tpm_survives_a_crash_at_every_step(void **state)
+{
+    (void)state;
+    crash_at_every_step(0, "tpm", "tpm (");
+}
+
+static void test_rekey_from_tpm_survives_a_crash_at_every_step(void **state)
+{
+    (void)state;
+    crash_at_every_step(1, "key-file", "key-file");
 }
 
 /* key file -> TPM -> key file -> passphrase -> TPM, identities unchanged throughout. */
@@ -292,7 +309,8 @@ int main(void)
     }
     provhsm_test_log_capture();
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_rekey_survives_a_crash_at_every_step),
+        cmocka_unit_test(test_rekey_to_tpm_survives_a_crash_at_every_step),
+        cmocka_unit_test(test_rekey_from_tpm_survives_a_crash_at_every_step),
         cmocka_unit_test(test_rekey_between_every_mode),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -316,6 +316,23 @@ static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *t
     return err;
 }
 
+provhsm_err provhsm_tpm_create_srk(const provhsm_config *cfg, provhsm_tpm *tpm)
+{
+    tpm_state st = {
+        .cfg = (provhsm_config *)cfg, .lock = provhsm_tpm_lock_for(cfg->tcti), .link = NULL};
+    ESYS_TR srk = ESYS_TR_NONE;
+    TPM2B_PUBLIC tmpl, *pub = NULL;
+
+    if (st.lock == NULL)
+        return PROVHSM_E_NOMEM;
+    srk_template(&tmpl);
+    provhsm_err err = create_persistent_primary(&st, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
+                                                "storage root key", &srk, &pub);
+    Esys_Free(pub);
+    provhsm_tpm_forget(tpm, &srk);
+    return err;
+}
+
 /*
  * The key at `handle` (`present`: GetCapability listed it), created from `tmpl` when
  * absent; its public area marshaled. One ReadPublic when present, no probe when absent.

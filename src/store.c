@@ -813,7 +813,8 @@ static provhsm_err tpm_and_srk(const provhsm_config *cfg, uint32_t srk_handle,
 }
 
 /*
- * Seals `key` under the SRK (checked to exist first: one GetCapability), with a PCR
+ * Seals `key` under the SRK (checked to exist first: one GetCapability; created and
+ * persisted when absent, as the TPM backend does), with a PCR
  * policy when the configuration asks for one (unbound: never), and builds the bytes of
  * store.sealed. Sends GetCapability, [StartAuthSession, PolicyPCR, PolicyGetDigest,
  * FlushContext,] Create.
@@ -844,12 +845,17 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
     rc = provhsm_tpm_connect(cfg->tcti, &tpm);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_present(tpm, &cfg->srk_handle, 1, &present);
+    /* a fresh TPM: the SRK made as the TPM backend makes it, so both find the same key */
     if (rc == PROVHSM_OK && !present) {
-        PH_ERR(MOD,
-               "no storage root key at 0x%08lx to seal the store key under: provision the TPM "
-               "first (provhsm tpm info makes the EK and SRK)",
-               (unsigned long)cfg->srk_handle);
-        rc = PROVHSM_E_NOT_FOUND;
+        rc = provhsm_tpm_create_srk(cfg, tpm);
+        if (rc != PROVHSM_OK && provhsm_tpm_last_failure_auth(tpm))
+            PH_ERR(MOD, "the TPM refused the owner authorisation: [tpm] owner_auth_file or "
+                        "owner_auth_env is missing or wrong");
+        if (rc != PROVHSM_OK)
+            PH_ERR(MOD,
+                   "no storage root key at 0x%08lx to seal the store key under, and it "
+                   "could not be created",
+                   (unsigned long)cfg->srk_handle);
     }
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, &srk);
@@ -2512,6 +2518,45 @@ static provhsm_err rekey_entry(provhsm_store *st, const char *name, const uint8_
     return rc;
 }
 
+#ifdef PROVHSM_WITH_TPM
+/*
+ * After a complete rekey to the TPM, with [store] sealed_key_handle set: the new sealed
+ * key, staged and switched as a blob (so a crash never leaves a persistent object that
+ * no store uses), is made persistent at the handle (evicting the former key at
+ * old_handle, 0: none) and store.sealed becomes the handle form, as init and reseal do.
+ * A failure leaves the store complete and readable with its blob.
+ */
+static provhsm_err rekey_move_to_handle(const provhsm_config *cfg, const provhsm_store *st,
+                                        uint32_t old_handle)
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    uint8_t *blob = NULL, *at_handle = NULL;
+    size_t blob_len = 0, at_len = 0;
+    provhsm_err rc = path == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
+
+    if (rc == PROVHSM_OK) {
+        snprintf(path, path_size, "%s/%s", st->dir, SEALED_NAME);
+        rc = read_file_at(st->dirfd, SEALED_NAME, path, SEALED_MAX, 0, &blob, &blob_len);
+    }
+    if (rc == PROVHSM_OK)
+        rc = place_at_handle(cfg, blob, blob_len, old_handle, cfg->sealed_key_handle, &at_handle,
+                             &at_len);
+    if (rc == PROVHSM_OK)
+        rc = write_atomic(st->dirfd, st->dir, SEALED_NAME, at_handle, at_len, WRITE_REPLACE, 0);
+    if (rc != PROVHSM_OK)
+        PH_ERR(MOD,
+               "store %s: the rekey is complete, but its key stays sealed as a blob in the store "
+               "directory, not at 0x%08lx ([store] sealed_key_handle); `provhsm store reseal` "
+               "tries again",
+               st->dir, (unsigned long)cfg->sealed_key_handle);
+    free(at_handle);
+    free(blob);
+    free(path);
+    return rc;
+}
+#endif
+
 provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
 {
     provhsm_store *st = NULL;
@@ -2522,6 +2567,7 @@ provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
     char **names = NULL;
     unsigned mode;
     int switched = 0, crashed = 0;
+    provhsm_err placed = PROVHSM_OK; /* the new sealed key at sealed_key_handle */
 #ifdef PROVHSM_WITH_TPM
     uint32_t old_handle;
 #endif
@@ -2593,7 +2639,9 @@ provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
     if (rc == PROVHSM_OK)
         rc = rekey_roll_forward(cfg, st->dirfd, st->dir, mode);
 #ifdef PROVHSM_WITH_TPM
-    if (rc == PROVHSM_OK && old_handle != 0)
+    if (rc == PROVHSM_OK && mode == KEY_MODE_TPM && cfg->sealed_key_handle != 0)
+        placed = rekey_move_to_handle(cfg, st, old_handle); /* evicts old_handle itself */
+    else if (rc == PROVHSM_OK && old_handle != 0)
         evict_sealed_handle(cfg, old_handle);
 #endif
     if (rc == PROVHSM_OK)
@@ -2607,7 +2655,7 @@ provhsm_err provhsm_store_rekey_with(const provhsm_config *cfg, const char *to)
     free(check);
     provhsm_secure_free(key_new);
     provhsm_store_close(st);
-    return rc;
+    return rc != PROVHSM_OK ? rc : placed;
 }
 
 provhsm_err provhsm_store_rekey(const char *to)

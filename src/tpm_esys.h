@@ -89,6 +89,15 @@ pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti);
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *cfg,
                                                           provhsm_tpm *tpm);
 
+/*
+ * Creates the storage root key from the TPM backend's template and persists it at
+ * cfg->srk_handle under the owner authorisation of [tpm] (CreatePrimary, EvictControl,
+ * FlushContext), as the backend does on a TPM that has none; one another user of the TPM
+ * persisted meanwhile is kept. Takes the TCTI's lock: the caller must not hold it.
+ * Defined in backend_tpm.c; used by the store to seal its key on a fresh TPM.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_create_srk(const provhsm_config *cfg, provhsm_tpm *tpm);
+
 /* ---- objects ------------------------------------------------------------------ */
 
 /*

@@ -9,6 +9,7 @@
  *  - a PCR-bound store refused after a PCR extend (with the way out named), readable
  *    after the TPM restarts (PCRs reset), then reseal --unbound, the extend, reseal, read;
  *  - the TPM gone: the cause is named;
+ *  - init on a fresh TPM makes the SRK; a rekey to the TPM honours sealed_key_handle;
  *  - the sealed-blob parser refuses a truncated or altered file.
  */
 #include <dirent.h>
@@ -419,6 +420,78 @@ static void test_persistent_handle(void **state)
     assert_int_equal(counts.persistent, before.persistent + 1);
 }
 
+/* init --seal-to-tpm on a fresh TPM: the SRK is made and persisted, as the backend would. */
+static void test_init_on_fresh_tpm_makes_the_srk(void **state)
+{
+    (void)state;
+    provhsm_test_swtpm fresh;
+    provhsm_test_tpm_counts counts;
+    memset(&fresh, 0, sizeof(fresh));
+    assert_int_equal(provhsm_test_swtpm_start(&fresh, NULL), 0);
+    assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, 0);
+
+    use_config("store-fresh", fresh.tcti, NULL);
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, 1); /* the SRK, nothing else */
+    assert_int_equal(counts.transient, 0);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+    char *key = read_symmetric(NULL);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+
+    /* the backend finds that SRK and uses it: only the EK is added */
+    provision(fresh.tcti);
+    assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, 2);
+    key = read_symmetric(NULL);
+    assert_non_null(key);
+    free(key);
+    provhsm_test_swtpm_stop(&fresh);
+}
+
+/* A rekey to the TPM with sealed_key_handle keeps the new key there, as init does. */
+static void test_rekey_to_tpm_at_handle(void **state)
+{
+    (void)state;
+    provhsm_test_tpm_counts before, counts;
+    char *mode = NULL, *key = NULL;
+    uint64_t commands = 0;
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &before), 0);
+    use_config_with("store-rk", env.tpm_a.tcti, "sealed_key_handle = 0x81000210\n", NULL);
+    assert_int_equal(provhsm_store_init(), PROVHSM_OK);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+
+    assert_int_equal(provhsm_store_rekey("tpm"), PROVHSM_OK);
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (persistent handle 0x81000210, PCRs none)");
+    free(mode);
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, before.persistent + 1);
+    assert_int_equal(counts.transient, 0);
+    key = read_symmetric(&commands);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    assert_int_equal(commands, 1); /* Unseal at the handle */
+
+    /* again, to a new key: the object at the handle is replaced, nothing else persisted */
+    assert_int_equal(provhsm_store_rekey("tpm"), PROVHSM_OK);
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
+    key = read_symmetric(&commands);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    assert_int_equal(commands, 1);
+
+    /* and away from the TPM: the handle is freed */
+    assert_int_equal(provhsm_store_rekey("key-file"), PROVHSM_OK);
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    assert_int_equal(counts.persistent, before.persistent);
+}
+
 /* A wrong owner authorisation: the cause named, no store made, nothing persisted. */
 static void test_wrong_owner_authorisation(void **state)
 {
@@ -495,6 +568,8 @@ int main(void)
         cmocka_unit_test(test_tpm_absent_is_named),
         cmocka_unit_test(test_pcr_bound_store_and_reseal),
         cmocka_unit_test(test_persistent_handle),
+        cmocka_unit_test(test_init_on_fresh_tpm_makes_the_srk),
+        cmocka_unit_test(test_rekey_to_tpm_at_handle),
         cmocka_unit_test(test_wrong_owner_authorisation),
         cmocka_unit_test(test_sealed_file_parser),
     };

@@ -1123,12 +1123,14 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
         rc = provhsm_tpm_unseal(tpm, item, &session, &key, &key_len);
         if (rc == PROVHSM_E_WRONG_KEY)
             explain_unseal_failure(cfg, sf, 0);
-        if (rc == PROVHSM_E_TPM && sf->handle != 0)
+        if ((rc == PROVHSM_E_TPM || rc == PROVHSM_E_NOT_FOUND) && sf->handle != 0) {
             PH_ERR(MOD,
                    "store %s: its key is sealed at persistent handle 0x%08lx, which this TPM "
                    "does not hold as sealed (sealed to another TPM, a cleared TPM, or an "
                    "evicted handle). Nothing was changed.",
                    cfg->store_dir, (unsigned long)sf->handle);
+            rc = PROVHSM_E_WRONG_KEY; /* as a blob from another TPM */
+        }
     }
     provhsm_tpm_flush(tpm, &session);
     if (sf->handle == 0)

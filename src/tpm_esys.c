@@ -1283,6 +1283,13 @@ provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session,
             tpm->last_failure_transient = 0;
             return PROVHSM_E_WRONG_KEY;
         }
+        /* nothing at the handle (a persistent handle on another TPM): the caller says so */
+        if (rc_is_missing_handle(rc)) {
+            tpm->last_failure_transient = 0;
+            PH_DEBUG(MOD, "Unseal: TPM code 0x%03x (%s)", (unsigned)tpm_code(rc),
+                     Tss2_RC_Decode(rc));
+            return PROVHSM_E_NOT_FOUND;
+        }
         return fail(tpm, rc, "Unseal");
     }
     if (auth != ESYS_TR_PASSWORD)

@@ -386,8 +386,11 @@ static char *pem_of(X509 *a, X509 *b, X509 *c)
         if (certs[i] != NULL)
             assert_int_equal(PEM_write_bio_X509(bio, certs[i]), 1);
     long len = BIO_get_mem_data(bio, &data);
-    char *pem = strndup(data, (size_t)len);
+    /* the BIO's bytes carry no NUL: copy exactly len of them (strndup would look further) */
+    char *pem = malloc((size_t)len + 1);
     assert_non_null(pem);
+    memcpy(pem, data, (size_t)len);
+    pem[len] = '\0';
     BIO_free(bio);
     return pem;
 }

@@ -25,6 +25,8 @@ FIXTURES=${PROVHSM_FIXTURES:-$HERE/../fixtures}
 . "$HERE/cases_process.sh" # the tool as a process; what users paste elsewhere
 # shellcheck source=cases_owner.sh
 . "$HERE/cases_owner.sh" # a device's service user owns the store; root acts as that user
+# shellcheck source=cases_sealed.sh
+. "$HERE/cases_sealed.sh" # the store key sealed to the TPM: init, info, reseal, rekey
 
 if [ -z "$TOOL" ] || [ ! -x "$TOOL" ]; then
     echo "usage: $0 PATH_TO_PROVHSM [CASE...] (or set PROVHSM_TOOL)" >&2
@@ -1151,6 +1153,7 @@ elif [ -n "${PROVHSM_TEST_TCTI:-}" ]; then
     CASES+=(t_tpm_external)
 elif command -v swtpm >/dev/null 2>&1; then
     CASES+=(t_tpm_known_answers)
+    CASES+=(t_sealed_no_tpm t_sealed_store_tool)
 else
     echo "note: neither PROVHSM_TEST_TCTI nor swtpm: the TPM known-answer case is not run"
 fi

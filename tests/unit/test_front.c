@@ -8,6 +8,7 @@
  * thread with a small stack (embedded applications run the SDK on small stacks), and the
  * error-level line that says where a missing symmetric identity was looked for.
  */
+#include <limits.h>
 #include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -568,6 +569,9 @@ static size_t small_stack(void)
     stack *= 2;
 #endif
 #endif
+    /* no thread is smaller than the platform's floor (glibc on aarch64: 128 KB) */
+    if (stack < (size_t)PTHREAD_STACK_MIN)
+        stack = (size_t)PTHREAD_STACK_MIN;
     return stack;
 }
 

@@ -409,6 +409,23 @@ int provhsm_cli_cmd_identity_remove(const provhsm_cli_cmd *cmd, int argc, char *
 
 /* ---- store reseal --------------------------------------------------------------- */
 
+/* A failed reseal or rekey: no store at all is named as such, with the way out. */
+static int store_key_fail(provhsm_err err, const char *what)
+{
+    char *dir = NULL;
+    struct stat st;
+    int rc;
+    if (err == PROVHSM_E_NOT_FOUND && provhsm_config_store_dir(&dir) == PROVHSM_OK &&
+        (stat(dir, &st) != 0 || !S_ISDIR(st.st_mode)))
+        rc = provhsm_cli_error("%s: there is no store at %s; run 'provhsm init'", what, dir);
+    else if (err == PROVHSM_E_UNSUPPORTED) /* the library said why */
+        rc = provhsm_cli_error("%s", what);
+    else
+        rc = provhsm_cli_fail(err, "%s", what);
+    free(dir);
+    return rc;
+}
+
 int provhsm_cli_cmd_store_reseal(const provhsm_cli_cmd *cmd, int argc, char **argv)
 {
     provhsm_cli_opt opts[] = {{"unbound", 0, 0, NULL, 0}};
@@ -421,7 +438,7 @@ int provhsm_cli_cmd_store_reseal(const provhsm_cli_cmd *cmd, int argc, char **ar
         return rc;
     err = provhsm_store_reseal(opts[0].seen);
     if (err != PROVHSM_OK)
-        return provhsm_cli_fail(err, "cannot seal the store key again");
+        return store_key_fail(err, "cannot seal the store key again");
     if (provhsm_store_key_mode(&mode) != PROVHSM_OK)
         mode = NULL;
     provhsm_cli_buf_printf(&out, "store key sealed again: %s\n", mode != NULL ? mode : "tpm");
@@ -452,7 +469,7 @@ int provhsm_cli_cmd_store_rekey(const provhsm_cli_cmd *cmd, int argc, char **arg
                                        opts[0].value);
     err = provhsm_store_rekey(opts[0].value);
     if (err != PROVHSM_OK)
-        return provhsm_cli_fail(err, "cannot rekey the store");
+        return store_key_fail(err, "cannot rekey the store");
     if (provhsm_store_key_mode(&mode) != PROVHSM_OK)
         mode = NULL;
     provhsm_cli_buf_printf(&out, "store rekeyed: %s\n", mode != NULL ? mode : opts[0].value);

@@ -1,8 +1,8 @@
 # Cases of test_tool.sh (sourced by it; uses its helpers: run, expect_ok, expect_error,
 # expect_eq, expect_grep, jget, check_sas, start_fixture_swtpm, fail): the store key sealed
 # to the TPM, through the tool.
-#   t_sealed_no_tpm       init --seal-to-tpm, reseal and rekey --to tpm without [tpm]:
-#                         a clear error, exit 1, no store made
+#   t_sealed_no_tpm       reseal and rekey without a store; init --seal-to-tpm, reseal and
+#                         rekey --to tpm without [tpm]: a clear error, exit 1, no store made
 #   t_sealed_store_tool   init --seal-to-tpm on the fixture TPM; info (text and JSON);
 #                         identities made by the tool read back after every reseal
 #                         (bound, --unbound) and rekey (key-file, passphrase, tpm, tpm
@@ -101,6 +101,11 @@ expect_mode() {
 }
 
 t_sealed_no_tpm() {
+    # no store yet: said so, with the way out
+    expect_error 1 store reseal
+    expect_grep "no store at $PROVHSM_STORE; run 'provhsm init'" "$CASE/err"
+    expect_error 1 store rekey --to key-file
+    expect_grep "no store at $PROVHSM_STORE; run 'provhsm init'" "$CASE/err"
     # neither [tpm] nor PROVHSM_TCTI
     expect_error 1 init --seal-to-tpm
     expect_grep "needs a \[tpm\] section" "$CASE/err"

@@ -486,7 +486,21 @@ static void test_rekey_to_tpm_at_handle(void **state)
     free(key);
     assert_int_equal(commands, 1);
 
-    /* and away from the TPM: the handle is freed */
+    /* a handle held by another object (store-h's key): the rekey completes, as a blob */
+    use_config_with("store-rk", env.tpm_a.tcti, "sealed_key_handle = 0x81000200\n", NULL);
+    provhsm_test_log_clear();
+    assert_int_equal(provhsm_store_rekey("tpm"), PROVHSM_E_EXISTS);
+    assert_true(provhsm_test_log_seen("the rekey is complete"));
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs none)");
+    free(mode);
+    key = read_symmetric(&commands);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    assert_int_equal(commands, 3); /* Load, Unseal, FlushContext */
+
+    /* and away from the TPM: nothing of this store is left persistent */
     assert_int_equal(provhsm_store_rekey("key-file"), PROVHSM_OK);
     assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
     assert_int_equal(counts.persistent, before.persistent);

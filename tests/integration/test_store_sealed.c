@@ -58,14 +58,22 @@ typedef struct sealed_env {
 
 static sealed_env env;
 
-/* The TPM backend's open makes the EK and SRK: what "a provisioned TPM" means here. */
-static void provision(const char *tcti)
+/* The TPM backend's open makes the EK and SRK: what "a provisioned TPM" means here;
+ * owner_auth_file: NULL for the empty owner authorisation. */
+static void provision_with(const char *tcti, const char *owner_auth_file)
 {
     provhsm_config cfg;
     void *st = NULL;
     provhsm_test_tpm_config(&cfg, tcti);
+    if (owner_auth_file != NULL)
+        snprintf(cfg.owner_auth_file, sizeof(cfg.owner_auth_file), "%s", owner_auth_file);
     assert_int_equal(provhsm_backend_tpm.open(&cfg, PROVHSM_KIND_TPM, &st), PROVHSM_OK);
     provhsm_backend_tpm.close(st);
+}
+
+static void provision(const char *tcti)
+{
+    provision_with(tcti, NULL);
 }
 
 /* Writes the configuration (0600) for the store `store` on `tcti` and makes it current;
@@ -431,7 +439,32 @@ static void test_init_on_fresh_tpm_makes_the_srk(void **state)
     assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
     assert_int_equal(counts.persistent, 0);
 
-    use_config("store-fresh", fresh.tcti, NULL);
+    /* the SRK is made under the owner authorisation of [tpm]: a wrong one is named */
+    char tpm_lines[500] = "", auth[400] = "";
+    if (provhsm_test_programs_available("tpm2_changeauth", NULL)) {
+        char cmd[300];
+        snprintf(cmd, sizeof(cmd),
+                 "TPM2TOOLS_TCTI='%s' tpm2_changeauth -c owner freshpass >/dev/null", fresh.tcti);
+        assert_int_equal(system(cmd), 0);
+        snprintf(auth, sizeof(auth), "%s/fresh-owner.auth", env.dir);
+        FILE *f = fopen(auth, "w");
+        assert_non_null(f);
+        fputs("wrongpass\n", f);
+        assert_int_equal(fclose(f), 0);
+        assert_int_equal(chmod(auth, 0600), 0);
+        snprintf(tpm_lines, sizeof(tpm_lines), "owner_auth_file = %s\n", auth);
+        use_config_with("store-fresh", fresh.tcti, "", tpm_lines);
+        provhsm_test_log_clear();
+        assert_int_not_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+        assert_true(provhsm_test_log_seen("refused the owner authorisation"));
+        assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
+        assert_int_equal(counts.persistent, 0);
+        f = fopen(auth, "w");
+        assert_non_null(f);
+        fputs("freshpass\n", f);
+        assert_int_equal(fclose(f), 0);
+    }
+    use_config_with("store-fresh", fresh.tcti, "", tpm_lines);
     assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
     assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
     assert_int_equal(counts.persistent, 1); /* the SRK, nothing else */
@@ -443,7 +476,7 @@ static void test_init_on_fresh_tpm_makes_the_srk(void **state)
     free(key);
 
     /* the backend finds that SRK and uses it: only the EK is added */
-    provision(fresh.tcti);
+    provision_with(fresh.tcti, auth[0] != '\0' ? auth : NULL);
     assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
     assert_int_equal(counts.persistent, 2);
     key = read_symmetric(NULL);

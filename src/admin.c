@@ -274,21 +274,6 @@ out:
     return err;
 }
 
-/* The chain must be in order: each certificate issued by the next one. */
-static provhsm_err check_chain_order(STACK_OF(X509) *chain)
-{
-    for (int i = 0; i + 1 < sk_X509_num(chain); i++) {
-        if (X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i)) != X509_V_OK) {
-            PH_ERR(MOD,
-                   "certificate %d of the chain is not issued by certificate %d: the "
-                   "chain must be leaf first, then its issuers in order",
-                   i + 1, i + 2);
-            return PROVHSM_E_INVALID_ARG;
-        }
-    }
-    return PROVHSM_OK;
-}
-
 /* Finds the stored key (pending first, then current) that matches the leaf. */
 static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf, char **key_pem,
                                             int *from_pending)
@@ -335,7 +320,7 @@ provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem, int 
     X509 *leaf = sk_X509_value(chain, 0);
     err = provhsm_x509_common_name(leaf, &cn);
     if (err == PROVHSM_OK)
-        err = check_chain_order(chain);
+        err = provhsm_x509_check_chain_order(chain);
     if (err == PROVHSM_OK)
         err = provhsm_x509_describe(leaf, &info);
     if (err != PROVHSM_OK)

@@ -22,7 +22,6 @@
  * kernel's resource manager (/dev/tpmrm0, the default) has no such limit, and neither
  * has swtpm, whose TCTI opens a connection per command.
  */
-#include <ctype.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <pthread.h>
@@ -99,55 +98,6 @@ pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti)
 
 /* ---- authorisation values ------------------------------------------------------------- */
 
-static int hex_nibble(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = tolower(c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/*
- * An authorisation value as configured: the bytes of the file or variable, without one
- * trailing newline; "hex:" followed by hex digits gives raw bytes (as with tpm2-tools).
- */
-static provhsm_err parse_auth(const char *text, size_t len, const char *what, TPM2B_AUTH *auth)
-{
-    if (len > 0 && text[len - 1] == '\n')
-        len--;
-    if (len > 0 && text[len - 1] == '\r')
-        len--;
-    if (len >= 4 && memcmp(text, "hex:", 4) == 0) {
-        text += 4;
-        len -= 4;
-        if (len % 2 != 0 || len / 2 > sizeof(auth->buffer)) {
-            PH_ERR(MOD, "%s: hex value has odd length or exceeds %zu bytes", what,
-                   sizeof(auth->buffer));
-            return PROVHSM_E_CONFIG;
-        }
-        for (size_t i = 0; i < len / 2; i++) {
-            int hi = hex_nibble((unsigned char)text[2 * i]);
-            int lo = hex_nibble((unsigned char)text[2 * i + 1]);
-            if (hi < 0 || lo < 0) {
-                PH_ERR(MOD, "%s: not a hex value after \"hex:\"", what);
-                return PROVHSM_E_CONFIG;
-            }
-            auth->buffer[i] = (BYTE)(hi << 4 | lo);
-        }
-        auth->size = (UINT16)(len / 2);
-        return PROVHSM_OK;
-    }
-    if (len > sizeof(auth->buffer)) {
-        PH_ERR(MOD, "%s: value exceeds %zu bytes", what, sizeof(auth->buffer));
-        return PROVHSM_E_CONFIG;
-    }
-    memcpy(auth->buffer, text, len);
-    auth->size = (UINT16)len;
-    return PROVHSM_OK;
-}
-
 /*
  * Reads one hierarchy's authorisation from its file or environment variable into
  * secure memory; the empty value when neither is configured.
@@ -173,7 +123,7 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
         if (err != PROVHSM_OK)
             goto cleanup;
         text = (char *)bytes;
-        err = parse_auth(text, n, file, auth);
+        err = provhsm_tpm_auth_parse(text, n, file, auth);
     } else if (env[0] != '\0') {
         const char *value = getenv(env);
         if (value == NULL) {
@@ -181,7 +131,7 @@ static provhsm_err load_auth(const char *file, const char *env, const char *what
             err = PROVHSM_E_CONFIG;
             goto cleanup;
         }
-        err = parse_auth(value, strlen(value), env, auth);
+        err = provhsm_tpm_auth_parse(value, strlen(value), env, auth);
     }
     if (err != PROVHSM_OK)
         goto cleanup;

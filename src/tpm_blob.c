@@ -195,3 +195,53 @@ cleanup:
     /* Public data and encrypted secrets only: nothing here needs a wipe. */
     return err;
 }
+
+/* ---- authorisation values ------------------------------------------------------------- */
+
+static int hex_nibble(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+provhsm_err provhsm_tpm_auth_parse(const char *text, size_t len, const char *what, TPM2B_AUTH *auth)
+{
+    if (text == NULL || what == NULL || auth == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (len > 0 && text[len - 1] == '\n')
+        len--;
+    if (len > 0 && text[len - 1] == '\r')
+        len--;
+    if (len >= 4 && memcmp(text, "hex:", 4) == 0) {
+        text += 4;
+        len -= 4;
+        if (len % 2 != 0 || len / 2 > sizeof(auth->buffer)) {
+            PH_ERR(MOD, "%s: hex value has odd length or exceeds %zu bytes", what,
+                   sizeof(auth->buffer));
+            return PROVHSM_E_CONFIG;
+        }
+        for (size_t i = 0; i < len / 2; i++) {
+            int hi = hex_nibble((unsigned char)text[2 * i]);
+            int lo = hex_nibble((unsigned char)text[2 * i + 1]);
+            if (hi < 0 || lo < 0) {
+                PH_ERR(MOD, "%s: not a hex value after \"hex:\"", what);
+                return PROVHSM_E_CONFIG;
+            }
+            auth->buffer[i] = (BYTE)(hi << 4 | lo);
+        }
+        auth->size = (UINT16)(len / 2);
+        return PROVHSM_OK;
+    }
+    if (len > sizeof(auth->buffer)) {
+        PH_ERR(MOD, "%s: value exceeds %zu bytes", what, sizeof(auth->buffer));
+        return PROVHSM_E_CONFIG;
+    }
+    memcpy(auth->buffer, text, len);
+    auth->size = (UINT16)len;
+    return PROVHSM_OK;
+}

@@ -32,4 +32,14 @@ typedef struct provhsm_activation_blob {
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_blob_parse(const uint8_t *buf, size_t len,
                                                       provhsm_activation_blob *out);
 
+/*
+ * A hierarchy authorisation value as configured (a file's bytes or an environment
+ * variable): the bytes without one trailing "\n" or "\r\n"; "hex:" followed by an even
+ * number of hex digits gives raw bytes (as tpm2-tools reads them). At most
+ * sizeof(auth->buffer) bytes. PROVHSM_E_CONFIG (logged, naming `what`) otherwise. Also pure:
+ * it reads outside bytes, so it sits beside the blob parser and has its own fuzz target.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_auth_parse(const char *text, size_t len,
+                                                      const char *what, TPM2B_AUTH *auth);
+
 #endif

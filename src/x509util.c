@@ -609,3 +609,19 @@ cleanup:
     free(hex);
     return err;
 }
+
+provhsm_err provhsm_x509_check_chain_order(STACK_OF(X509) *chain)
+{
+    if (chain == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    for (int i = 0; i + 1 < sk_X509_num(chain); i++) {
+        if (X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i)) != X509_V_OK) {
+            PH_ERR(MOD,
+                   "certificate %d of the chain is not issued by certificate %d: the "
+                   "chain must be leaf first, then its issuers in order",
+                   i + 1, i + 2);
+            return PROVHSM_E_INVALID_ARG;
+        }
+    }
+    return PROVHSM_OK;
+}

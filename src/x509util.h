@@ -62,6 +62,12 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_self_signed(EVP_PKEY *key, const cha
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_csr(EVP_PKEY *key, const char *cn, char **pem_out);
 
 /* Chain back to PEM, leaf first, malloc'd. */
+/*
+ * A chain as `x509 import` takes it: leaf first, each certificate issued by the next.
+ * PROVHSM_E_INVALID_ARG (logged, naming the first pair out of order) otherwise.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_x509_check_chain_order(STACK_OF(X509) *chain);
+
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_chain_to_pem(STACK_OF(X509) *chain, char **pem_out);
 
 typedef struct provhsm_cert_info {

@@ -2,9 +2,9 @@
  * libFuzzer target for certificate and key import (src/x509util.c), called as the admin
  * API's `x509 import` and the software backend's open call it. The first input byte picks
  * how the rest is used:
- *   0  PEM text: a chain (provhsm_x509_parse_chain, the leaf's CN, the chain order as
- *      admin.c checks it, provhsm_x509_describe, back to PEM and parsed again) and a
- *      private key read from the same text and matched against the leaf
+ *   0  PEM text: a chain (provhsm_x509_parse_chain, the leaf's CN,
+ *      provhsm_x509_check_chain_order, provhsm_x509_describe, back to PEM and parsed
+ *      again) and a private key read from the same text and matched against the leaf
  *   1  DER of a certificate, wrapped in PEM and followed by a valid certificate: the same
  *      chain path, with the mutations landing inside the DER instead of the base64
  *   2  DER of a private key wrapped as PKCS#8 PEM: read as an imported key and as the
@@ -87,11 +87,10 @@ static void key_import(const char *pem, X509 *cert)
     }
 }
 
-/* Each certificate must be issued by the next: what admin.c's check_chain_order asks. */
+/* The chain order check `x509 import` makes. */
 static void chain_order(STACK_OF(X509) *chain)
 {
-    for (int i = 0; i + 1 < sk_X509_num(chain); i++)
-        (void)X509_check_issued(sk_X509_value(chain, i + 1), sk_X509_value(chain, i));
+    (void)provhsm_x509_check_chain_order(chain);
 }
 
 static int same_certificates(STACK_OF(X509) *a, STACK_OF(X509) *b)

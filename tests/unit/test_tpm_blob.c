@@ -322,6 +322,35 @@ static void test_null_args(void **state)
     assert_int_equal(provhsm_tpm_blob_parse(f->blob, 0, &b), PROVHSM_E_CORRUPT);
 }
 
+/* Authorisation values as files and variables hold them. */
+static void test_auth_values(void **state)
+{
+    (void)state;
+    TPM2B_AUTH a;
+    const char plain[] = "owner secret\r\n";
+    assert_int_equal(provhsm_tpm_auth_parse(plain, strlen(plain), "t", &a), PROVHSM_OK);
+    assert_int_equal(a.size, 12);
+    assert_memory_equal(a.buffer, "owner secret", 12);
+
+    const char hex[] = "hex:00aBfF\n";
+    const uint8_t want[] = {0x00, 0xab, 0xff};
+    assert_int_equal(provhsm_tpm_auth_parse(hex, strlen(hex), "t", &a), PROVHSM_OK);
+    assert_int_equal(a.size, 3);
+    assert_memory_equal(a.buffer, want, 3);
+
+    assert_int_equal(provhsm_tpm_auth_parse("", 0, "t", &a), PROVHSM_OK);
+    assert_int_equal(a.size, 0);
+
+    const char *bad[] = {"hex:abc", "hex:0g", "hex:-1"};
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++)
+        assert_int_equal(provhsm_tpm_auth_parse(bad[i], strlen(bad[i]), "t", &a), PROVHSM_E_CONFIG);
+    char big[sizeof(a.buffer) + 2];
+    memset(big, 'x', sizeof(big));
+    assert_int_equal(provhsm_tpm_auth_parse(big, sizeof(big), "t", &a), PROVHSM_E_CONFIG);
+    assert_int_equal(provhsm_tpm_auth_parse(big, sizeof(a.buffer), "t", &a), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_auth_parse(NULL, 0, "t", &a), PROVHSM_E_INVALID_ARG);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -333,6 +362,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_trailing_bytes_allowed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_identity_public_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_null_args, setup, teardown),
+        cmocka_unit_test(test_auth_values),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

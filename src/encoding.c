@@ -170,16 +170,6 @@ int provhsm_base64_decode_into(const char *text, uint8_t *out, size_t cap, size_
     return 0;
 }
 
-int provhsm_base64_valid(const char *text)
-{
-    const char *why = NULL;
-    size_t decoded_len = 0;
-
-    if (text == NULL || *text == '\0')
-        return 0;
-    return b64_check(text, strlen(text), &decoded_len, &why);
-}
-
 static int is_ascii_space(unsigned char c)
 {
     return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';

@@ -29,12 +29,6 @@ uint8_t *provhsm_base64_decode(const char *text, size_t *len_out);
  */
 int provhsm_base64_decode_into(const char *text, uint8_t *out, size_t cap, size_t *len_out);
 
-/*
- * 1 if text is non-empty valid padded base64, else 0. Only the tests (unit and fuzz) call
- * it; it goes once they check provhsm_base64_decode() instead.
- */
-int provhsm_base64_valid(const char *text);
-
 char *provhsm_base32_encode_lower_nopad(const uint8_t *data, size_t len);
 
 char *provhsm_url_encode(const char *text);

@@ -1136,6 +1136,7 @@ cleanup:
 
 /* ---- inspection ---------------------------------------------------------------------------- */
 
+#ifdef PROVHSM_TEST_HOOKS
 provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first, uint32_t *count_out)
 {
     uint32_t count = 0;
@@ -1167,6 +1168,7 @@ provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first, uint3
     *count_out = count;
     return PROVHSM_OK;
 }
+#endif
 
 /* ---- sealed data ------------------------------------------------------------------------ */
 

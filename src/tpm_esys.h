@@ -235,13 +235,16 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR
 
 /* ---- inspection ------------------------------------------------------------------ */
 
+#ifdef PROVHSM_TEST_HOOKS
 /*
  * Number of handles of the type of `first` the TPM reports from `first` on
  * (GetCapability TPM2_CAP_HANDLES), e.g. TPM2_TRANSIENT_FIRST, TPM2_LOADED_SESSION_FIRST,
- * TPM2_PERSISTENT_FIRST. For leak checks in tests and for the tool.
+ * TPM2_PERSISTENT_FIRST. For leak checks; only the tests call it, so it is built into their copy
+ * of the library alone.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first,
                                                          uint32_t *count_out);
+#endif
 
 /* ---- sealed data (the store key sealed to the TPM) ------------------------------- */
 

@@ -43,7 +43,6 @@ static void base64_text(const char *text)
     int into_rc = provhsm_base64_decode_into(text, into, cap, &into_len);
 
     FUZZ_CHECK((raw != NULL) == (into_rc == 0));
-    FUZZ_CHECK(provhsm_base64_valid(text) == (raw != NULL && text[0] != '\0'));
     if (raw != NULL) {
         FUZZ_CHECK(into_len == len && (len == 0 || memcmp(raw, into, len) == 0));
         char *again = provhsm_base64_encode(raw, len);

@@ -393,6 +393,7 @@ char *provhsm_test_registration_id(const uint8_t *ek, size_t len)
     return out;
 }
 
+#ifdef PROVHSM_TEST_HOOKS
 int provhsm_test_tpm_counts_get(const char *tcti, provhsm_test_tpm_counts *out)
 {
     provhsm_tpm *tpm = NULL;
@@ -422,6 +423,7 @@ int provhsm_test_tpm_counts_unchanged(const char *tcti, const provhsm_test_tpm_c
             (unsigned)now.sessions, (unsigned)before->persistent, (unsigned)now.persistent);
     return -1;
 }
+#endif
 
 /* ---- log capture ---------------------------------------------------------------------- */
 

@@ -57,6 +57,8 @@ void provhsm_test_tpm_config(provhsm_config *cfg, const char *tcti);
 /* Lowercase base32 (no padding) of SHA-256(ek): the TPM registration id. malloc'd. */
 char *provhsm_test_registration_id(const uint8_t *ek, size_t len);
 
+/* Leak checks use the test copy of the library (benchmarks link the installed one). */
+#ifdef PROVHSM_TEST_HOOKS
 /* Transient objects, loaded sessions and persistent objects in the TPM behind tcti. */
 typedef struct provhsm_test_tpm_counts {
     uint32_t transient, sessions, persistent;
@@ -66,6 +68,7 @@ int provhsm_test_tpm_counts_get(const char *tcti, provhsm_test_tpm_counts *out);
 
 /* 0 when the counts behind tcti equal *before; else -1 with the differences on stderr. */
 int provhsm_test_tpm_counts_unchanged(const char *tcti, const provhsm_test_tpm_counts *before);
+#endif
 
 /*
  * Captures the library's log lines (instead of stderr) from now on; lines are still

@@ -109,13 +109,10 @@ static void test_base64_decode_rejects_malformed(void **state)
         if (dec != NULL)
             fail_msg("accepted malformed base64 #%zu \"%s\"", i, bad[i]);
         assert_int_equal(len, 12345); /* output untouched on failure */
-        assert_int_equal(provhsm_base64_valid(bad[i]), 0);
     }
     size_t len = 0;
     assert_null(provhsm_base64_decode(NULL, &len));
     assert_null(provhsm_base64_decode("Zm9v", NULL));
-    assert_int_equal(provhsm_base64_valid(NULL), 0);
-    assert_int_equal(provhsm_base64_valid(""), 0);
     assert_null(provhsm_base64_encode(NULL, 0));
 }
 
@@ -169,7 +166,6 @@ static void test_base64_round_trip_lengths(void **state)
         char *enc = provhsm_base64_encode(data, n);
         assert_non_null(enc);
         assert_int_equal(strlen(enc), (n + 2) / 3 * 4);
-        assert_int_equal(provhsm_base64_valid(enc), n > 0 ? 1 : 0);
         size_t len = 0;
         uint8_t *dec = provhsm_base64_decode(enc, &len);
         assert_non_null(dec);

@@ -3,8 +3,9 @@
  * registration ids and symmetric keys an application hands over (src/identity.c).
  * The input is used both as text (base64 decoding, URL encoding, the checks) and as
  * bytes (the encoders). Properties: base64 decoding accepts exactly the canonical
- * encoding of some byte string (decode then encode gives the text back), the two decoders
- * and the validator agree, decode(encode(x)) == x, base32 and hex have the documented
+ * encoding of some byte string (decode then encode gives the text back), the strict
+ * decoders agree, the line-tolerant decoder (provhsm_base64_decode_text) agrees with them
+ * once whitespace is taken out, decode(encode(x)) == x, base32 and hex have the documented
  * lengths and alphabets, and URL encoding leaves only unreserved characters and %xx.
  */
 #include <stdlib.h>
@@ -51,6 +52,42 @@ static void base64_text(const char *text)
     }
     provhsm_secure_free(raw);
     free(into);
+}
+
+static int is_ascii_space(unsigned char c)
+{
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f';
+}
+
+/*
+ * provhsm_base64_decode_text (base64 broken into lines, as files hold it) agrees with the
+ * strict decoder on the same text with its whitespace taken out, and refuses a NUL byte
+ * and text with nothing to decode.
+ */
+static void base64_lines(const uint8_t *data, size_t size)
+{
+    char *packed = malloc(size + 1);
+    size_t n = 0, strict_len = 0, len = 0;
+    uint8_t *out = NULL;
+    FUZZ_CHECK(packed != NULL);
+    for (size_t i = 0; i < size; i++)
+        if (!is_ascii_space(data[i]))
+            packed[n++] = (char)data[i];
+    packed[n] = '\0';
+
+    provhsm_err rc = provhsm_base64_decode_text((const char *)data, size, &out, &len);
+    uint8_t *strict = provhsm_base64_decode(packed, &strict_len);
+    if (memchr(packed, '\0', n) != NULL || n == 0)
+        FUZZ_CHECK(rc != PROVHSM_OK);
+    else
+        FUZZ_CHECK((rc == PROVHSM_OK) == (strict != NULL));
+    if (rc == PROVHSM_OK) {
+        FUZZ_CHECK(strict != NULL && len == strict_len && len > 0);
+        FUZZ_CHECK(memcmp(out, strict, len) == 0);
+    }
+    free(out);
+    provhsm_secure_free(strict);
+    free(packed);
 }
 
 static void base64_bytes(const uint8_t *data, size_t size)
@@ -116,6 +153,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     char *text = fuzz_text(data, size);
     base64_text(text);
+    base64_lines(data, size);
     base64_bytes(data, size);
     base32_and_hex(data, size);
     url_text(text);

@@ -1,10 +1,11 @@
 /*
  * libFuzzer target for the parser of store.sealed, the store key sealed to the TPM
  * (provhsm_store_parse_sealed, src/store.c, which calls tpm_esys.c's tss2-mu
- * unmarshalers): the file comes from disk, so any byte string must be refused cleanly or
- * parsed whole. Property: a file that parses has no slack, so it parses neither with its
- * last byte cut off nor with a byte added. Built only with PROVHSM_FUZZ=ON
- * (tests/fuzz/CMakeLists.txt); seeds in corpus/sealed (files written by provhsm init
+ * unmarshalers provhsm_tpm_unmarshal_pcrs and provhsm_tpm_unmarshal_sealed_object): the file comes
+ * from disk, so any byte string must be refused cleanly or parsed whole. Property: a file that
+ * parses has no slack, so it parses neither with its last byte cut off nor with a byte added. Built
+ * only with PROVHSM_FUZZ=ON (tests/fuzz/CMakeLists.txt); seeds in corpus/sealed (files written by
+ * provhsm init
  * --seal-to-tpm on swtpm, with and without a PCR binding, and the persistent-handle form).
  */
 #include <stdint.h>

@@ -1,6 +1,6 @@
 # Cases of test_tool.sh (sourced by it; uses its helpers: run, expect_ok, expect_error,
-# expect_eq, expect_grep, jget, check_sas, start_fixture_swtpm, fail): the store key sealed
-# to the TPM, through the tool.
+# expect_eq, expect_grep, jget, check_sas, start_swtpm, start_fixture_swtpm, fail): the
+# store key sealed to the TPM, through the tool.
 #   t_sealed_no_tpm       reseal and rekey without a store; init --seal-to-tpm, reseal and
 #                         rekey --to tpm without [tpm]: a clear error, exit 1, no store made
 #   t_sealed_store_tool   init --seal-to-tpm on the fixture TPM; info (text and JSON);
@@ -14,40 +14,7 @@
 # start_fresh_swtpm NAME: a swtpm on an empty state (no EK, no SRK) on free ports; prints
 # its TCTI. Stopped by stop_sealed_swtpms (the case's EXIT trap).
 start_fresh_swtpm() {
-    local name=$1 port
-    mkdir -p "$CASE/$name-state" || return 1
-    for _ in $(seq 20); do
-        port=$(python3 -c '
-import socket
-while True:
-    a = socket.socket(); a.bind(("127.0.0.1", 0)); p = a.getsockname()[1]
-    b = socket.socket()
-    try:
-        b.bind(("127.0.0.1", p + 1))
-    except OSError:
-        continue
-    print(p)
-    break')
-        rm -f "$CASE/$name.pid"
-        if swtpm socket --tpm2 --tpmstate dir="$CASE/$name-state" \
-            --server type=tcp,port="$port",bindaddr=127.0.0.1 \
-            --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
-            --flags not-need-init,startup-clear --pid file="$CASE/$name.pid" \
-            --log file="$CASE/$name.log" --daemon 2>>"$CASE/$name.log"; then
-            for _ in $(seq 50); do
-                [ -s "$CASE/$name.pid" ] &&
-                    python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$port" 2>/dev/null &&
-                    break
-                sleep 0.1
-            done
-            if [ -s "$CASE/$name.pid" ]; then
-                echo "swtpm:host=127.0.0.1,port=$port"
-                return 0
-            fi
-        fi
-        sleep 0.2
-    done
-    return 1
+    mkdir -p "$CASE/$1-state" && start_swtpm "$CASE/$1-state" "$1"
 }
 
 stop_sealed_swtpms() {

@@ -812,13 +812,14 @@ t_tpm_absent() {
 }
 
 # Starts swtpm on a copy of the fixture state; sets PROVHSM_TCTI. Returns 1 without swtpm.
-start_fixture_swtpm() {
-    local port i
+# start_swtpm STATE_DIR NAME: a swtpm on STATE_DIR, pid in $CASE/NAME.pid, log in
+# $CASE/NAME.log; prints its TCTI. Other tests start simulators in parallel: it picks a
+# port P with P and P+1 both free, and tries again with another pair when swtpm loses the
+# race for one of them.
+start_swtpm() {
+    local state=$1 name=$2 port
     command -v swtpm >/dev/null 2>&1 || return 1
-    cp -r "$FIXTURES/tpm-activation/swtpm-state" "$CASE/tpmstate" || return 1
-    # Other tests start simulators in parallel: pick a port P with P and P+1 both free,
-    # and try again with another pair when swtpm loses the race for one of them.
-    for i in $(seq 20); do
+    for _ in $(seq 20); do
         port=$(python3 -c '
 import socket
 while True:
@@ -830,27 +831,35 @@ while True:
         continue
     print(p)
     break')
-        rm -f "$CASE/swtpm.pid"
-        if swtpm socket --tpm2 --tpmstate dir="$CASE/tpmstate" \
+        rm -f "$CASE/$name.pid"
+        if swtpm socket --tpm2 --tpmstate dir="$state" \
             --server type=tcp,port="$port",bindaddr=127.0.0.1 \
             --ctrl type=tcp,port=$((port + 1)),bindaddr=127.0.0.1 \
-            --flags not-need-init,startup-clear --pid file="$CASE/swtpm.pid" \
-            --log file="$CASE/swtpm.log" --daemon 2>>"$CASE/swtpm.log"; then
+            --flags not-need-init,startup-clear --pid file="$CASE/$name.pid" \
+            --log file="$CASE/$name.log" --daemon 2>>"$CASE/$name.log"; then
             for _ in $(seq 50); do
-                [ -s "$CASE/swtpm.pid" ] &&
+                [ -s "$CASE/$name.pid" ] &&
                     python3 -c 'import socket,sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1).close()' "$port" 2>/dev/null &&
                     break
                 sleep 0.1
             done
-            if [ -s "$CASE/swtpm.pid" ]; then
-                cp "$CASE/swtpm.pid" "$WORK/swtpm.pid"
-                export PROVHSM_TCTI="swtpm:host=127.0.0.1,port=$port"
+            if [ -s "$CASE/$name.pid" ]; then
+                echo "swtpm:host=127.0.0.1,port=$port"
                 return 0
             fi
         fi
         sleep 0.2
     done
     return 1
+}
+
+# The swtpm on a copy of the fixture's state (its known EK and SRK); sets PROVHSM_TCTI.
+start_fixture_swtpm() {
+    local tcti
+    cp -r "$FIXTURES/tpm-activation/swtpm-state" "$CASE/tpmstate" || return 1
+    tcti=$(start_swtpm "$CASE/tpmstate" swtpm) || return 1
+    cp "$CASE/swtpm.pid" "$WORK/swtpm.pid"
+    export PROVHSM_TCTI=$tcti
 }
 
 stop_fixture_swtpm() {

@@ -13,35 +13,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fuzz_common.h"
 #include "log.h"
 #include "store.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_sealed: inconsistent parse: %s (line %d)\n", #cond, __LINE__);   \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
-static void quiet_log(provhsm_log_level level, const char *module, const char *message, void *ctx)
-{
-    (void)level;
-    (void)module;
-    (void)message;
-    (void)ctx;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    setenv("TSS2_LOG", "all+none", 1);
-    provhsm_set_log_callback(quiet_log, NULL);
-    provhsm_set_log_level(PROVHSM_LOG_DEBUG);
+    fuzz_quiet_logs();
     return 0;
 }
 
@@ -54,12 +34,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (size > 0)
         memcpy(copy, data, size);
     provhsm_err rc = provhsm_store_parse_sealed(copy, size, "fuzz/store.sealed");
-    CHECK(rc == PROVHSM_OK || rc == PROVHSM_E_CORRUPT);
+    FUZZ_CHECK(rc == PROVHSM_OK || rc == PROVHSM_E_CORRUPT);
     if (rc == PROVHSM_OK) {
-        CHECK(size > 0);
-        CHECK(provhsm_store_parse_sealed(copy, size - 1, "fuzz/store.sealed") == PROVHSM_E_CORRUPT);
+        FUZZ_CHECK(size > 0);
+        FUZZ_CHECK(provhsm_store_parse_sealed(copy, size - 1, "fuzz/store.sealed") ==
+                   PROVHSM_E_CORRUPT);
         copy[size] = 0;
-        CHECK(provhsm_store_parse_sealed(copy, size + 1, "fuzz/store.sealed") == PROVHSM_E_CORRUPT);
+        FUZZ_CHECK(provhsm_store_parse_sealed(copy, size + 1, "fuzz/store.sealed") ==
+                   PROVHSM_E_CORRUPT);
     }
     free(copy);
     return 0;

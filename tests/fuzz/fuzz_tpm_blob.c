@@ -12,36 +12,15 @@
 #include <string.h>
 #include <tss2/tss2_mu.h>
 
+#include "fuzz_common.h"
 #include "log.h"
 #include "tpm_blob.h"
-
-int LLVMFuzzerInitialize(int *argc, char ***argv);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-#define CHECK(cond)                                                                                \
-    do {                                                                                           \
-        if (!(cond)) {                                                                             \
-            fprintf(stderr, "fuzz_tpm_blob: inconsistent parse: %s (line %d)\n", #cond, __LINE__); \
-            abort();                                                                               \
-        }                                                                                          \
-    } while (0)
-
-/* Swallows the parser's log lines but still has them formatted by the log module. */
-static void quiet_log(provhsm_log_level level, const char *module, const char *message, void *ctx)
-{
-    (void)level;
-    (void)module;
-    (void)message;
-    (void)ctx;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
     (void)argc;
     (void)argv;
-    setenv("TSS2_LOG", "all+none", 1); /* tpm2-tss's own warnings on every bad input */
-    provhsm_set_log_callback(quiet_log, NULL);
-    provhsm_set_log_level(PROVHSM_LOG_DEBUG);
+    fuzz_quiet_logs();
     return 0;
 }
 
@@ -56,30 +35,32 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (provhsm_tpm_blob_parse(data, size, &b) != PROVHSM_OK)
         return 0;
 
-    CHECK(b.credential_blob.size > 0 &&
-          b.credential_blob.size <= sizeof(b.credential_blob.credential));
-    CHECK(b.secret.size > 0 && b.secret.size <= sizeof(b.secret.secret));
-    CHECK(b.duplicate.size > 0 && b.duplicate.size <= sizeof(b.duplicate.buffer));
-    CHECK(b.in_sym_seed.size > 0 && b.in_sym_seed.size <= sizeof(b.in_sym_seed.secret));
-    CHECK(b.object_public.size > 0);
-    CHECK(b.object_public.publicArea.type == TPM2_ALG_KEYEDHASH);
-    CHECK(b.object_public.publicArea.nameAlg == TPM2_ALG_SHA256);
-    CHECK(b.object_public.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT);
+    FUZZ_CHECK(b.credential_blob.size > 0 &&
+               b.credential_blob.size <= sizeof(b.credential_blob.credential));
+    FUZZ_CHECK(b.secret.size > 0 && b.secret.size <= sizeof(b.secret.secret));
+    FUZZ_CHECK(b.duplicate.size > 0 && b.duplicate.size <= sizeof(b.duplicate.buffer));
+    FUZZ_CHECK(b.in_sym_seed.size > 0 && b.in_sym_seed.size <= sizeof(b.in_sym_seed.secret));
+    FUZZ_CHECK(b.object_public.size > 0);
+    FUZZ_CHECK(b.object_public.publicArea.type == TPM2_ALG_KEYEDHASH);
+    FUZZ_CHECK(b.object_public.publicArea.nameAlg == TPM2_ALG_SHA256);
+    FUZZ_CHECK(b.object_public.publicArea.objectAttributes & TPMA_OBJECT_SIGN_ENCRYPT);
 
     /* Marshal the fields again: they must be exactly the bytes they came from. */
     static uint8_t again[4 * 1024 + sizeof(provhsm_activation_blob)];
     size_t off = 0;
-    CHECK(Tss2_MU_TPM2B_ID_OBJECT_Marshal(&b.credential_blob, again, sizeof(again), &off) == 0);
-    CHECK(Tss2_MU_TPM2B_ENCRYPTED_SECRET_Marshal(&b.secret, again, sizeof(again), &off) == 0);
-    CHECK(Tss2_MU_TPM2B_PRIVATE_Marshal(&b.duplicate, again, sizeof(again), &off) == 0);
-    CHECK(Tss2_MU_TPM2B_ENCRYPTED_SECRET_Marshal(&b.in_sym_seed, again, sizeof(again), &off) == 0);
+    FUZZ_CHECK(Tss2_MU_TPM2B_ID_OBJECT_Marshal(&b.credential_blob, again, sizeof(again), &off) ==
+               0);
+    FUZZ_CHECK(Tss2_MU_TPM2B_ENCRYPTED_SECRET_Marshal(&b.secret, again, sizeof(again), &off) == 0);
+    FUZZ_CHECK(Tss2_MU_TPM2B_PRIVATE_Marshal(&b.duplicate, again, sizeof(again), &off) == 0);
+    FUZZ_CHECK(Tss2_MU_TPM2B_ENCRYPTED_SECRET_Marshal(&b.in_sym_seed, again, sizeof(again), &off) ==
+               0);
     size_t pub_at = off;
-    CHECK(Tss2_MU_TPM2B_PUBLIC_Marshal(&b.object_public, again, sizeof(again), &off) == 0);
-    CHECK(off - pub_at == 2u + b.object_public.size);
-    CHECK(off + 2 <= size);
-    CHECK(memcmp(again, data, off) == 0);
+    FUZZ_CHECK(Tss2_MU_TPM2B_PUBLIC_Marshal(&b.object_public, again, sizeof(again), &off) == 0);
+    FUZZ_CHECK(off - pub_at == 2u + b.object_public.size);
+    FUZZ_CHECK(off + 2 <= size);
+    FUZZ_CHECK(memcmp(again, data, off) == 0);
 
     size_t enc_len = be16(data + off);
-    CHECK(off + 2 + enc_len + b.trailing_len == size);
+    FUZZ_CHECK(off + 2 + enc_len + b.trailing_len == size);
     return 0;
 }

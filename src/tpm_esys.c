@@ -811,6 +811,21 @@ void provhsm_tpm_forget(provhsm_tpm *tpm, ESYS_TR *tr)
     *tr = ESYS_TR_NONE;
 }
 
+/*
+ * Makes a policy session single use (the TPM flushes it after the command it authorises
+ * succeeds) and hands it to the caller; on failure it stays in *session for the caller's
+ * cleanup to flush.
+ */
+static provhsm_err hand_over_single_use(provhsm_tpm *tpm, ESYS_TR *session, ESYS_TR *session_out)
+{
+    TSS2_RC rc = Esys_TRSess_SetAttributes(tpm->esys, *session, 0, TPMA_SESSION_CONTINUESESSION);
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Esys_TRSess_SetAttributes");
+    *session_out = *session;
+    *session = ESYS_TR_NONE;
+    return PROVHSM_OK;
+}
+
 /* ---- credential activation and import ------------------------------------------------ */
 
 provhsm_err provhsm_tpm_ek_policy_session(provhsm_tpm *tpm, ESYS_TR *session_out)
@@ -843,14 +858,7 @@ provhsm_err provhsm_tpm_ek_policy_session(provhsm_tpm *tpm, ESYS_TR *session_out
         err = fail(tpm, rc, "PolicySecret(TPM_RH_ENDORSEMENT)");
         goto cleanup;
     }
-    /* single use: the TPM flushes it after the command it authorises succeeds */
-    rc = Esys_TRSess_SetAttributes(tpm->esys, session, 0, TPMA_SESSION_CONTINUESESSION);
-    if (rc != TSS2_RC_SUCCESS) {
-        err = fail(tpm, rc, "Esys_TRSess_SetAttributes");
-        goto cleanup;
-    }
-    *session_out = session;
-    session = ESYS_TR_NONE;
+    err = hand_over_single_use(tpm, &session, session_out);
 
 cleanup:
     provhsm_tpm_flush(tpm, &session);
@@ -1339,13 +1347,7 @@ provhsm_err provhsm_tpm_pcr_policy_session(provhsm_tpm *tpm, const TPML_PCR_SELE
         err = fail(tpm, rc, "PolicyPCR");
         goto cleanup;
     }
-    rc = Esys_TRSess_SetAttributes(tpm->esys, session, 0, TPMA_SESSION_CONTINUESESSION);
-    if (rc != TSS2_RC_SUCCESS) {
-        err = fail(tpm, rc, "Esys_TRSess_SetAttributes");
-        goto cleanup;
-    }
-    *session_out = session;
-    session = ESYS_TR_NONE;
+    err = hand_over_single_use(tpm, &session, session_out);
 cleanup:
     provhsm_tpm_flush(tpm, &session);
     return err;

@@ -9,6 +9,7 @@ packages=(
     libssl-dev openssl
     libcmocka-dev
     libtss2-dev swtpm swtpm-tools tpm2-tools
+    libp11-kit-dev softhsm2 tpm2-openssl
     clang libclang-rt-14-dev
     valgrind python3 cppcheck clang-format
 )

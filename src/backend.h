@@ -26,6 +26,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include "config.h"
+#include "keyref.h"
 
 typedef enum provhsm_kind {
     PROVHSM_KIND_X509 = 0,
@@ -66,6 +67,48 @@ typedef struct provhsm_backend {
     provhsm_err (*tpm_activate)(void *state, const uint8_t *blob, size_t len);
     provhsm_err (*tpm_sign)(void *state, const uint8_t *data, size_t len, uint8_t **sig_out,
                             size_t *sig_len_out);
+
+    /*
+     * Hardware X.509 keys: optional, for backends whose X.509 private key never leaves the
+     * device (tpm, pkcs11). hwkey.c and the admin API call them; the OpenSSL provider
+     * signs through them. Such a backend also serves the X.509 group above: the chain and
+     * the key reference are kept in the store (identity.h), and x509_alias_key returns
+     * the reference's PEM (keyref.h).
+     *  - key_generate makes an EC key (PROVHSM_KEY_EC_P256; P-384 where the device has it)
+     *    in the device and returns its reference; *secret_out (secure memory, NUL-ended
+     *    text, NULL when the backend needs none) is what key_open needs besides the
+     *    reference (the TPM key's random authorisation value); the admin API keeps it in
+     *    the store with the identity. RSA types are refused with PROVHSM_E_UNSUPPORTED and
+     *    a log line saying why (the SDK's TLS layer copies RSA keys into a legacy object
+     *    that holds only the public half) and what to use instead (EC P-256).
+     *    `replace`: an existing key where the new one goes may be destroyed.
+     *  - key_adopt takes a key already in the device, named by `locator` (a persistent
+     *    handle "0x81000110", a PKCS#11 URI), and returns its reference. RSA is refused
+     *    as above. *secret_out as for key_generate (NULL when adopting needs none).
+     *  - key_open resolves a reference, with its secret, to an open key, and checks that
+     *    the device's public key equals the reference's (PROVHSM_E_MISMATCH otherwise).
+     *  - key_sign: ECDSA over a digest the caller computed; raw r | s big-endian, each half
+     *    the curve's byte size; *rs_len in: room, out: used. May be called from several
+     *    threads at once on the same key: the backend serialises where its device needs.
+     *  - key_close releases what key_open made (never destroys the key).
+     *  - key_destroy removes the key a reference names from the device (identity removal,
+     *    a replaced pending request); PROVHSM_E_NOT_FOUND when it was already gone.
+     *  - key_describe (optional): one line for `provhsm info` (where the key is, that it
+     *    cannot be extracted), malloc'd.
+     */
+    provhsm_err (*key_generate)(const provhsm_config *cfg, provhsm_key_type type, int replace,
+                                provhsm_keyref *ref_out, char **secret_out);
+    provhsm_err (*key_adopt)(const provhsm_config *cfg, const char *locator,
+                             provhsm_keyref *ref_out, char **secret_out);
+    provhsm_err (*key_open)(const provhsm_config *cfg, const provhsm_keyref *ref,
+                            const char *secret, void **key_out);
+    provhsm_err (*key_sign)(void *key, const uint8_t *digest, size_t digest_len, uint8_t *rs,
+                            size_t *rs_len);
+    void (*key_close)(void *key);
+    provhsm_err (*key_destroy)(const provhsm_config *cfg, const provhsm_keyref *ref,
+                               const char *secret);
+    provhsm_err (*key_describe)(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                char **line_out);
 } provhsm_backend;
 
 /* Compiled-in backends, NULL-terminated (backend_registry.c). */
@@ -85,6 +128,13 @@ extern const provhsm_backend *provhsm_backend_test_override;
 extern const provhsm_backend provhsm_backend_software;
 #ifdef PROVHSM_WITH_TPM
 extern const provhsm_backend provhsm_backend_tpm;
+#endif
+#ifdef PROVHSM_WITH_PKCS11
+extern const provhsm_backend provhsm_backend_pkcs11;
+#endif
+#ifdef PROVHSM_TEST_HOOKS
+/* A software EC key behind the hardware-key slots, for the provider's tests. */
+extern const provhsm_backend provhsm_backend_testkey;
 #endif
 
 #endif

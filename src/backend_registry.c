@@ -11,6 +11,12 @@ const provhsm_backend *const provhsm_backends[] = {
 #ifdef PROVHSM_WITH_TPM
     &provhsm_backend_tpm,
 #endif
+#ifdef PROVHSM_WITH_PKCS11
+    &provhsm_backend_pkcs11,
+#endif
+#ifdef PROVHSM_TEST_HOOKS
+    &provhsm_backend_testkey,
+#endif
     NULL,
 };
 

@@ -37,11 +37,20 @@
 
 /* ---- the schema ---------------------------------------------------------------- */
 
-enum section { SEC_NONE = -1, SEC_STORE, SEC_X509, SEC_SYMMETRIC, SEC_TPM, SEC_LOG, SEC__COUNT };
+enum section {
+    SEC_NONE = -1,
+    SEC_STORE,
+    SEC_X509,
+    SEC_SYMMETRIC,
+    SEC_TPM,
+    SEC_PKCS11,
+    SEC_LOG,
+    SEC__COUNT
+};
 
 static const char *const section_names[SEC__COUNT] = {
-    [SEC_STORE] = "store", [SEC_X509] = "x509", [SEC_SYMMETRIC] = "symmetric",
-    [SEC_TPM] = "tpm",     [SEC_LOG] = "log",
+    [SEC_STORE] = "store", [SEC_X509] = "x509",     [SEC_SYMMETRIC] = "symmetric",
+    [SEC_TPM] = "tpm",     [SEC_PKCS11] = "pkcs11", [SEC_LOG] = "log",
 };
 
 enum value_kind {
@@ -95,13 +104,24 @@ static const key_desc keys[] = {
     {SEC_TPM, "owner_auth_env", V_ENV_NAME_OPT, MEMBER(owner_auth_env), 0, 0},
     {SEC_TPM, "endorsement_auth_file", V_PATH_OPT, MEMBER(endorsement_auth_file), 0, 0},
     {SEC_TPM, "endorsement_auth_env", V_ENV_NAME_OPT, MEMBER(endorsement_auth_env), 0, 0},
+    {SEC_TPM, "x509_key_handle", V_HANDLE, MEMBER(x509_key_handle), TPM_PERSISTENT_FIRST,
+     TPM_PERSISTENT_LAST},
+    {SEC_PKCS11, "module", V_PATH_OPT, MEMBER(pkcs11_module), 0, 0},
+    {SEC_PKCS11, "token", V_STRING, MEMBER(pkcs11_token), 0, 0},
+    {SEC_PKCS11, "pin_file", V_PATH_OPT, MEMBER(pkcs11_pin_file), 0, 0},
+    {SEC_PKCS11, "pin_env", V_ENV_NAME, MEMBER(pkcs11_pin_env), 0, 0},
     {SEC_LOG, "level", V_LEVEL, MEMBER(log_level), 0, 0},
 };
 
 #define KEY_COUNT (sizeof(keys) / sizeof(keys[0]))
 
 /* Names accepted syntactically; whether one is compiled in is the front's check. */
-static const char *const backend_names[] = {"software", "tpm", "pkcs11"};
+static const char *const backend_names[] = {
+    "software", "tpm", "pkcs11",
+#ifdef PROVHSM_TEST_HOOKS
+    "testkey", /* the provider tests' key */
+#endif
+};
 
 /* The longest store directory for which <dir>/store.key still fits a path buffer. */
 #define STORE_DIR_MAX (PROVHSM_PATH_MAX - 1 - (sizeof(CONFIG_KEY_FILENAME) - 1))
@@ -731,6 +751,9 @@ void provhsm_config_defaults(provhsm_config *cfg)
     cfg->ek_handle = 0x81010001u;
     cfg->srk_handle = 0x81000001u;
     cfg->identity_handle = 0x81000100u;
+    cfg->x509_key_handle = 0x81000110u;
+    (void)copy_str(cfg->pkcs11_token, sizeof(cfg->pkcs11_token), "pkcs11:");
+    (void)copy_str(cfg->pkcs11_pin_env, sizeof(cfg->pkcs11_pin_env), "PROVHSM_PKCS11_PIN");
     cfg->log_level = -1;
 }
 

@@ -34,7 +34,7 @@ typedef struct provhsm_config {
     uint32_t seal_pcr_mask;     /* bit n = PCR n (0..23) */
     uint32_t sealed_key_handle; /* persistent handle of the sealed key; 0 = blob file */
 
-    /* backend per attestation: "software", "tpm", later "pkcs11" */
+    /* backend per attestation: "software", "tpm", "pkcs11" (X.509 only) */
     char x509_backend[PROVHSM_NAME_MAX];
     char symmetric_backend[PROVHSM_NAME_MAX];
     char tpm_backend[PROVHSM_NAME_MAX];
@@ -47,6 +47,13 @@ typedef struct provhsm_config {
     char owner_auth_env[PROVHSM_NAME_MAX];
     char endorsement_auth_file[PROVHSM_PATH_MAX];
     char endorsement_auth_env[PROVHSM_NAME_MAX];
+    uint32_t x509_key_handle; /* the X.509 device key made by `x509 generate` */
+
+    /* [pkcs11]: X.509 keys on a token */
+    char pkcs11_module[PROVHSM_PATH_MAX];   /* the module (.so); "" = p11-kit's proxy */
+    char pkcs11_token[PROVHSM_PATH_MAX];    /* RFC 7512 URI selecting the token */
+    char pkcs11_pin_file[PROVHSM_PATH_MAX]; /* file holding the user PIN; "" = none */
+    char pkcs11_pin_env[PROVHSM_NAME_MAX];  /* env var holding the PIN */
 
     /* [log] */
     int log_level; /* -1 = not set in the file */

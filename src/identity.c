@@ -16,8 +16,14 @@
 static const uint8_t record_magic[4] = {'P', 'H', 'I', '1'};
 
 enum { KIND_X509 = 1, KIND_SYMMETRIC = 2 };
-enum { TAG_KEY_PEM = 1, TAG_CHAIN_PEM = 2, TAG_REGISTRATION_ID = 3, TAG_SYMMETRIC_KEY = 4 };
-#define TAG_MAX   4
+enum {
+    TAG_KEY_PEM = 1,
+    TAG_CHAIN_PEM = 2,
+    TAG_REGISTRATION_ID = 3,
+    TAG_SYMMETRIC_KEY = 4,
+    TAG_KEY_SECRET = 5 /* a hardware key's secret (the TPM key's authorisation value) */
+};
+#define TAG_MAX   5
 #define FIELD_MAX (512u * 1024u)
 
 typedef struct field {
@@ -70,7 +76,7 @@ static provhsm_err record_write(provhsm_store *st, const char *entry, uint8_t ki
 /* Which fields hold secrets: they are decoded into secure memory, the others into malloc. */
 static int tag_is_secret(uint8_t tag)
 {
-    return tag == TAG_KEY_PEM || tag == TAG_SYMMETRIC_KEY;
+    return tag == TAG_KEY_PEM || tag == TAG_SYMMETRIC_KEY || tag == TAG_KEY_SECRET;
 }
 
 #define TAG_BIT(tag) (1u << (tag))
@@ -193,12 +199,14 @@ provhsm_err provhsm_identity_x509_load(provhsm_store *st, const char *entry,
     if (st == NULL || entry == NULL || out == NULL)
         return PROVHSM_E_INVALID_ARG;
     provhsm_err err =
-        record_load(st, entry, KIND_X509, TAG_BIT(TAG_KEY_PEM) | TAG_BIT(TAG_CHAIN_PEM),
+        record_load(st, entry, KIND_X509,
+                    TAG_BIT(TAG_KEY_PEM) | TAG_BIT(TAG_CHAIN_PEM) | TAG_BIT(TAG_KEY_SECRET),
                     TAG_BIT(TAG_KEY_PEM), fields);
     if (err != PROVHSM_OK)
         return err;
-    out->key_pem = field_take(&fields[TAG_KEY_PEM]);     /* secure, as identity.h says */
-    out->chain_pem = field_take(&fields[TAG_CHAIN_PEM]); /* plain malloc */
+    out->key_pem = field_take(&fields[TAG_KEY_PEM]);       /* secure, as identity.h says */
+    out->chain_pem = field_take(&fields[TAG_CHAIN_PEM]);   /* plain malloc */
+    out->key_secret = field_take(&fields[TAG_KEY_SECRET]); /* secure */
     fields_release(fields);
     return PROVHSM_OK;
 }
@@ -208,8 +216,10 @@ provhsm_err provhsm_identity_x509_save(provhsm_store *st, const char *entry,
 {
     if (st == NULL || entry == NULL || id == NULL || id->key_pem == NULL)
         return PROVHSM_E_INVALID_ARG;
-    const field fields[] = {{TAG_KEY_PEM, id->key_pem}, {TAG_CHAIN_PEM, id->chain_pem}};
-    return record_write(st, entry, KIND_X509, fields, 2);
+    const field fields[] = {{TAG_KEY_PEM, id->key_pem},
+                            {TAG_CHAIN_PEM, id->chain_pem},
+                            {TAG_KEY_SECRET, id->key_secret}};
+    return record_write(st, entry, KIND_X509, fields, 3);
 }
 
 void provhsm_identity_x509_clear(provhsm_x509_identity *id)
@@ -218,8 +228,10 @@ void provhsm_identity_x509_clear(provhsm_x509_identity *id)
         return;
     provhsm_secure_free(id->key_pem);
     free(id->chain_pem);
+    provhsm_secure_free(id->key_secret);
     id->key_pem = NULL;
     id->chain_pem = NULL;
+    id->key_secret = NULL;
 }
 
 provhsm_err provhsm_identity_symmetric_load(provhsm_store *st, provhsm_symmetric_identity *out)

@@ -21,8 +21,11 @@
 #define PROVHSM_ENTRY_SYMMETRIC    "symmetric"
 
 typedef struct provhsm_x509_identity {
-    char *key_pem;   /* PKCS#8 PEM, secure memory */
-    char *chain_pem; /* PEM, leaf first; NULL for a pending key; plain malloc */
+    /* PKCS#8 PEM (software key) or a PROVHSM KEY REFERENCE (keyref.h: a key that stays in
+     * the TPM or on a PKCS#11 token); secure memory */
+    char *key_pem;
+    char *chain_pem;  /* PEM, leaf first; NULL for a pending key; plain malloc */
+    char *key_secret; /* a hardware key's secret (backend.h key_generate), or NULL; secure */
 } provhsm_x509_identity;
 
 typedef struct provhsm_symmetric_identity {

@@ -54,7 +54,7 @@ static int teardown(void **state)
 static void x509_round_trip(void **state)
 {
     (void)state;
-    provhsm_x509_identity in = {provhsm_secure_strdup("KEY PEM"), strdup("CHAIN PEM")};
+    provhsm_x509_identity in = {provhsm_secure_strdup("KEY PEM"), strdup("CHAIN PEM"), NULL};
     provhsm_x509_identity out = {0};
     assert_int_equal(provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509, &in), PROVHSM_OK);
     assert_int_equal(provhsm_identity_x509_load(st, PROVHSM_ENTRY_X509, &out), PROVHSM_OK);
@@ -65,7 +65,7 @@ static void x509_round_trip(void **state)
     assert_null(in.key_pem);
 
     /* a pending key has no chain */
-    provhsm_x509_identity pending = {provhsm_secure_strdup("KEY2"), NULL};
+    provhsm_x509_identity pending = {provhsm_secure_strdup("KEY2"), NULL, NULL};
     assert_int_equal(provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509_PENDING, &pending),
                      PROVHSM_OK);
     assert_int_equal(provhsm_identity_x509_load(st, PROVHSM_ENTRY_X509_PENDING, &out), PROVHSM_OK);

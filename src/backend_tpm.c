@@ -31,6 +31,7 @@
 #include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
+#include <openssl/rand.h>
 
 #include "backend.h"
 #include "front.h"
@@ -39,6 +40,7 @@
 #include "secmem.h"
 #include "tpm_blob.h"
 #include "tpm_esys.h"
+#include "x509_stored.h"
 
 #define MOD "tpm"
 
@@ -58,42 +60,58 @@ typedef struct tpm_link {
 } tpm_link;
 
 typedef struct tpm_state {
+    void *x509;            /* an X.509 handle's state (x509_stored.h); then nothing below */
     provhsm_config *cfg;   /* a copy: tcti, handles, where the authorisations are */
     pthread_mutex_t *lock; /* the one for cfg->tcti */
     tpm_link *link;
 } tpm_state;
 
-/* ---- per-TCTI locks --------------------------------------------------------------- */
+/* ---- one site per TCTI: its lock and the connection the X.509 keys share ----------- */
 
-typedef struct tcti_lock {
-    struct tcti_lock *next;
+/*
+ * Everything the process knows about the TPM behind one TCTI string. `shared` is the
+ * connection of the X.509 device keys (and the admin calls on them): swtpm, the reference
+ * simulator and a bare /dev/tpm0 serve one client at a time, so the keys of a process
+ * must not each open their own. It and `generation` are used only under `mutex`.
+ */
+typedef struct tcti_site {
+    struct tcti_site *next;
     pthread_mutex_t mutex;
     char tcti[sizeof(((provhsm_config *)0)->tcti)];
-} tcti_lock;
+    provhsm_tpm *shared; /* NULL while no X.509 key is open and no admin call runs */
+    uint64_t generation; /* counts the shared connections made: ESYS_TRs of older ones are void */
+    unsigned open_keys;
+} tcti_site;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
-static tcti_lock *registry;
+static tcti_site *registry;
 
-pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti)
+static tcti_site *site_for(const char *tcti)
 {
-    pthread_mutex_t *found = NULL;
+    tcti_site *found = NULL;
     pthread_mutex_lock(&registry_lock);
-    for (tcti_lock *l = registry; l != NULL && found == NULL; l = l->next)
+    for (tcti_site *l = registry; l != NULL && found == NULL; l = l->next)
         if (strcmp(l->tcti, tcti) == 0)
-            found = &l->mutex;
+            found = l;
     if (found == NULL) {
-        tcti_lock *l = calloc(1, sizeof(*l));
+        tcti_site *l = calloc(1, sizeof(*l));
         if (l != NULL && pthread_mutex_init(&l->mutex, NULL) == 0) {
             snprintf(l->tcti, sizeof(l->tcti), "%s", tcti);
             l->next = registry;
             registry = l;
-            found = &l->mutex;
+            found = l;
         } else {
             free(l);
         }
     }
     pthread_mutex_unlock(&registry_lock);
     return found;
+}
+
+pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti)
+{
+    tcti_site *site = site_for(tcti);
+    return site != NULL ? &site->mutex : NULL;
 }
 
 /* ---- authorisation values ------------------------------------------------------------- */
@@ -222,10 +240,10 @@ static void link_free(tpm_link *link)
 
 /*
  * Creates a primary key in `hierarchy` and persists it at `handle`: CreatePrimary,
- * EvictControl, FlushContext. Runs under the TCTI lock; if another user of the TPM
+ * EvictControl, FlushContext. The caller holds the TCTI lock; if another user of the TPM
  * persisted one since we looked (EvictControl finds the handle taken), that one is used.
  */
-static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *tpm,
+static provhsm_err persistent_primary_locked(const tpm_state *st, provhsm_tpm *tpm,
                                              ESYS_TR hierarchy, const TPM2B_PUBLIC *tmpl,
                                              TPM2_HANDLE handle, const char *what, ESYS_TR *tr_out,
                                              TPM2B_PUBLIC **pub_out)
@@ -234,7 +252,6 @@ static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *t
     ESYS_TR transient = ESYS_TR_NONE, persistent = ESYS_TR_NONE;
     TPM2B_PUBLIC *pub = NULL;
 
-    pthread_mutex_lock(st->lock);
     PH_INFO(MOD, "no %s at 0x%08x: creating one", what, (unsigned)handle);
     err = use_auth(st, tpm, hierarchy);
     if (err == PROVHSM_OK)
@@ -255,7 +272,6 @@ static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *t
 
     provhsm_tpm_flush(tpm, &transient);
     drop_auth(tpm);
-    pthread_mutex_unlock(st->lock);
     if (err == PROVHSM_OK) {
         *tr_out = persistent;
         *pub_out = pub;
@@ -263,6 +279,19 @@ static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *t
         provhsm_tpm_forget(tpm, &persistent);
         Esys_Free(pub);
     }
+    return err;
+}
+
+/* persistent_primary_locked() under the TCTI's lock. */
+static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *tpm,
+                                             ESYS_TR hierarchy, const TPM2B_PUBLIC *tmpl,
+                                             TPM2_HANDLE handle, const char *what, ESYS_TR *tr_out,
+                                             TPM2B_PUBLIC **pub_out)
+{
+    pthread_mutex_lock(st->lock);
+    provhsm_err err =
+        persistent_primary_locked(st, tpm, hierarchy, tmpl, handle, what, tr_out, pub_out);
+    pthread_mutex_unlock(st->lock);
     return err;
 }
 
@@ -379,9 +408,47 @@ static void tpm_close(void *p)
     tpm_state *st = p;
     if (st == NULL)
         return;
+    provhsm_x509_stored_close(st->x509);
     link_free(st->link);
     free(st->cfg);
     free(st);
+}
+
+/*
+ * X.509 handles: the chain and the key reference come from the store as for a software
+ * identity (x509_stored.h); the key itself is opened when the SDK's TLS layer decodes the
+ * reference (hwkey.c, the provider), so this sends no TPM command.
+ */
+static provhsm_err open_x509(const provhsm_config *cfg, void **state)
+{
+    tpm_state *st = calloc(1, sizeof(*st));
+    if (st == NULL)
+        return PROVHSM_E_NOMEM;
+    provhsm_err err = provhsm_x509_stored_open(cfg, &st->x509); /* logs why */
+    if (err != PROVHSM_OK) {
+        free(st);
+        return err;
+    }
+    *state = st;
+    return PROVHSM_OK;
+}
+
+static provhsm_err tpm_x509_certificate(void *p, char **pem_out)
+{
+    tpm_state *st = p;
+    return st != NULL ? provhsm_x509_stored_certificate(st->x509, pem_out) : PROVHSM_E_INVALID_ARG;
+}
+
+static provhsm_err tpm_x509_alias_key(void *p, char **pem_out)
+{
+    tpm_state *st = p;
+    return st != NULL ? provhsm_x509_stored_alias_key(st->x509, pem_out) : PROVHSM_E_INVALID_ARG;
+}
+
+static provhsm_err tpm_x509_common_name(void *p, char **cn_out)
+{
+    tpm_state *st = p;
+    return st != NULL ? provhsm_x509_stored_common_name(st->x509, cn_out) : PROVHSM_E_INVALID_ARG;
 }
 
 static provhsm_err tpm_open(const provhsm_config *cfg, provhsm_kind kind, void **state)
@@ -391,8 +458,10 @@ static provhsm_err tpm_open(const provhsm_config *cfg, provhsm_kind kind, void *
 
     if (cfg == NULL || state == NULL)
         return PROVHSM_E_INVALID_ARG;
+    if (kind == PROVHSM_KIND_X509)
+        return open_x509(cfg, state);
     if (kind != PROVHSM_KIND_TPM) {
-        PH_ERR(MOD, "the tpm backend serves only TPM attestation");
+        PH_ERR(MOD, "the tpm backend serves TPM and X.509 attestation only");
         return PROVHSM_E_UNSUPPORTED;
     }
     st = calloc(1, sizeof(*st));
@@ -655,6 +724,653 @@ static provhsm_err tpm_sign(void *p, const uint8_t *data, size_t len, uint8_t **
     return err;
 }
 
+/* ---- X.509 device keys -------------------------------------------------------------------- */
+
+/*
+ * A key made by key_generate (or adopted) sits at a persistent handle, so signing is one
+ * TPM2_Sign with a password session: no parent to load, no transient object, no session
+ * to start. Every open key of a TCTI signs on the site's one shared connection, under its
+ * mutex; a key keeps its public area so that, after a reconnect, its ESYS handle is
+ * rebuilt without a command.
+ *
+ * The key's secret (backend.h) is its authorisation value as text, read by
+ * provhsm_tpm_auth_parse() the way tpm2-tools reads one: "hex:" and 64 hex digits for the
+ * 32 random bytes key_generate makes; a tool's password as it was typed; NULL or "" for
+ * the empty value (an adopted key made without one).
+ */
+#define X509_AUTH_BYTES 32
+#define LOCATOR_LEN     11 /* "0x81000110" and the NUL */
+
+typedef struct tpm_x509_key {
+    tcti_site *site;
+    TPM2_HANDLE handle;
+    TPM2B_PUBLIC pub; /* as read at open */
+    TPM2B_AUTH *auth; /* secure memory */
+    ESYS_TR tr;       /* on the site's shared connection number `generation` */
+    uint64_t generation;
+} tpm_x509_key;
+
+static const char *const rsa_refusal =
+    "RSA keys are refused for X.509 in the TPM: the SDK's TLS layer copies an RSA private key "
+    "into a legacy RSA object that holds only the public half of a key kept in hardware, so its "
+    "TLS handshakes would fail; use an EC P-256 key";
+
+/* The site's shared connection; a new one when there is none or it was lost. Under the lock. */
+static provhsm_err site_connect(tcti_site *site, provhsm_tpm **tpm_out)
+{
+    if (site->shared != NULL && !provhsm_tpm_lost(site->shared)) {
+        *tpm_out = site->shared;
+        return PROVHSM_OK;
+    }
+    if (site->shared != NULL)
+        PH_INFO(MOD, "reconnecting to the TPM through \"%s\"", site->tcti);
+    provhsm_tpm_disconnect(site->shared);
+    site->shared = NULL;
+    provhsm_tpm *fresh = NULL;
+    provhsm_err err = provhsm_tpm_connect(site->tcti, &fresh); /* logs why */
+    if (err != PROVHSM_OK)
+        return err;
+    site->shared = fresh;
+    site->generation++;
+    *tpm_out = fresh;
+    return PROVHSM_OK;
+}
+
+/* Lets the device go once no key is open (an admin call's connection). Under the lock. */
+static void site_idle(tcti_site *site)
+{
+    if (site->open_keys > 0)
+        return;
+    provhsm_tpm_disconnect(site->shared);
+    site->shared = NULL;
+}
+
+/* The site for cfg->tcti, locked and connected; on failure nothing is held. */
+static provhsm_err site_enter(const provhsm_config *cfg, tcti_site **site_out, provhsm_tpm **tpm)
+{
+    tcti_site *site = site_for(cfg->tcti);
+    if (site == NULL)
+        return PROVHSM_E_NOMEM;
+    pthread_mutex_lock(&site->mutex);
+    provhsm_err err = site_connect(site, tpm);
+    if (err != PROVHSM_OK) {
+        site_idle(site);
+        pthread_mutex_unlock(&site->mutex);
+        return err;
+    }
+    *site_out = site;
+    return PROVHSM_OK;
+}
+
+static void site_leave(tcti_site *site)
+{
+    site_idle(site);
+    pthread_mutex_unlock(&site->mutex);
+}
+
+/* "0x81000110": a persistent handle, as locators and the configuration write them. */
+static provhsm_err parse_locator(const char *locator, TPM2_HANDLE *out)
+{
+    unsigned long value = 0;
+    char *end = NULL;
+    if (locator == NULL || strncmp(locator, "0x", 2) != 0 || strlen(locator) != LOCATOR_LEN - 1 ||
+        strspn(locator + 2, "0123456789abcdefABCDEF") != LOCATOR_LEN - 3) {
+        PH_ERR(MOD, "\"%.40s\" is not a TPM persistent handle (0x81xxxxxx)",
+               locator != NULL ? locator : "(null)");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    value = strtoul(locator + 2, &end, 16);
+    if (value < 0x81000000ul || value > 0x81fffffful) {
+        PH_ERR(MOD, "%s is not in the TPM's persistent range (0x81000000-0x81ffffff)", locator);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    *out = (TPM2_HANDLE)value;
+    return PROVHSM_OK;
+}
+
+/* The X.509 key's handle must be its own: evicting or replacing it must touch nothing else. */
+static provhsm_err check_x509_handle(const provhsm_config *cfg)
+{
+    const struct {
+        uint32_t handle;
+        const char *name;
+    } others[] = {{cfg->ek_handle, "ek_handle"},
+                  {cfg->srk_handle, "srk_handle"},
+                  {cfg->identity_handle, "identity_handle"},
+                  {cfg->sealed_key_handle, "[store] sealed_key_handle"}};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        if (others[i].handle != 0 && others[i].handle == cfg->x509_key_handle) {
+            PH_ERR(MOD,
+                   "[tpm] x509_key_handle 0x%08x is also %s: give the X.509 key a handle of "
+                   "its own",
+                   (unsigned)cfg->x509_key_handle, others[i].name);
+            return PROVHSM_E_CONFIG;
+        }
+    }
+    return PROVHSM_OK;
+}
+
+/*
+ * What provhsm signs with: an EC signing key on P-256 or P-384, not restricted (TPM2_Sign
+ * of a restricted key needs a ticket for each digest), usable with its authorisation value
+ * (userWithAuth), with no scheme or ECDSA. `what` starts the log line.
+ */
+static provhsm_err check_signing_key(const TPMT_PUBLIC *p, const char *what)
+{
+    const char *why = NULL;
+    TPMA_OBJECT a = p->objectAttributes;
+    if (p->type == TPM2_ALG_RSA) {
+        PH_ERR(MOD, "%s: %s", what, rsa_refusal);
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    if (p->type != TPM2_ALG_ECC)
+        why = "it is not an EC key";
+    else if (provhsm_tpm_ec_half_size(p) == 0)
+        why = "its curve is neither P-256 nor P-384";
+    else if ((a & TPMA_OBJECT_SIGN_ENCRYPT) == 0)
+        why = "it is not a signing key";
+    else if ((a & TPMA_OBJECT_RESTRICTED) != 0)
+        why = "it is a restricted signing key (it signs only data the TPM made)";
+    else if ((a & TPMA_OBJECT_USERWITHAUTH) == 0)
+        why = "it signs only under a policy (userWithAuth is clear)";
+    else if (p->parameters.eccDetail.scheme.scheme != TPM2_ALG_NULL &&
+             p->parameters.eccDetail.scheme.scheme != TPM2_ALG_ECDSA)
+        why = "its signing scheme is not ECDSA";
+    if (why == NULL)
+        return PROVHSM_OK;
+    PH_ERR(MOD, "%s: %s", what, why);
+    return PROVHSM_E_UNSUPPORTED;
+}
+
+static const char *curve_name(const TPMT_PUBLIC *p)
+{
+    return provhsm_tpm_ec_half_size(p) == 48 ? "P-384" : "P-256";
+}
+
+/* The reference for the key at `handle` with public area `pub`. */
+static provhsm_err make_ref(TPM2_HANDLE handle, const TPMT_PUBLIC *pub, provhsm_keyref *ref_out)
+{
+    char locator[LOCATOR_LEN];
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    snprintf(locator, sizeof(locator), "0x%08x", (unsigned)handle);
+    provhsm_err err = provhsm_tpm_ec_public_to_spki(pub, &spki, &spki_len);
+    if (err == PROVHSM_OK)
+        err = provhsm_keyref_make("tpm", locator, spki, spki_len, ref_out);
+    free(spki);
+    return err;
+}
+
+/* 1 when `pub` is the public key `ref` carries. */
+static int ref_matches(const provhsm_keyref *ref, const TPMT_PUBLIC *pub)
+{
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    int same = provhsm_tpm_ec_public_to_spki(pub, &spki, &spki_len) == PROVHSM_OK &&
+               spki_len == ref->spki_len && memcmp(spki, ref->spki, spki_len) == 0;
+    free(spki);
+    return same;
+}
+
+/* The key's secret text: "hex:" and the value's hex digits, in secure memory. */
+static provhsm_err secret_from_auth(const TPM2B_AUTH *auth, char **out)
+{
+    static const char digits[] = "0123456789abcdef";
+    char *text = provhsm_secure_alloc(4 + 2 * (size_t)auth->size + 1);
+    if (text == NULL)
+        return PROVHSM_E_NOMEM;
+    memcpy(text, "hex:", 4);
+    for (size_t i = 0; i < auth->size; i++) {
+        text[4 + 2 * i] = digits[auth->buffer[i] >> 4];
+        text[4 + 2 * i + 1] = digits[auth->buffer[i] & 15];
+    }
+    text[4 + 2 * (size_t)auth->size] = '\0';
+    *out = text;
+    return PROVHSM_OK;
+}
+
+/* The authorisation value a secret stands for (the empty one for NULL or ""). */
+static provhsm_err auth_from_secret(const char *secret, TPM2B_AUTH **out)
+{
+    TPM2B_AUTH *auth = provhsm_secure_alloc(sizeof(*auth));
+    if (auth == NULL)
+        return PROVHSM_E_NOMEM;
+    if (secret != NULL && secret[0] != '\0' &&
+        provhsm_tpm_auth_parse(secret, strlen(secret), "the X.509 key's stored secret", auth) !=
+            PROVHSM_OK) {
+        provhsm_secure_free(auth);
+        return PROVHSM_E_CORRUPT;
+    }
+    *out = auth;
+    return PROVHSM_OK;
+}
+
+/* Makes sure the SRK is there (created under the owner authorisation when absent). */
+static provhsm_err srk_for_create(const provhsm_config *cfg, provhsm_tpm *tpm, int present,
+                                  ESYS_TR *srk_out)
+{
+    if (present)
+        return provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, srk_out);
+    tpm_state st = {.cfg = (provhsm_config *)cfg, .lock = NULL, .link = NULL};
+    TPM2B_PUBLIC tmpl, *pub = NULL;
+    srk_template(&tmpl);
+    provhsm_err err = persistent_primary_locked(&st, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
+                                                "storage root key", srk_out, &pub);
+    Esys_Free(pub);
+    return err;
+}
+
+/*
+ * Removes the key at the X.509 handle that a new one replaces. Called once the new key is
+ * loaded: a TPM that refuses to create or load one never costs the old key.
+ */
+static provhsm_err evict_replaced(provhsm_tpm *tpm, TPM2_HANDLE handle)
+{
+    ESYS_TR old = ESYS_TR_NONE;
+    provhsm_err err = provhsm_tpm_persistent_handle(tpm, handle, &old);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_evict(tpm, &old);
+    provhsm_tpm_forget(tpm, &old);
+    if (err == PROVHSM_E_NOT_FOUND)
+        return PROVHSM_OK; /* someone else removed it meanwhile */
+    if (err == PROVHSM_OK)
+        PH_INFO(MOD, "evicted the key at 0x%08x that the new one replaces", (unsigned)handle);
+    return err;
+}
+
+/*
+ * Create under the SRK, Load, (evict the replaced key), EvictControl, FlushContext; the
+ * caller holds the site. *pub_out is ESAPI-allocated.
+ */
+static provhsm_err generate_locked(const provhsm_config *cfg, provhsm_tpm *tpm,
+                                   TPM2_ECC_CURVE curve, int replace, const TPM2B_AUTH *auth,
+                                   TPM2B_PUBLIC **pub_out)
+{
+    const TPM2_HANDLE handles[2] = {cfg->srk_handle, cfg->x509_key_handle};
+    int present[2] = {0, 0}, has_curve = 0;
+    ESYS_TR srk = ESYS_TR_NONE, loaded = ESYS_TR_NONE, persistent = ESYS_TR_NONE;
+    TPM2B_PRIVATE *priv = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+
+    provhsm_err err = provhsm_tpm_persistent_present(tpm, handles, 2, present);
+    if (err != PROVHSM_OK)
+        return err;
+    if (present[1] && !replace) {
+        PH_ERR(MOD,
+               "TPM persistent handle 0x%08x already holds a key; it stays. Replace it "
+               "explicitly, or set [tpm] x509_key_handle to a free handle",
+               (unsigned)handles[1]);
+        return PROVHSM_E_EXISTS;
+    }
+    if (curve != TPM2_ECC_NIST_P256) {
+        err = provhsm_tpm_has_curve(tpm, curve, &has_curve);
+        if (err == PROVHSM_OK && !has_curve) {
+            PH_ERR(MOD, "this TPM has no P-384 curve; use an EC P-256 key");
+            err = PROVHSM_E_UNSUPPORTED;
+        }
+        if (err != PROVHSM_OK)
+            return err;
+    }
+    err = srk_for_create(cfg, tpm, present[0], &srk);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_create_ec_signing_key(tpm, srk, curve, auth, &priv, &pub);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_load(tpm, srk, priv, pub, &loaded);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_use_owner_auth(cfg, tpm);
+    if (err == PROVHSM_OK && present[1])
+        err = evict_replaced(tpm, handles[1]);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_persist(tpm, loaded, handles[1], &persistent);
+    if (err == PROVHSM_E_EXISTS)
+        PH_ERR(MOD, "another user of the TPM put a key at 0x%08x meanwhile; it stays",
+               (unsigned)handles[1]);
+    if (err == PROVHSM_OK)
+        PH_INFO(MOD, "made an EC %s signing key at TPM persistent handle 0x%08x",
+                curve == TPM2_ECC_NIST_P384 ? "P-384" : "P-256", (unsigned)handles[1]);
+
+    provhsm_tpm_flush(tpm, &loaded);
+    provhsm_tpm_forget(tpm, &persistent);
+    provhsm_tpm_forget(tpm, &srk);
+    drop_auth(tpm);
+    Esys_Free(priv);
+    if (err == PROVHSM_OK)
+        *pub_out = pub;
+    else
+        Esys_Free(pub);
+    return err;
+}
+
+static provhsm_err tpm_key_generate(const provhsm_config *cfg, provhsm_key_type type, int replace,
+                                    provhsm_keyref *ref_out, char **secret_out)
+{
+    TPM2_ECC_CURVE curve = TPM2_ECC_NIST_P256;
+    TPM2B_AUTH *auth = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+    tcti_site *site = NULL;
+    provhsm_tpm *tpm = NULL;
+    char *secret = NULL;
+
+    if (cfg == NULL || ref_out == NULL || secret_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    switch (type) {
+    case PROVHSM_KEY_EC_P256:
+        break;
+    case PROVHSM_KEY_EC_P384:
+        curve = TPM2_ECC_NIST_P384;
+        break;
+    case PROVHSM_KEY_RSA_2048:
+    case PROVHSM_KEY_RSA_3072:
+    case PROVHSM_KEY_RSA_4096:
+        PH_ERR(MOD, "%s", rsa_refusal);
+        return PROVHSM_E_UNSUPPORTED;
+    default:
+        PH_ERR(MOD, "unknown key type %d", (int)type);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    provhsm_err err = check_x509_handle(cfg);
+    if (err != PROVHSM_OK)
+        return err;
+    auth = provhsm_secure_alloc(sizeof(*auth));
+    if (auth == NULL)
+        return PROVHSM_E_NOMEM;
+    /* the value that keeps other users of this TPM from signing with the device's key */
+    if (RAND_priv_bytes(auth->buffer, X509_AUTH_BYTES) != 1) {
+        PH_ERR(MOD, "no random bytes for the key's authorisation value");
+        err = PROVHSM_E_CRYPTO;
+        goto cleanup;
+    }
+    auth->size = X509_AUTH_BYTES;
+    err = site_enter(cfg, &site, &tpm);
+    if (err != PROVHSM_OK)
+        goto cleanup;
+    err = generate_locked(cfg, tpm, curve, replace, auth, &pub);
+    site_leave(site);
+    if (err == PROVHSM_OK)
+        err = secret_from_auth(auth, &secret);
+    if (err == PROVHSM_OK)
+        err = make_ref(cfg->x509_key_handle, &pub->publicArea, ref_out);
+    if (err != PROVHSM_OK)
+        goto cleanup;
+    *secret_out = secret;
+    secret = NULL;
+
+cleanup:
+    provhsm_secure_free(secret);
+    provhsm_secure_free(auth);
+    Esys_Free(pub);
+    return err;
+}
+
+/* ReadPublic of the key at `handle` on the site's connection; logs an empty handle. */
+static provhsm_err read_key(provhsm_tpm *tpm, TPM2_HANDLE handle, ESYS_TR *tr_out,
+                            TPM2B_PUBLIC **pub_out)
+{
+    ESYS_TR tr = ESYS_TR_NONE;
+    provhsm_err err = provhsm_tpm_read_public(tpm, handle, &tr, pub_out);
+    if (err == PROVHSM_E_NOT_FOUND)
+        PH_ERR(MOD, "no key at TPM persistent handle 0x%08x", (unsigned)handle);
+    if (tr_out != NULL)
+        *tr_out = tr;
+    else
+        provhsm_tpm_forget(tpm, &tr);
+    return err;
+}
+
+static provhsm_err tpm_key_adopt(const provhsm_config *cfg, const char *locator,
+                                 provhsm_keyref *ref_out, char **secret_out)
+{
+    TPM2_HANDLE handle = 0;
+    TPM2B_PUBLIC *pub = NULL;
+    tcti_site *site = NULL;
+    provhsm_tpm *tpm = NULL;
+    char what[64];
+
+    if (cfg == NULL || ref_out == NULL || secret_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = parse_locator(locator, &handle);
+    if (err != PROVHSM_OK)
+        return err;
+    err = site_enter(cfg, &site, &tpm);
+    if (err != PROVHSM_OK)
+        return err;
+    err = read_key(tpm, handle, NULL, &pub);
+    site_leave(site);
+    if (err != PROVHSM_OK)
+        return err;
+    snprintf(what, sizeof(what), "the key at 0x%08x cannot be adopted", (unsigned)handle);
+    err = check_signing_key(&pub->publicArea, what);
+    if (err == PROVHSM_OK && (pub->publicArea.objectAttributes & TPMA_OBJECT_FIXEDTPM) == 0)
+        PH_WARN(MOD,
+                "the key at 0x%08x is not fixedTPM: its parent's owner may duplicate it out of "
+                "this TPM",
+                (unsigned)handle);
+    if (err == PROVHSM_OK)
+        err = make_ref(handle, &pub->publicArea, ref_out);
+    if (err == PROVHSM_OK)
+        *secret_out = NULL; /* a key made elsewhere: the empty value unless told otherwise */
+    Esys_Free(pub);
+    return err;
+}
+
+/* The key's ESYS handle on the site's current connection (rebuilt after a reconnect). */
+static provhsm_err bind_key(tpm_x509_key *k, provhsm_tpm **tpm_out)
+{
+    provhsm_tpm *tpm = NULL;
+    provhsm_err err = site_connect(k->site, &tpm);
+    if (err != PROVHSM_OK)
+        return err;
+    if (k->generation != k->site->generation) {
+        k->tr = ESYS_TR_NONE; /* it belonged to a connection that is gone */
+        err = provhsm_tpm_persistent_object(tpm, k->handle, &k->pub, &k->tr);
+        if (err == PROVHSM_E_INVALID_ARG) /* not a SHA-256 name: ask the TPM */
+            err = provhsm_tpm_read_public(tpm, k->handle, &k->tr, NULL);
+        if (err == PROVHSM_OK)
+            err = provhsm_tpm_set_object_auth(tpm, k->tr, k->auth);
+        if (err != PROVHSM_OK) {
+            provhsm_tpm_forget(tpm, &k->tr);
+            return err;
+        }
+        k->generation = k->site->generation;
+    }
+    *tpm_out = tpm;
+    return PROVHSM_OK;
+}
+
+static void key_free(tpm_x509_key *k)
+{
+    if (k == NULL)
+        return;
+    provhsm_secure_free(k->auth);
+    free(k);
+}
+
+static provhsm_err tpm_key_open(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                const char *secret, void **key_out)
+{
+    TPM2B_PUBLIC *pub = NULL;
+    provhsm_tpm *tpm = NULL;
+    tpm_x509_key *k = NULL;
+    char what[64];
+
+    if (cfg == NULL || ref == NULL || key_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (strcmp(ref->backend, "tpm") != 0) {
+        PH_ERR(MOD, "the key reference is for backend \"%s\", not tpm", ref->backend);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    k = calloc(1, sizeof(*k));
+    if (k == NULL)
+        return PROVHSM_E_NOMEM;
+    k->tr = ESYS_TR_NONE;
+    provhsm_err err = parse_locator(ref->locator, &k->handle);
+    if (err == PROVHSM_OK)
+        err = auth_from_secret(secret, &k->auth);
+    if (err == PROVHSM_OK)
+        err = site_enter(cfg, &k->site, &tpm);
+    if (err != PROVHSM_OK) {
+        key_free(k);
+        return err;
+    }
+    /* one ReadPublic: the key must still be the one the reference names */
+    err = read_key(tpm, k->handle, &k->tr, &pub);
+    snprintf(what, sizeof(what), "the key at 0x%08x", (unsigned)k->handle);
+    if (err == PROVHSM_OK)
+        err = check_signing_key(&pub->publicArea, what);
+    if (err == PROVHSM_OK && !ref_matches(ref, &pub->publicArea)) {
+        PH_ERR(MOD,
+               "the key at TPM persistent handle 0x%08x is not the identity's key (another "
+               "public key)",
+               (unsigned)k->handle);
+        err = PROVHSM_E_MISMATCH;
+    }
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_set_object_auth(tpm, k->tr, k->auth);
+    if (err == PROVHSM_OK) {
+        k->pub = *pub;
+        k->generation = k->site->generation;
+        k->site->open_keys++;
+    } else {
+        provhsm_tpm_forget(tpm, &k->tr);
+    }
+    site_leave(k->site);
+    Esys_Free(pub);
+    if (err != PROVHSM_OK) {
+        key_free(k);
+        return err;
+    }
+    *key_out = k;
+    return PROVHSM_OK;
+}
+
+/* One TPM2_Sign under the site's lock; after a lost connection, one more on a new one. */
+static provhsm_err tpm_key_sign(void *p, const uint8_t *digest, size_t digest_len, uint8_t *rs,
+                                size_t *rs_len)
+{
+    tpm_x509_key *k = p;
+    provhsm_tpm *tpm = NULL;
+    provhsm_err err = PROVHSM_E_NO_DEVICE;
+
+    if (k == NULL || digest == NULL || rs == NULL || rs_len == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    pthread_mutex_lock(&k->site->mutex);
+    for (int attempt = 0; attempt < 2 && err == PROVHSM_E_NO_DEVICE; attempt++) {
+        err = bind_key(k, &tpm);
+        if (err == PROVHSM_OK)
+            err = provhsm_tpm_ecdsa_sign(tpm, k->tr, &k->pub.publicArea, digest, digest_len, rs,
+                                         rs_len);
+    }
+    pthread_mutex_unlock(&k->site->mutex);
+    if (err == PROVHSM_E_NOT_FOUND)
+        PH_ERR(MOD, "no key at TPM persistent handle 0x%08x any more: it was evicted",
+               (unsigned)k->handle);
+    return err;
+}
+
+static void tpm_key_close(void *p)
+{
+    tpm_x509_key *k = p;
+    if (k == NULL)
+        return;
+    pthread_mutex_lock(&k->site->mutex);
+    if (k->site->shared != NULL && k->generation == k->site->generation) {
+        /* overwrite the value inside ESAPI before the handle goes */
+        if (provhsm_tpm_set_object_auth(k->site->shared, k->tr, NULL) != PROVHSM_OK)
+            PH_WARN(MOD, "could not clear the X.509 key's authorisation inside ESAPI");
+        provhsm_tpm_forget(k->site->shared, &k->tr);
+    }
+    k->site->open_keys--;
+    site_idle(k->site);
+    pthread_mutex_unlock(&k->site->mutex);
+    key_free(k);
+}
+
+static provhsm_err tpm_key_destroy(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                   const char *secret)
+{
+    TPM2_HANDLE handle = 0;
+    TPM2B_PUBLIC *pub = NULL;
+    ESYS_TR tr = ESYS_TR_NONE;
+    tcti_site *site = NULL;
+    provhsm_tpm *tpm = NULL;
+
+    (void)secret; /* EvictControl is authorised by the owner, not by the key */
+    if (cfg == NULL || ref == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = parse_locator(ref->locator, &handle);
+    if (err != PROVHSM_OK)
+        return err;
+    err = site_enter(cfg, &site, &tpm);
+    if (err != PROVHSM_OK)
+        return err;
+    err = provhsm_tpm_read_public(tpm, handle, &tr, &pub);
+    if (err == PROVHSM_E_NOT_FOUND)
+        PH_INFO(MOD, "no key at TPM persistent handle 0x%08x: nothing to remove", (unsigned)handle);
+    if (err == PROVHSM_OK && !ref_matches(ref, &pub->publicArea)) {
+        PH_ERR(MOD, "TPM persistent handle 0x%08x holds another key than this one; it stays",
+               (unsigned)handle);
+        err = PROVHSM_E_MISMATCH;
+    }
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_use_owner_auth(cfg, tpm);
+    if (err == PROVHSM_OK)
+        err = provhsm_tpm_evict(tpm, &tr);
+    if (err == PROVHSM_OK)
+        PH_INFO(MOD, "evicted the X.509 key at TPM persistent handle 0x%08x", (unsigned)handle);
+    provhsm_tpm_forget(tpm, &tr);
+    drop_auth(tpm);
+    site_leave(site);
+    Esys_Free(pub);
+    return err;
+}
+
+static provhsm_err tpm_key_describe(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                    char **line_out)
+{
+    TPM2_HANDLE handle = 0;
+    TPM2B_PUBLIC *pub = NULL;
+    tcti_site *site = NULL;
+    provhsm_tpm *tpm = NULL;
+    char line[256];
+
+    if (cfg == NULL || ref == NULL || line_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = parse_locator(ref->locator, &handle);
+    if (err != PROVHSM_OK)
+        return err;
+    const char *curve = ref->curve_bits == 384 ? "P-384" : "P-256";
+    err = site_enter(cfg, &site, &tpm);
+    if (err == PROVHSM_OK) {
+        ESYS_TR tr = ESYS_TR_NONE;
+        err = provhsm_tpm_read_public(tpm, handle, &tr, &pub);
+        provhsm_tpm_forget(tpm, &tr);
+        site_leave(site);
+    }
+    if (err == PROVHSM_OK && !ref_matches(ref, &pub->publicArea))
+        snprintf(line, sizeof(line),
+                 "TPM persistent handle 0x%08x, EC %s: the TPM holds another key there",
+                 (unsigned)handle, curve);
+    else if (err == PROVHSM_OK && (pub->publicArea.objectAttributes & TPMA_OBJECT_FIXEDTPM) != 0)
+        snprintf(line, sizeof(line),
+                 "TPM persistent handle 0x%08x, EC %s, fixedTPM: cannot leave this TPM",
+                 (unsigned)handle, curve_name(&pub->publicArea));
+    else if (err == PROVHSM_OK)
+        snprintf(line, sizeof(line),
+                 "TPM persistent handle 0x%08x, EC %s, not fixedTPM: its parent's owner may "
+                 "duplicate it out of this TPM",
+                 (unsigned)handle, curve_name(&pub->publicArea));
+    else if (err == PROVHSM_E_NOT_FOUND)
+        snprintf(line, sizeof(line), "TPM persistent handle 0x%08x, EC %s: no key there now",
+                 (unsigned)handle, curve);
+    else
+        snprintf(line, sizeof(line),
+                 "TPM persistent handle 0x%08x, EC %s (the TPM cannot be reached: not checked)",
+                 (unsigned)handle, curve);
+    Esys_Free(pub);
+    *line_out = strdup(line);
+    return *line_out != NULL ? PROVHSM_OK : PROVHSM_E_NOMEM;
+}
+
 /* ---- the admin call ---------------------------------------------------------------------- */
 
 provhsm_err provhsm_tpm_clear_identity(void)
@@ -703,11 +1419,21 @@ cleanup:
 
 const provhsm_backend provhsm_backend_tpm = {
     .name = "tpm",
-    .caps = PROVHSM_CAP_TPM,
+    .caps = PROVHSM_CAP_TPM | PROVHSM_CAP_X509,
     .open = tpm_open,
     .close = tpm_close,
+    .x509_certificate = tpm_x509_certificate,
+    .x509_alias_key = tpm_x509_alias_key,
+    .x509_common_name = tpm_x509_common_name,
     .tpm_endorsement_key = tpm_endorsement_key,
     .tpm_storage_root_key = tpm_storage_root_key,
     .tpm_activate = tpm_activate,
     .tpm_sign = tpm_sign,
+    .key_generate = tpm_key_generate,
+    .key_adopt = tpm_key_adopt,
+    .key_open = tpm_key_open,
+    .key_sign = tpm_key_sign,
+    .key_close = tpm_key_close,
+    .key_destroy = tpm_key_destroy,
+    .key_describe = tpm_key_describe,
 };

@@ -28,7 +28,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/param_build.h>
+#include <openssl/x509.h>
 #include <tss2/tss2_mu.h>
 #include <tss2/tss2_rc.h>
 #include <tss2/tss2_tctildr.h>
@@ -1139,6 +1142,259 @@ provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR key, const uint8_t
 cleanup:
     free(buf);
     Esys_Free(mac);
+    return err;
+}
+
+/* ---- ECDSA signing keys ------------------------------------------------------------------- */
+
+provhsm_err provhsm_tpm_has_curve(provhsm_tpm *tpm, TPM2_ECC_CURVE curve, int *has_out)
+{
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA *data = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || has_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "GetCapability");
+    /* the TPM lists its curves in order from `curve` on: the first one says it all */
+    TPM_RUN(tpm, rc,
+            Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     TPM2_CAP_ECC_CURVES, curve, 1),
+            Esys_GetCapability_Finish(tpm->esys, &more, &data));
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "GetCapability(TPM2_CAP_ECC_CURVES)");
+    const TPML_ECC_CURVE *curves = &data->data.eccCurves;
+    *has_out = curves->count >= 1 && curves->eccCurves[0] == curve;
+    Esys_Free(data);
+    return PROVHSM_OK;
+}
+
+static void ec_signing_template(TPM2B_PUBLIC *t, TPM2_ECC_CURVE curve)
+{
+    memset(t, 0, sizeof(*t));
+    TPMT_PUBLIC *p = &t->publicArea;
+    p->type = TPM2_ALG_ECC;
+    p->nameAlg = TPM2_ALG_SHA256;
+    p->objectAttributes = PROVHSM_TPM_X509_KEY_ATTRIBUTES;
+    p->parameters.eccDetail.symmetric.algorithm = TPM2_ALG_NULL;
+    p->parameters.eccDetail.scheme.scheme = TPM2_ALG_NULL;
+    p->parameters.eccDetail.curveID = curve;
+    p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
+}
+
+provhsm_err provhsm_tpm_create_ec_signing_key(provhsm_tpm *tpm, ESYS_TR parent,
+                                              TPM2_ECC_CURVE curve, const TPM2B_AUTH *auth,
+                                              TPM2B_PRIVATE **private_out,
+                                              TPM2B_PUBLIC **public_out)
+{
+    static const TPM2B_DATA no_outside_info = {.size = 0};
+    static const TPML_PCR_SELECTION no_pcrs = {.count = 0};
+    TPM2B_SENSITIVE_CREATE *sensitive = NULL;
+    TPM2B_PUBLIC tmpl;
+    TPM2B_PRIVATE *priv = NULL;
+    TPM2B_PUBLIC *pub = NULL;
+    TPM2B_CREATION_DATA *creation_data = NULL;
+    TPM2B_DIGEST *creation_hash = NULL;
+    TPMT_TK_CREATION *ticket = NULL;
+    TSS2_RC rc;
+
+    if (tpm == NULL || auth == NULL || auth->size > sizeof(auth->buffer) || private_out == NULL ||
+        public_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Create");
+    sensitive = provhsm_secure_alloc(sizeof(*sensitive));
+    if (sensitive == NULL)
+        return PROVHSM_E_NOMEM;
+    sensitive->sensitive.userAuth = *auth;
+    ec_signing_template(&tmpl, curve);
+    TPM_RUN(tpm, rc,
+            Esys_Create_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                              sensitive, &tmpl, &no_outside_info, &no_pcrs),
+            Esys_Create_Finish(tpm->esys, &priv, &pub, &creation_data, &creation_hash, &ticket));
+    provhsm_secure_free(sensitive);
+    Esys_Free(creation_data);
+    Esys_Free(creation_hash);
+    Esys_Free(ticket);
+    if (rc != TSS2_RC_SUCCESS)
+        return fail(tpm, rc, "Create (EC signing key)");
+    *private_out = priv;
+    *public_out = pub;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_set_object_auth(provhsm_tpm *tpm, ESYS_TR object, const TPM2B_AUTH *auth)
+{
+    return provhsm_tpm_set_hierarchy_auth(tpm, object, auth); /* the same ESAPI call */
+}
+
+size_t provhsm_tpm_ec_half_size(const TPMT_PUBLIC *pub)
+{
+    if (pub == NULL || pub->type != TPM2_ALG_ECC)
+        return 0;
+    switch (pub->parameters.eccDetail.curveID) {
+    case TPM2_ECC_NIST_P256:
+        return 32;
+    case TPM2_ECC_NIST_P384:
+        return 48;
+    default:
+        return 0;
+    }
+}
+
+static TPMI_ALG_HASH hash_for_digest(size_t digest_len)
+{
+    switch (digest_len) {
+    case 20:
+        return TPM2_ALG_SHA1;
+    case 32:
+        return TPM2_ALG_SHA256;
+    case 48:
+        return TPM2_ALG_SHA384;
+    case 64:
+        return TPM2_ALG_SHA512;
+    default:
+        return TPM2_ALG_NULL;
+    }
+}
+
+/* One half of the signature, left-padded with zeros to `half` bytes. */
+static int put_half(const TPM2B_ECC_PARAMETER *v, size_t half, uint8_t *out)
+{
+    size_t skip = 0;
+    while (skip < v->size && v->buffer[skip] == 0 && v->size - skip > half)
+        skip++; /* a leading zero byte beyond the curve size carries nothing */
+    size_t n = v->size - skip;
+    if (n > half)
+        return -1;
+    memset(out, 0, half - n);
+    memcpy(out + (half - n), v->buffer + skip, n);
+    return 0;
+}
+
+provhsm_err provhsm_tpm_ecdsa_sign(provhsm_tpm *tpm, ESYS_TR key, const TPMT_PUBLIC *key_public,
+                                   const uint8_t *digest, size_t digest_len, uint8_t *rs,
+                                   size_t *rs_len)
+{
+    static const TPMT_TK_HASHCHECK no_ticket = {
+        .tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL, .digest = {.size = 0}};
+    TPM2B_DIGEST in = {.size = 0};
+    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_ECDSA};
+    TPMT_SIGNATURE *sig = NULL;
+    provhsm_err err = PROVHSM_OK;
+    TSS2_RC rc;
+
+    size_t half = provhsm_tpm_ec_half_size(key_public);
+    if (tpm == NULL || digest == NULL || rs == NULL || rs_len == NULL || half == 0)
+        return PROVHSM_E_INVALID_ARG;
+    scheme.details.ecdsa.hashAlg = hash_for_digest(digest_len);
+    if (scheme.details.ecdsa.hashAlg == TPM2_ALG_NULL || digest_len > sizeof(in.buffer)) {
+        PH_ERR(MOD, "ECDSA: a digest of %zu bytes is none of SHA-1, SHA-256, SHA-384, SHA-512",
+               digest_len);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    const TPMT_ECC_SCHEME *own = &key_public->parameters.eccDetail.scheme;
+    if (own->scheme != TPM2_ALG_NULL &&
+        (own->scheme != TPM2_ALG_ECDSA ||
+         own->details.ecdsa.hashAlg != scheme.details.ecdsa.hashAlg)) {
+        PH_ERR(MOD,
+               "ECDSA: the key allows only scheme 0x%04x with hash 0x%04x, not a %zu-byte digest",
+               (unsigned)own->scheme, (unsigned)own->details.ecdsa.hashAlg, digest_len);
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    if (*rs_len < 2 * half)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Sign");
+    in.size = (UINT16)digest_len;
+    memcpy(in.buffer, digest, digest_len);
+    TPM_RUN(tpm, rc,
+            Esys_Sign_Async(tpm->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, &in,
+                            &scheme, &no_ticket),
+            Esys_Sign_Finish(tpm->esys, &sig));
+    if (rc_is_missing_handle(rc)) {
+        PH_DEBUG(MOD, "Sign: no object at the key's handle");
+        return PROVHSM_E_NOT_FOUND;
+    }
+    if (rc != TSS2_RC_SUCCESS) {
+        err = fail(tpm, rc, "Sign (ECDSA)");
+        if (tpm->last_failure_auth)
+            PH_ERR(MOD, "Sign (ECDSA): the TPM refused the key's authorisation value: the "
+                        "secret kept with the identity is not this key's");
+        return err;
+    }
+    if (sig->sigAlg != TPM2_ALG_ECDSA ||
+        put_half(&sig->signature.ecdsa.signatureR, half, rs) != 0 ||
+        put_half(&sig->signature.ecdsa.signatureS, half, rs + half) != 0) {
+        PH_ERR(MOD, "Sign (ECDSA): the TPM returned a signature of another form (0x%04x)",
+               (unsigned)sig->sigAlg);
+        err = PROVHSM_E_TPM;
+    } else {
+        *rs_len = 2 * half;
+    }
+    Esys_Free(sig);
+    return err;
+}
+
+provhsm_err provhsm_tpm_ec_public_to_spki(const TPMT_PUBLIC *pub, uint8_t **der_out,
+                                          size_t *len_out)
+{
+    provhsm_err err = PROVHSM_E_CRYPTO;
+    uint8_t point[1 + 2 * 48];
+    OSSL_PARAM_BLD *bld = NULL;
+    OSSL_PARAM *params = NULL;
+    EVP_PKEY_CTX *ctx = NULL;
+    EVP_PKEY *pkey = NULL;
+    unsigned char *der = NULL;
+
+    if (pub == NULL || der_out == NULL || len_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t half = provhsm_tpm_ec_half_size(pub);
+    if (half == 0) {
+        PH_ERR(MOD, "the key is not an EC key on P-256 or P-384 (type 0x%04x, curve 0x%04x)",
+               (unsigned)pub->type,
+               pub->type == TPM2_ALG_ECC ? (unsigned)pub->parameters.eccDetail.curveID : 0u);
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    /* the uncompressed point: 04 | x | y, each coordinate at the curve's size */
+    point[0] = 0x04;
+    if (put_half(&pub->unique.ecc.x, half, point + 1) != 0 ||
+        put_half(&pub->unique.ecc.y, half, point + 1 + half) != 0) {
+        PH_ERR(MOD, "the key's public point is larger than its curve");
+        return PROVHSM_E_CORRUPT;
+    }
+    const char *group = half == 32 ? SN_X9_62_prime256v1 : SN_secp384r1;
+    bld = OSSL_PARAM_BLD_new();
+    if (bld == NULL ||
+        OSSL_PARAM_BLD_push_utf8_string(bld, OSSL_PKEY_PARAM_GROUP_NAME, group, 0) != 1 ||
+        OSSL_PARAM_BLD_push_octet_string(bld, OSSL_PKEY_PARAM_PUB_KEY, point, 1 + 2 * half) != 1 ||
+        (params = OSSL_PARAM_BLD_to_param(bld)) == NULL)
+        goto cleanup;
+    ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    if (ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+        EVP_PKEY_fromdata(ctx, &pkey, EVP_PKEY_PUBLIC_KEY, params) != 1) {
+        PH_ERR(MOD, "OpenSSL refused the key's public point (not on the curve?)");
+        goto cleanup;
+    }
+    int len = i2d_PUBKEY(pkey, &der);
+    if (len <= 0)
+        goto cleanup;
+    uint8_t *copy = malloc((size_t)len);
+    if (copy == NULL) {
+        err = PROVHSM_E_NOMEM;
+        goto cleanup;
+    }
+    memcpy(copy, der, (size_t)len);
+    *der_out = copy;
+    *len_out = (size_t)len;
+    err = PROVHSM_OK;
+
+cleanup:
+    if (err == PROVHSM_E_CRYPTO)
+        PH_ERR(MOD, "cannot encode the key's public half as a SubjectPublicKeyInfo");
+    OPENSSL_free(der);
+    EVP_PKEY_free(pkey);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(params);
+    OSSL_PARAM_BLD_free(bld);
     return err;
 }
 

@@ -233,6 +233,71 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR
                                                        const uint8_t *data, size_t len,
                                                        uint8_t **mac_out, size_t *mac_len_out);
 
+/* ---- ECDSA signing keys (the X.509 device key) ------------------------------------ */
+
+/*
+ * The attributes of the X.509 device keys made here: the private key is made inside the
+ * TPM (sensitiveDataOrigin) and can never be duplicated out of it or away from its parent
+ * (fixedTPM, fixedParent); it signs anything with its authorisation value in a password
+ * session (userWithAuth, sign; not restricted, so TPM2_Sign needs no ticket) and decrypts
+ * nothing. noDA: the value is 32 random bytes, which no guessing reaches, and without it
+ * any local process could lock the device's key (and every other dictionary-protected
+ * object) out by sending wrong values.
+ */
+#define PROVHSM_TPM_X509_KEY_ATTRIBUTES                                                            \
+    (TPMA_OBJECT_FIXEDTPM | TPMA_OBJECT_FIXEDPARENT | TPMA_OBJECT_SENSITIVEDATAORIGIN |            \
+     TPMA_OBJECT_USERWITHAUTH | TPMA_OBJECT_NODA | TPMA_OBJECT_SIGN_ENCRYPT)
+
+/* 1 in *has_out when the TPM implements `curve` (GetCapability TPM2_CAP_ECC_CURVES). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_has_curve(provhsm_tpm *tpm, TPM2_ECC_CURVE curve,
+                                                     int *has_out);
+
+/*
+ * Create under `parent` (password-authorised, e.g. the SRK with its empty value): an ECC
+ * key on `curve` with PROVHSM_TPM_X509_KEY_ATTRIBUTES, scheme NULL (each TPM2_Sign names
+ * ECDSA and the hash), nameAlg SHA-256, and `auth` as its authorisation value. *private_out
+ * and *public_out are ESAPI-allocated (Esys_Free). One TPM command.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_create_ec_signing_key(provhsm_tpm *tpm, ESYS_TR parent,
+                                                                 TPM2_ECC_CURVE curve,
+                                                                 const TPM2B_AUTH *auth,
+                                                                 TPM2B_PRIVATE **private_out,
+                                                                 TPM2B_PUBLIC **public_out);
+
+/*
+ * Sets the authorisation value ESAPI puts in the password session of commands that use
+ * `object` (NULL: the empty value, overwriting the earlier one). Sends no command.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_set_object_auth(provhsm_tpm *tpm, ESYS_TR object,
+                                                           const TPM2B_AUTH *auth);
+
+/*
+ * TPM2_Sign with the ECC key `key` (password session with the value set by
+ * provhsm_tpm_set_object_auth), ECDSA with the hash whose size is digest_len (20, 32, 48,
+ * 64: SHA-1, SHA-256, SHA-384, SHA-512), validation ticket TPM_RH_NULL: one TPM command.
+ * A key whose own scheme is ECDSA with a fixed hash must be given a digest of that hash.
+ * rs receives r | s, each left-padded to `half` bytes (the curve's size); *rs_len: in,
+ * room; out, 2 * half. PROVHSM_E_NOT_FOUND (logged at debug level) when no object is at
+ * the key's handle; a refused authorisation value is PROVHSM_E_TPM with
+ * provhsm_tpm_last_failure_auth() set, logged as such.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_ecdsa_sign(provhsm_tpm *tpm, ESYS_TR key,
+                                                      const TPMT_PUBLIC *key_public,
+                                                      const uint8_t *digest, size_t digest_len,
+                                                      uint8_t *rs, size_t *rs_len);
+
+/* The byte size of an EC public area's curve (32 for P-256, 48 for P-384); 0 for any
+ * other curve or key type. */
+size_t provhsm_tpm_ec_half_size(const TPMT_PUBLIC *pub);
+
+/*
+ * The DER SubjectPublicKeyInfo of an ECC public area on P-256 or P-384, made by OpenSSL
+ * from the point (EVP_PKEY_fromdata). *der_out is malloc'd. PROVHSM_E_UNSUPPORTED (logged)
+ * for another curve or key type. No TPM command.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_ec_public_to_spki(const TPMT_PUBLIC *pub,
+                                                             uint8_t **der_out, size_t *len_out);
+
 /* ---- inspection ------------------------------------------------------------------ */
 
 #ifdef PROVHSM_TEST_HOOKS

@@ -28,6 +28,8 @@ typedef struct provhsm_keyref_asn1 {
     X509_PUBKEY *public_key;
 } provhsm_keyref_asn1;
 
+/* The template macros are not C statements: kept out of clang-format's hands. */
+// clang-format off
 ASN1_SEQUENCE(provhsm_keyref_asn1) = {
     ASN1_SIMPLE(provhsm_keyref_asn1, version, ASN1_INTEGER),
     ASN1_SIMPLE(provhsm_keyref_asn1, backend, ASN1_UTF8STRING),
@@ -36,6 +38,9 @@ ASN1_SEQUENCE(provhsm_keyref_asn1) = {
 } static_ASN1_SEQUENCE_END(provhsm_keyref_asn1)
 
 #define KEYREF_ITEM ASN1_ITEM_rptr(provhsm_keyref_asn1)
+
+static int backend_name_valid(const unsigned char *s, size_t len);
+// clang-format on
 
 static int backend_name_valid(const unsigned char *s, size_t len)
 {
@@ -111,8 +116,9 @@ provhsm_err provhsm_keyref_make(const char *backend, const char *locator, const 
         return PROVHSM_E_INVALID_ARG;
     if (!backend_name_valid((const unsigned char *)backend, strlen(backend)) ||
         !locator_valid((const unsigned char *)locator, strlen(locator))) {
-        PH_ERR(MOD, "a key reference needs a backend name of [a-z0-9] (under %d bytes) and a "
-                    "printable locator (under %d bytes)",
+        PH_ERR(MOD,
+               "a key reference needs a backend name of [a-z0-9] (under %d bytes) and a "
+               "printable locator (under %d bytes)",
                PROVHSM_KEYREF_BACKEND_MAX, PROVHSM_KEYREF_LOCATOR_MAX);
         return PROVHSM_E_INVALID_ARG;
     }
@@ -136,8 +142,7 @@ provhsm_err provhsm_keyref_make(const char *backend, const char *locator, const 
     return PROVHSM_OK;
 }
 
-static provhsm_err keyref_to_der(const provhsm_keyref *ref, unsigned char **der_out,
-                                 int *len_out)
+static provhsm_err keyref_to_der(const provhsm_keyref *ref, unsigned char **der_out, int *len_out)
 {
     provhsm_err err = PROVHSM_E_CRYPTO;
     provhsm_keyref_asn1 *asn = (provhsm_keyref_asn1 *)ASN1_item_new(KEYREF_ITEM);

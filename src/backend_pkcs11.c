@@ -1,0 +1,399 @@
+/*
+ * The PKCS#11 backend ([x509] backend = pkcs11): X.509 device keys on a token (a secure
+ * element, a smart card, SoftHSM2). The key pair is made on the token, private key
+ * sensitive and not extractable, and named by its RFC 7512 URI in the key reference
+ * (keyref.h); the chain and the reference are kept in the store like a software identity
+ * (x509_stored.h). The token is reached only through p11_wrap.c; this file decides what
+ * the token's answers mean and builds the public key with OpenSSL.
+ *
+ * No secret goes with the reference: the PIN comes from the configuration each time the
+ * process logs in (secret_out is always NULL).
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/asn1.h>
+#include <openssl/objects.h>
+#include <openssl/rand.h>
+#include <openssl/x509.h>
+
+#include <p11-kit/pkcs11.h>
+
+#include "backend.h"
+#include "keyref.h"
+#include "log.h"
+#include "p11_wrap.h"
+#include "x509_stored.h"
+
+#define MOD "pkcs11"
+
+#define KEY_ID_BYTES 16
+
+static provhsm_err refuse_rsa(const char *where)
+{
+    PH_ERR(MOD,
+           "%s: RSA keys are not supported on a token: the SDK's OpenSSL TLS layer copies an "
+           "RSA private key into a legacy RSA object that holds only the public half, so the "
+           "token could never sign; use an EC P-256 key (provhsm x509 generate makes one)",
+           where);
+    return PROVHSM_E_UNSUPPORTED;
+}
+
+/* ---- the public key ----------------------------------------------------------------- */
+
+/* The curve (NID) named by CKA_EC_PARAMS: the DER of a named curve's OID. */
+static int curve_from_params(const uint8_t *der, size_t len)
+{
+    const unsigned char *p = der;
+    ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &p, (long)len);
+    int nid = NID_undef;
+    if (oid != NULL && p == der + len)
+        nid = OBJ_obj2nid(oid);
+    ASN1_OBJECT_free(oid);
+    return nid;
+}
+
+/*
+ * The EC point as an uncompressed octet string: CKA_EC_POINT is the DER of an OCTET
+ * STRING holding it (PKCS#11 2.40); a few tokens give the bare point.
+ */
+static unsigned char *point_from_attr(const uint8_t *attr, size_t len, int *len_out)
+{
+    const unsigned char *p = attr;
+    ASN1_OCTET_STRING *os = d2i_ASN1_OCTET_STRING(NULL, &p, (long)len);
+    unsigned char *point = NULL;
+    if (os != NULL && p == attr + len) {
+        *len_out = ASN1_STRING_length(os);
+        point = OPENSSL_memdup(ASN1_STRING_get0_data(os), (size_t)*len_out);
+    } else if (len > 0 && attr[0] == 0x04 && len % 2 == 1) {
+        *len_out = (int)len;
+        point = OPENSSL_memdup(attr, len);
+    }
+    ASN1_OCTET_STRING_free(os);
+    return point;
+}
+
+/* SubjectPublicKeyInfo (DER) of an EC public key given as curve and point. */
+static provhsm_err spki_from_ec(const provhsm_p11_key_facts *f, uint8_t **out, size_t *len_out)
+{
+    int nid = curve_from_params(f->ec_params, f->ec_params_len);
+    if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1) {
+        PH_ERR(MOD, "the key's curve is not supported (EC P-256 or P-384 only)");
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    int point_len = 0;
+    unsigned char *point = point_from_attr(f->ec_point, f->ec_point_len, &point_len);
+    if (point == NULL) {
+        PH_ERR(MOD, "the token's CKA_EC_POINT is not an EC point");
+        return PROVHSM_E_CORRUPT;
+    }
+    X509_PUBKEY *pk = X509_PUBKEY_new();
+    if (pk == NULL || !X509_PUBKEY_set0_param(pk, OBJ_nid2obj(NID_X9_62_id_ecPublicKey),
+                                              V_ASN1_OBJECT, OBJ_nid2obj(nid), point, point_len)) {
+        OPENSSL_free(point);
+        X509_PUBKEY_free(pk);
+        provhsm_log_openssl(MOD, "X509_PUBKEY_set0_param");
+        return PROVHSM_E_CRYPTO;
+    }
+    unsigned char *der = NULL;
+    int der_len = i2d_X509_PUBKEY(pk, &der);
+    X509_PUBKEY_free(pk);
+    if (der_len <= 0) {
+        provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
+        return PROVHSM_E_CRYPTO;
+    }
+    *out = der;
+    *len_out = (size_t)der_len;
+    return PROVHSM_OK;
+}
+
+/* SubjectPublicKeyInfo (DER) of a certificate's key. */
+static provhsm_err spki_from_cert(const provhsm_p11_key_facts *f, uint8_t **out, size_t *len_out)
+{
+    const unsigned char *p = f->cert_der;
+    X509 *cert = d2i_X509(NULL, &p, (long)f->cert_der_len);
+    if (cert == NULL) {
+        provhsm_log_openssl(MOD, "d2i_X509 (the token's certificate)");
+        return PROVHSM_E_CORRUPT;
+    }
+    unsigned char *der = NULL;
+    int der_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+    X509_free(cert);
+    if (der_len <= 0) {
+        provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
+        return PROVHSM_E_CRYPTO;
+    }
+    *out = der;
+    *len_out = (size_t)der_len;
+    return PROVHSM_OK;
+}
+
+/* The key's public half as the token gives it, OPENSSL_malloc'd. */
+static provhsm_err public_key_der(const provhsm_p11_key_facts *f, uint8_t **out, size_t *len)
+{
+    if (f->key_type == CKK_RSA)
+        return refuse_rsa("the key on the token");
+    if (f->key_type != CKK_EC) {
+        PH_ERR(MOD,
+               "the key on the token is of type 0x%lx: only EC P-256 and P-384 keys are "
+               "supported",
+               f->key_type);
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    return f->ec_point != NULL ? spki_from_ec(f, out, len) : spki_from_cert(f, out, len);
+}
+
+/* ---- references --------------------------------------------------------------------- */
+
+/* The reference for the key `name` on the token, with the token's public key. */
+static provhsm_err make_ref(provhsm_p11_token *tok, const provhsm_p11_keyname *name,
+                            const provhsm_p11_key_facts *f, provhsm_keyref *ref_out)
+{
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    char *uri = NULL;
+    provhsm_err err = public_key_der(f, &spki, &spki_len);
+    if (err == PROVHSM_OK)
+        err = provhsm_p11_key_uri(tok, name, &uri);
+    if (err == PROVHSM_OK && strlen(uri) >= PROVHSM_KEYREF_LOCATOR_MAX) {
+        PH_ERR(MOD, "the key's URI is %zu characters long, longer than a reference holds",
+               strlen(uri));
+        err = PROVHSM_E_UNSUPPORTED;
+    }
+    if (err == PROVHSM_OK)
+        err = provhsm_keyref_make("pkcs11", uri, spki, spki_len, ref_out);
+    free(uri);
+    OPENSSL_free(spki);
+    return err;
+}
+
+/* The token a reference's URI names, within the configured token, and the key's name. */
+static provhsm_err resolve(const provhsm_config *cfg, const char *locator, provhsm_p11_token **tok,
+                           provhsm_p11_keyname *name)
+{
+    if (cfg == NULL || locator == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = provhsm_p11_parse_key_uri(locator, name);
+    if (err == PROVHSM_OK)
+        err = provhsm_p11_token_get(cfg, locator, tok);
+    return err;
+}
+
+static provhsm_err p11_key_generate(const provhsm_config *cfg, provhsm_key_type type, int replace,
+                                    provhsm_keyref *ref_out, char **secret_out)
+{
+    (void)replace; /* every key gets a new random CKA_ID: nothing is in its way */
+    if (cfg == NULL || ref_out == NULL || secret_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    if (type != PROVHSM_KEY_EC_P256)
+        return refuse_rsa("x509 generate");
+    provhsm_p11_token *tok = NULL;
+    provhsm_err err = provhsm_p11_token_get(cfg, NULL, &tok);
+    if (err != PROVHSM_OK)
+        return err;
+    provhsm_p11_keyname name = {.id_len = KEY_ID_BYTES, .has_label = 1};
+    if (RAND_bytes(name.id, KEY_ID_BYTES) != 1) {
+        provhsm_log_openssl(MOD, "RAND_bytes");
+        return PROVHSM_E_CRYPTO;
+    }
+    snprintf(name.label, sizeof(name.label), "provhsm-x509-%02x%02x%02x%02x", name.id[0],
+             name.id[1], name.id[2], name.id[3]);
+    err = provhsm_p11_generate_ec(tok, 256, &name);
+    if (err != PROVHSM_OK)
+        return err;
+    provhsm_p11_key_facts f;
+    err = provhsm_p11_key_facts_get(tok, &name, &f);
+    if (err == PROVHSM_OK)
+        err = make_ref(tok, &name, &f, ref_out);
+    provhsm_p11_key_facts_clear(&f);
+    if (err != PROVHSM_OK) { /* leave nothing half-made on the token */
+        if (provhsm_p11_destroy_key(tok, &name) != PROVHSM_OK)
+            PH_WARN(MOD, "the new key %s could not be removed from the token", name.label);
+        return err;
+    }
+    *secret_out = NULL;
+    PH_INFO(MOD, "made EC P-256 key %s on the token: %s", name.label, ref_out->locator);
+    return PROVHSM_OK;
+}
+
+/*
+ * A key that can be read out of the token is refused: what the feature promises is a key
+ * that never leaves it. One that was imported (not always sensitive, or once extractable)
+ * is adopted with a warning: the token cannot say where else a copy went.
+ */
+static provhsm_err check_adoptable(const provhsm_p11_key_facts *f, const char *locator)
+{
+    if (f->key_type == CKK_RSA)
+        return refuse_rsa(locator);
+    if (!f->sensitive || f->extractable) {
+        PH_ERR(MOD,
+               "%s: the private key is %s: it could leave the token, so it is not adopted; "
+               "make the key with CKA_SENSITIVE=true and CKA_EXTRACTABLE=false, or let "
+               "provhsm x509 generate make one",
+               locator, !f->sensitive ? "not sensitive" : "extractable");
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    if (!f->can_sign) {
+        PH_ERR(MOD, "%s: the private key may not sign (CKA_SIGN is false)", locator);
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    if (!f->always_sensitive || !f->never_extractable)
+        PH_WARN(MOD,
+                "%s: the private key was not made on the token (not always sensitive, or once "
+                "extractable): copies of it may exist elsewhere",
+                locator);
+    return PROVHSM_OK;
+}
+
+static provhsm_err p11_key_adopt(const provhsm_config *cfg, const char *locator,
+                                 provhsm_keyref *ref_out, char **secret_out)
+{
+    if (ref_out == NULL || secret_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_p11_token *tok = NULL;
+    provhsm_p11_keyname name;
+    provhsm_err err = resolve(cfg, locator, &tok, &name);
+    if (err != PROVHSM_OK)
+        return err;
+    provhsm_p11_key_facts f;
+    err = provhsm_p11_key_facts_get(tok, &name, &f);
+    if (err == PROVHSM_OK)
+        err = check_adoptable(&f, locator);
+    if (err == PROVHSM_OK) {
+        /* the reference names the key by its own id and label, whatever selected it */
+        provhsm_p11_keyname exact = name;
+        if (f.id_len > 0) {
+            memcpy(exact.id, f.id, f.id_len);
+            exact.id_len = f.id_len;
+            exact.has_label = f.label[0] != '\0';
+            snprintf(exact.label, sizeof(exact.label), "%s", f.label);
+        }
+        err = make_ref(tok, &exact, &f, ref_out);
+    }
+    provhsm_p11_key_facts_clear(&f);
+    if (err == PROVHSM_OK)
+        *secret_out = NULL;
+    return err;
+}
+
+static provhsm_err p11_key_open(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                const char *secret, void **key_out)
+{
+    (void)secret; /* the PIN comes from the configuration */
+    if (ref == NULL || key_out == NULL || strcmp(ref->backend, "pkcs11") != 0)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_p11_token *tok = NULL;
+    provhsm_p11_keyname name;
+    provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
+    if (err != PROVHSM_OK)
+        return err;
+    provhsm_p11_key_facts f;
+    err = provhsm_p11_key_facts_get(tok, &name, &f);
+    uint8_t *spki = NULL;
+    size_t spki_len = 0;
+    if (err == PROVHSM_OK)
+        err = public_key_der(&f, &spki, &spki_len);
+    provhsm_p11_key_facts_clear(&f);
+    if (err == PROVHSM_OK &&
+        (spki_len != ref->spki_len || memcmp(spki, ref->spki, spki_len) != 0)) {
+        PH_ERR(MOD,
+               "the key %s on the token is not the one the reference names (another "
+               "public key)",
+               ref->locator);
+        err = PROVHSM_E_MISMATCH;
+    }
+    OPENSSL_free(spki);
+    if (err != PROVHSM_OK)
+        return err;
+    provhsm_p11_key *key = calloc(1, sizeof(*key));
+    if (key == NULL)
+        return PROVHSM_E_NOMEM;
+    err = provhsm_p11_key_open(tok, &name, ref->curve_bits, key);
+    if (err != PROVHSM_OK) {
+        free(key);
+        return err;
+    }
+    *key_out = key;
+    return PROVHSM_OK;
+}
+
+static provhsm_err p11_key_sign(void *key, const uint8_t *digest, size_t digest_len, uint8_t *rs,
+                                size_t *rs_len)
+{
+    return provhsm_p11_sign(key, digest, digest_len, rs, rs_len);
+}
+
+static void p11_key_close(void *key)
+{
+    free(key); /* the session stays: it is the process's, shared by every key */
+}
+
+static provhsm_err p11_key_destroy(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                   const char *secret)
+{
+    (void)secret;
+    if (ref == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_p11_token *tok = NULL;
+    provhsm_p11_keyname name;
+    provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
+    if (err == PROVHSM_OK)
+        err = provhsm_p11_destroy_key(tok, &name);
+    return err;
+}
+
+static provhsm_err p11_key_describe(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                    char **line_out)
+{
+    if (ref == NULL || line_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_p11_token *tok = NULL;
+    provhsm_p11_keyname name;
+    provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
+    provhsm_p11_key_facts f;
+    if (err == PROVHSM_OK)
+        err = provhsm_p11_key_facts_get(tok, &name, &f);
+    if (err != PROVHSM_OK)
+        return err;
+    char token[128], id[2 * PROVHSM_P11_ID_MAX + 1] = "";
+    provhsm_p11_token_describe(tok, token, sizeof(token));
+    for (size_t i = 0; i < f.id_len; i++)
+        snprintf(id + 2 * i, 3, "%02x", f.id[i]);
+    char line[512];
+    snprintf(line, sizeof(line), "PKCS#11 token %s, object %s, id %s: %s, %s", token,
+             f.label[0] != '\0' ? f.label : "(no label)", id[0] != '\0' ? id : "(none)",
+             f.sensitive ? "sensitive" : "NOT sensitive",
+             f.extractable ? "EXTRACTABLE" : "not extractable");
+    provhsm_p11_key_facts_clear(&f);
+    *line_out = strdup(line);
+    return *line_out != NULL ? PROVHSM_OK : PROVHSM_E_NOMEM;
+}
+
+/* ---- the X.509 group: the chain and the reference are in the store ------------------ */
+
+static provhsm_err p11_open(const provhsm_config *cfg, provhsm_kind kind, void **state)
+{
+    if (kind != PROVHSM_KIND_X509) {
+        PH_ERR(MOD, "the pkcs11 backend serves X.509 identities only");
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    return provhsm_x509_stored_open(cfg, state);
+}
+
+const provhsm_backend provhsm_backend_pkcs11 = {
+    .name = "pkcs11",
+    .caps = PROVHSM_CAP_X509,
+    .open = p11_open,
+    .close = provhsm_x509_stored_close,
+    .x509_certificate = provhsm_x509_stored_certificate,
+    .x509_alias_key = provhsm_x509_stored_alias_key,
+    .x509_common_name = provhsm_x509_stored_common_name,
+    .key_generate = p11_key_generate,
+    .key_adopt = p11_key_adopt,
+    .key_open = p11_key_open,
+    .key_sign = p11_key_sign,
+    .key_close = p11_key_close,
+    .key_destroy = p11_key_destroy,
+    .key_describe = p11_key_describe,
+};

@@ -1,0 +1,490 @@
+/*
+ * The pkcs11 backend's key slots on SoftHSM2, a fresh token per test: the key made on the
+ * token cannot be read out (checked through the module, not through the library), its
+ * signatures verify against the reference's public key, a signature is two PKCS#11 calls
+ * on the one session of the process (1,000 signatures open no other, 4 threads share it),
+ * and the failure paths (wrong PIN not retried, token removed, key deleted, RSA and
+ * extractable keys) end in a clear error, without a hang.
+ */
+#include <pthread.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <cmocka.h>
+
+#include <openssl/bn.h>
+#include <openssl/ec.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+#include <p11-kit/p11-kit.h>
+#include <p11-kit/uri.h>
+
+#include "backend.h"
+#include "keyref.h"
+#include "p11_wrap.h"
+#include "softhsm_fixture.h"
+
+static const provhsm_backend *const be = &provhsm_backend_pkcs11;
+
+typedef struct fixture {
+    provhsm_test_softhsm hsm;
+    provhsm_config cfg;
+    provhsm_keyref ref;
+    void *key;
+    provhsm_test_p11 direct;
+} fixture;
+
+static int setup(void **state)
+{
+    static unsigned counter;
+    fixture *f = calloc(1, sizeof(*f));
+    char label[33];
+    snprintf(label, sizeof(label), "provhsm-test-%u", ++counter);
+    if (f == NULL || provhsm_test_softhsm_start(&f->hsm, label) != 0) {
+        free(f);
+        return -1;
+    }
+    provhsm_test_softhsm_config(&f->hsm, &f->cfg);
+    provhsm_test_p11_log_clear();
+    *state = f;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fixture *f = *state;
+    if (f->key != NULL)
+        be->key_close(f->key);
+    provhsm_keyref_clear(&f->ref);
+    provhsm_test_p11_close(&f->direct);
+    provhsm_p11_shutdown(); /* the next test's token is in another directory */
+    provhsm_test_softhsm_stop(&f->hsm);
+    free(f);
+    return 0;
+}
+
+/* ---- helpers ------------------------------------------------------------------------ */
+
+static void generate(fixture *f)
+{
+    char *secret = (char *)"unset";
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &f->ref, &secret),
+                     PROVHSM_OK);
+    assert_null(secret);
+    assert_string_equal(f->ref.backend, "pkcs11");
+    assert_int_equal(f->ref.curve_bits, 256);
+}
+
+static void open_key(fixture *f)
+{
+    assert_int_equal(be->key_open(&f->cfg, &f->ref, NULL, &f->key), PROVHSM_OK);
+}
+
+/* The CKA_ID in a key URI, read with p11-kit. */
+static size_t uri_id(const char *locator, uint8_t *id, size_t room)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    assert_int_equal(p11_kit_uri_parse(locator, P11_KIT_URI_FOR_ANY, uri), P11_KIT_URI_OK);
+    CK_ATTRIBUTE *a = p11_kit_uri_get_attribute(uri, CKA_ID);
+    assert_non_null(a);
+    assert_true(a->ulValueLen > 0 && a->ulValueLen <= room);
+    memcpy(id, a->pValue, a->ulValueLen);
+    size_t len = a->ulValueLen;
+    p11_kit_uri_free(uri);
+    return len;
+}
+
+static void digest(const char *md, const char *msg, uint8_t *out, size_t *len)
+{
+    unsigned int n = 0;
+    assert_int_equal(EVP_Digest(msg, strlen(msg), out, &n, EVP_get_digestbyname(md), NULL), 1);
+    *len = n;
+}
+
+/* 1 when r | s verifies over the digest with the reference's public key (OpenSSL only). */
+static int verifies(const provhsm_keyref *ref, const uint8_t *dg, size_t dg_len, const uint8_t *rs,
+                    size_t rs_len)
+{
+    const unsigned char *p = ref->spki;
+    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)ref->spki_len);
+    ECDSA_SIG *sig = ECDSA_SIG_new();
+    size_t half = rs_len / 2;
+    BIGNUM *r = BN_bin2bn(rs, (int)half, NULL), *s = BN_bin2bn(rs + half, (int)half, NULL);
+    assert_non_null(pub);
+    assert_int_equal(ECDSA_SIG_set0(sig, r, s), 1);
+    unsigned char *der = NULL;
+    int der_len = i2d_ECDSA_SIG(sig, &der);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new(pub, NULL);
+    int ok = ctx != NULL && EVP_PKEY_verify_init(ctx) == 1 &&
+             EVP_PKEY_verify(ctx, der, (size_t)der_len, dg, dg_len) == 1;
+    EVP_PKEY_CTX_free(ctx);
+    OPENSSL_free(der);
+    ECDSA_SIG_free(sig);
+    EVP_PKEY_free(pub);
+    return ok;
+}
+
+static provhsm_err sign_once(void *key, const uint8_t *dg, size_t dg_len, uint8_t *rs,
+                             size_t *rs_len)
+{
+    *rs_len = 96;
+    return be->key_sign(key, dg, dg_len, rs, rs_len);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+/* The key made on the token is a token object, sensitive and not extractable (asked of the module).
+ */
+static void test_generate_key_stays_on_token(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    assert_true(strncmp(f->ref.locator, "pkcs11:", 7) == 0);
+    assert_non_null(strstr(f->ref.locator, "type=private"));
+    assert_non_null(strstr(f->ref.locator, f->hsm.label));
+
+    uint8_t id[64];
+    size_t id_len = uri_id(f->ref.locator, id, sizeof(id));
+    assert_int_equal(id_len, 16);
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    CK_OBJECT_HANDLE priv = provhsm_test_p11_find(&f->direct, CKO_PRIVATE_KEY, id, id_len);
+    assert_int_not_equal(priv, CK_INVALID_HANDLE);
+    assert_int_not_equal(provhsm_test_p11_find(&f->direct, CKO_PUBLIC_KEY, id, id_len),
+                         CK_INVALID_HANDLE);
+
+    uint8_t value[256];
+    CK_ATTRIBUTE get_value = {CKA_VALUE, value, sizeof(value)};
+    assert_int_equal(f->direct.fl->C_GetAttributeValue(f->direct.session, priv, &get_value, 1),
+                     CKR_ATTRIBUTE_SENSITIVE);
+    CK_BBOOL extractable = CK_TRUE, sensitive = CK_FALSE, token = CK_FALSE, priv_obj = CK_FALSE;
+    CK_ATTRIBUTE flags[] = {{CKA_EXTRACTABLE, &extractable, sizeof(CK_BBOOL)},
+                            {CKA_SENSITIVE, &sensitive, sizeof(CK_BBOOL)},
+                            {CKA_TOKEN, &token, sizeof(CK_BBOOL)},
+                            {CKA_PRIVATE, &priv_obj, sizeof(CK_BBOOL)}};
+    assert_int_equal(f->direct.fl->C_GetAttributeValue(f->direct.session, priv, flags, 4), CKR_OK);
+    assert_int_equal(extractable, CK_FALSE);
+    assert_int_equal(sensitive, CK_TRUE);
+    assert_int_equal(token, CK_TRUE);
+    assert_int_equal(priv_obj, CK_TRUE);
+
+    /* the reference carries the token's public key and no more */
+    char *pem = NULL;
+    assert_int_equal(provhsm_keyref_to_pem(&f->ref, &pem), PROVHSM_OK);
+    assert_null(strstr(pem, "PRIVATE KEY"));
+    free(pem);
+
+    char *line = NULL;
+    assert_int_equal(be->key_describe(&f->cfg, &f->ref, &line), PROVHSM_OK);
+    assert_non_null(strstr(line, f->hsm.label));
+    assert_non_null(strstr(line, "sensitive, not extractable"));
+    free(line);
+}
+
+/* Signatures over SHA-256 and SHA-384 digests verify with OpenSSL; each costs 2 calls. */
+static void test_sign_verifies_two_calls(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    const char *mds[] = {"SHA256", "SHA384"};
+    for (size_t i = 0; i < 2; i++) {
+        uint8_t dg[64], rs[96];
+        size_t dg_len = 0, rs_len = 0;
+        digest(mds[i], "to be signed on the token", dg, &dg_len);
+        uint64_t before = provhsm_p11_calls_total();
+        assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+        assert_int_equal(provhsm_p11_calls_total() - before, 2);
+        assert_int_equal(rs_len, 64);
+        assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+        rs[10] ^= 1;
+        assert_false(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    }
+    /* a room too small for r | s is refused before the token is asked */
+    uint8_t dg[32] = {1}, rs[96];
+    size_t small = 63;
+    assert_int_equal(be->key_sign(f->key, dg, sizeof(dg), rs, &small), PROVHSM_E_INVALID_ARG);
+}
+
+/* 1,000 signatures on the session of the process: no session, no login, 2,000 calls. */
+static void test_one_session_for_1000_signs(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "many", dg, &dg_len);
+    uint64_t sessions = provhsm_p11_sessions_opened_total();
+    uint64_t logins = provhsm_p11_logins_total();
+    uint64_t calls = provhsm_p11_calls_total();
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
+    assert_int_equal(provhsm_p11_logins_total(), logins);
+    assert_int_equal(provhsm_p11_calls_total() - calls, 2000);
+    /* opening the same key again reuses the session too */
+    void *again = NULL;
+    assert_int_equal(be->key_open(&f->cfg, &f->ref, NULL, &again), PROVHSM_OK);
+    be->key_close(again);
+    assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+}
+
+/* A wrong PIN is named, sent once, never again; a corrected PIN is then tried and works. */
+static void test_wrong_pin_not_retried(void **state)
+{
+    fixture *f = *state;
+    setenv(PROVHSM_TEST_PIN_ENV, "11112222", 1);
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    uint64_t logins = provhsm_p11_logins_total();
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_WRONG_KEY);
+    assert_true(provhsm_test_p11_log_seen("wrong PIN"));
+    assert_true(provhsm_test_p11_log_seen("CKR_PIN_INCORRECT"));
+    assert_int_equal(provhsm_p11_logins_total() - logins, 1);
+    provhsm_test_p11_log_clear();
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_WRONG_KEY);
+    assert_true(provhsm_test_p11_log_seen("not sent again"));
+    assert_int_equal(provhsm_p11_logins_total() - logins, 1); /* the token was not asked */
+
+    setenv(PROVHSM_TEST_PIN_ENV, f->hsm.pin, 1);
+    generate(f);
+}
+
+/* No PIN anywhere: a configuration error that says where to put one. */
+static void test_no_pin_configured(void **state)
+{
+    fixture *f = *state;
+    unsetenv(PROVHSM_TEST_PIN_ENV);
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_CONFIG);
+    assert_true(provhsm_test_p11_log_seen("pin_file"));
+    setenv(PROVHSM_TEST_PIN_ENV, f->hsm.pin, 1);
+}
+
+/* The token's files deleted mid-run: signing fails with a logged reason, within seconds. */
+static void test_token_removed(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "before", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+
+    assert_int_equal(provhsm_test_softhsm_remove_tokens(&f->hsm), 0);
+    provhsm_test_p11_log_clear();
+    double t0 = now_s();
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_E_NO_DEVICE);
+    assert_true(now_s() - t0 < 10.0);
+    assert_true(provhsm_test_p11_log_seen("token not present"));
+    void *again = NULL;
+    assert_int_equal(be->key_open(&f->cfg, &f->ref, NULL, &again), PROVHSM_E_NO_DEVICE);
+    assert_null(again);
+}
+
+/* The key destroyed on the token by someone else: signing and opening say so. */
+static void test_key_deleted(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    uint8_t id[64], dg[32], rs[96];
+    size_t id_len = uri_id(f->ref.locator, id, sizeof(id)), dg_len = 0, rs_len = 0;
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    CK_OBJECT_HANDLE priv = provhsm_test_p11_find(&f->direct, CKO_PRIVATE_KEY, id, id_len);
+    assert_int_equal(f->direct.fl->C_DestroyObject(f->direct.session, priv), CKR_OK);
+
+    digest("SHA256", "after", dg, &dg_len);
+    provhsm_test_p11_log_clear();
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_E_NOT_FOUND);
+    assert_true(provhsm_test_p11_log_seen("no private key"));
+    void *again = NULL;
+    assert_int_equal(be->key_open(&f->cfg, &f->ref, NULL, &again), PROVHSM_E_NOT_FOUND);
+    /* the private key is what destroy looks for: nothing to destroy */
+    assert_int_equal(be->key_destroy(&f->cfg, &f->ref, NULL), PROVHSM_E_NOT_FOUND);
+}
+
+/* key_destroy removes both halves; a second destroy finds nothing. */
+static void test_destroy(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    uint8_t id[64];
+    size_t id_len = uri_id(f->ref.locator, id, sizeof(id));
+    assert_int_equal(be->key_destroy(&f->cfg, &f->ref, NULL), PROVHSM_OK);
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    assert_int_equal(provhsm_test_p11_find(&f->direct, CKO_PRIVATE_KEY, id, id_len),
+                     CK_INVALID_HANDLE);
+    assert_int_equal(provhsm_test_p11_find(&f->direct, CKO_PUBLIC_KEY, id, id_len),
+                     CK_INVALID_HANDLE);
+    assert_int_equal(be->key_destroy(&f->cfg, &f->ref, NULL), PROVHSM_E_NOT_FOUND);
+}
+
+/* A key made on the token by someone else, adopted by URI: the reference signs. */
+static void test_adopt_by_uri(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t id[] = {0xa1, 0xb2, 0xc3};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    assert_int_equal(provhsm_test_p11_make_key(&f->direct, 0, 0, id, sizeof(id), "factory"), 0);
+
+    char uri[128];
+    snprintf(uri, sizeof(uri), "pkcs11:token=%s;id=%%a1%%b2%%c3;type=private", f->hsm.label);
+    char *secret = (char *)"unset";
+    assert_int_equal(be->key_adopt(&f->cfg, uri, &f->ref, &secret), PROVHSM_OK);
+    assert_null(secret);
+    assert_non_null(strstr(f->ref.locator, "object=factory"));
+    uint8_t got[64];
+    assert_int_equal(uri_id(f->ref.locator, got, sizeof(got)), sizeof(id));
+    assert_memory_equal(got, id, sizeof(id));
+
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "adopted", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+
+    /* by label alone too */
+    provhsm_keyref by_label = {0};
+    snprintf(uri, sizeof(uri), "pkcs11:object=factory;type=private");
+    assert_int_equal(be->key_adopt(&f->cfg, uri, &by_label, &secret), PROVHSM_OK);
+    assert_true(provhsm_keyref_equal(&by_label, &f->ref));
+    provhsm_keyref_clear(&by_label);
+}
+
+/* RSA keys are refused at generate and adopt, with why and what instead. */
+static void test_rsa_refused(void **state)
+{
+    fixture *f = *state;
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_RSA_2048, 0, &ref, &secret),
+                     PROVHSM_E_UNSUPPORTED);
+    assert_true(provhsm_test_p11_log_seen("legacy RSA object"));
+    assert_true(provhsm_test_p11_log_seen("EC P-256"));
+
+    static const uint8_t id[] = {0x52, 0x53};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    assert_int_equal(provhsm_test_p11_make_key(&f->direct, 1, 0, id, sizeof(id), "rsa"), 0);
+    provhsm_test_p11_log_clear();
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:object=rsa;type=private", &ref, &secret),
+                     PROVHSM_E_UNSUPPORTED);
+    assert_true(provhsm_test_p11_log_seen("legacy RSA object"));
+}
+
+/* An EC key that could be read out of the token is not adopted. */
+static void test_extractable_refused(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t id[] = {0x0e};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    assert_int_equal(provhsm_test_p11_make_key(&f->direct, 0, 1, id, sizeof(id), "open"), 0);
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:object=open;type=private", &ref, &secret),
+                     PROVHSM_E_UNSUPPORTED);
+    assert_true(provhsm_test_p11_log_seen("could leave the token"));
+}
+
+/* Bad URIs: a clear configuration error. */
+static void test_bad_uris(void **state)
+{
+    fixture *f = *state;
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    assert_int_equal(be->key_adopt(&f->cfg, "file:///etc/passwd", &ref, &secret), PROVHSM_E_CONFIG);
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:token=x", &ref, &secret), PROVHSM_E_CONFIG);
+    assert_true(provhsm_test_p11_log_seen("names no object"));
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:object=x;type=cert", &ref, &secret),
+                     PROVHSM_E_CONFIG);
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:object=missing;type=private", &ref, &secret),
+                     PROVHSM_E_NOT_FOUND);
+    snprintf(f->cfg.pkcs11_token, sizeof(f->cfg.pkcs11_token), "pkcs11:token=no-such-token");
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_NO_DEVICE);
+    assert_true(provhsm_test_p11_log_seen("token not present"));
+}
+
+typedef struct thread_arg {
+    fixture *f;
+    int failures;
+} thread_arg;
+
+static void *sign_many(void *p)
+{
+    thread_arg *a = p;
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "threads", dg, &dg_len);
+    for (int i = 0; i < 250; i++)
+        if (sign_once(a->f->key, dg, dg_len, rs, &rs_len) != PROVHSM_OK ||
+            !verifies(&a->f->ref, dg, dg_len, rs, rs_len))
+            a->failures++;
+    return NULL;
+}
+
+/* 4 threads signing with the same key at once share the one session. */
+static void test_four_threads(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    uint64_t sessions = provhsm_p11_sessions_opened_total();
+    pthread_t th[4];
+    thread_arg args[4];
+    for (int i = 0; i < 4; i++) {
+        args[i] = (thread_arg){f, 0};
+        assert_int_equal(pthread_create(&th[i], NULL, sign_many, &args[i]), 0);
+    }
+    for (int i = 0; i < 4; i++) {
+        pthread_join(th[i], NULL);
+        assert_int_equal(args[i].failures, 0);
+    }
+    assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
+}
+
+int main(void)
+{
+    if (!provhsm_test_softhsm_available()) {
+        fprintf(stderr, "SoftHSM2 (module and softhsm2-util) not installed: skipped\n");
+        return PROVHSM_TEST_SKIP;
+    }
+    provhsm_test_p11_log_capture();
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_generate_key_stays_on_token, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sign_verifies_two_calls, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_one_session_for_1000_signs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_wrong_pin_not_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_no_pin_configured, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_token_removed, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_deleted, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adopt_by_uri, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_rsa_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_extractable_refused, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_four_threads, setup, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

@@ -543,6 +543,32 @@ static int parse_assignment(parse_ctx *ctx, char *line)
     return -1;
 }
 
+/*
+ * The X.509 device key's handle must be its own: replacing that key evicts whatever is at
+ * the handle, which must never be the EK, the SRK, the identity key or the sealed store key.
+ */
+static int x509_handle_collides(const provhsm_config *cfg, const char *origin, char *errbuf,
+                                size_t errlen)
+{
+    const struct {
+        uint32_t handle;
+        const char *name;
+    } others[] = {{cfg->ek_handle, "[tpm] ek_handle"},
+                  {cfg->srk_handle, "[tpm] srk_handle"},
+                  {cfg->identity_handle, "[tpm] identity_handle"},
+                  {cfg->sealed_key_handle, "[store] sealed_key_handle"}};
+    for (size_t i = 0; i < sizeof(others) / sizeof(others[0]); i++) {
+        if (others[i].handle != 0 && others[i].handle == cfg->x509_key_handle) {
+            fail_plain(errbuf, errlen,
+                       "%s: [tpm] x509_key_handle 0x%08x is also %s; the X.509 key needs a "
+                       "handle of its own",
+                       origin, (unsigned)cfg->x509_key_handle, others[i].name);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 provhsm_err provhsm_config_parse(provhsm_config *cfg, const char *text, const char *origin,
                                  char *errbuf, size_t errlen)
 {
@@ -591,6 +617,8 @@ provhsm_err provhsm_config_parse(provhsm_config *cfg, const char *text, const ch
         if ((*s == '[' ? parse_section(&ctx, s) : parse_assignment(&ctx, s)) != 0)
             goto out;
     }
+    if (x509_handle_collides(ctx.cfg, ctx.origin, errbuf, errlen))
+        goto out;
     memcpy(cfg, ctx.cfg, sizeof(*cfg));
     err = PROVHSM_OK;
 out:

@@ -413,6 +413,32 @@ static void test_handle_shared_with_identity_refused(void **unused)
     assert_true(provhsm_test_log_seen("is also identity_handle"));
 }
 
+/* the configuration refuses an X.509 key handle that another key of the device uses */
+static void test_config_refuses_shared_handle(void **unused)
+{
+    (void)unused;
+    static const char *const texts[] = {
+        "[tpm]\nx509_key_handle = 0x81000100\n", /* the identity key */
+        "[tpm]\nsrk_handle = 0x81000110\n",      /* the SRK on the default */
+        "[store]\nsealed_key_handle = 0x81000200\n[tpm]\nx509_key_handle = 0x81000200\n",
+    };
+    char errbuf[256];
+    for (size_t i = 0; i < sizeof(texts) / sizeof(texts[0]); i++) {
+        provhsm_config cfg;
+        provhsm_config_defaults(&cfg);
+        assert_int_equal(provhsm_config_parse(&cfg, texts[i], "test.conf", errbuf, sizeof(errbuf)),
+                         PROVHSM_E_CONFIG);
+        assert_non_null(strstr(errbuf, "x509_key_handle"));
+        assert_non_null(strstr(errbuf, "needs a handle of its own"));
+    }
+    provhsm_config cfg;
+    provhsm_config_defaults(&cfg);
+    assert_int_equal(provhsm_config_parse(&cfg, "[tpm]\nx509_key_handle = 0x81000111\n",
+                                          "test.conf", errbuf, sizeof(errbuf)),
+                     PROVHSM_OK);
+    assert_int_equal(cfg.x509_key_handle, 0x81000111u);
+}
+
 /* P-384, which swtpm has: a 96-byte signature over a SHA-384 digest */
 static void test_p384_key(void **unused)
 {
@@ -538,6 +564,7 @@ int main(void)
         cmocka_unit_test(test_occupied_handle_kept_unless_replaced),
         cmocka_unit_test(test_rsa_refused),
         cmocka_unit_test(test_handle_shared_with_identity_refused),
+        cmocka_unit_test(test_config_refuses_shared_handle),
         cmocka_unit_test(test_p384_key),
         cmocka_unit_test(test_adopt_tools_keys),
         cmocka_unit_test(test_tpm_gone_mid_run),

@@ -186,8 +186,9 @@ static provhsm_err p11_key_generate(const provhsm_config *cfg, provhsm_key_type 
     (void)replace; /* every key gets a new random CKA_ID: nothing is in its way */
     if (cfg == NULL || ref_out == NULL || secret_out == NULL)
         return PROVHSM_E_INVALID_ARG;
-    if (type != PROVHSM_KEY_EC_P256)
+    if (type != PROVHSM_KEY_EC_P256 && type != PROVHSM_KEY_EC_P384)
         return refuse_rsa("x509 generate");
+    int bits = type == PROVHSM_KEY_EC_P384 ? 384 : 256;
     provhsm_p11_token *tok = NULL;
     provhsm_err err = provhsm_p11_token_get(cfg, NULL, &tok);
     if (err != PROVHSM_OK)
@@ -199,7 +200,7 @@ static provhsm_err p11_key_generate(const provhsm_config *cfg, provhsm_key_type 
     }
     snprintf(name.label, sizeof(name.label), "provhsm-x509-%02x%02x%02x%02x", name.id[0],
              name.id[1], name.id[2], name.id[3]);
-    err = provhsm_p11_generate_ec(tok, 256, &name);
+    err = provhsm_p11_generate_ec(tok, bits, &name);
     if (err != PROVHSM_OK)
         return err;
     provhsm_p11_key_facts f;
@@ -213,7 +214,7 @@ static provhsm_err p11_key_generate(const provhsm_config *cfg, provhsm_key_type 
         return err;
     }
     *secret_out = NULL;
-    PH_INFO(MOD, "made EC P-256 key %s on the token: %s", name.label, ref_out->locator);
+    PH_INFO(MOD, "made EC P-%d key %s on the token: %s", bits, name.label, ref_out->locator);
     return PROVHSM_OK;
 }
 

@@ -243,6 +243,23 @@ static void test_one_session_for_1000_signs(void **state)
     assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
 }
 
+/* A P-384 key when asked for one: r | s of 96 bytes that verify over a SHA-384 digest. */
+static void test_p384_key(void **state)
+{
+    fixture *f = *state;
+    char *secret = NULL;
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P384, 0, &f->ref, &secret),
+                     PROVHSM_OK);
+    assert_int_equal(f->ref.curve_bits, 384);
+    open_key(f);
+    uint8_t dg[64], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA384", "on P-384", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_int_equal(rs_len, 96);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+}
+
 /* A wrong PIN is named, sent once, never again; a corrected PIN is then tried and works. */
 static void test_wrong_pin_not_retried(void **state)
 {
@@ -475,6 +492,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_generate_key_stays_on_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sign_verifies_two_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_session_for_1000_signs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_p384_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_pin_not_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_pin_configured, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_removed, setup, teardown),

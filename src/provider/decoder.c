@@ -21,7 +21,7 @@
 #include "prov_local.h"
 
 /* A key reference is under 2 KB; more than this is not ours. */
-#define DECODER_INPUT_MAX (64 * 1024)
+#define DECODER_INPUT_MAX (16 * 1024)
 
 static void *dec_newctx(void *provctx)
 {
@@ -39,33 +39,48 @@ static int dec_does_selection(void *provctx, int selection)
     return selection == 0 || (selection & OSSL_KEYMGMT_SELECT_KEYPAIR) != 0;
 }
 
-/* Reads the whole input (up to DECODER_INPUT_MAX). *len_out 0 when it is larger. */
-static char *read_input(provhsm_prov_ctx *ctx, OSSL_CORE_BIO *cin, size_t *len_out)
+#define BEGIN_LINE "-----BEGIN " PROVHSM_KEYREF_PEM_LABEL "-----"
+#define END_LINE   "-----END " PROVHSM_KEYREF_PEM_LABEL "-----"
+
+static int starts_with(const char *s, const char *prefix)
 {
-    size_t cap = 4096, len = 0;
-    char *buf = malloc(cap);
-    *len_out = 0;
+    return strncmp(s, prefix, strlen(prefix)) == 0;
+}
+
+/*
+ * Reads one PEM block of our label, line by line, and not a byte further: the input may
+ * hold more PEM blocks for later reads (PEM_read_bio_PrivateKey twice on one BIO). Text
+ * before the block is skipped as PEM_read_bio does. NULL when the first block has
+ * another label (the framework rewinds the input for the next decoder), when the input
+ * ends first, or when the block is implausibly large.
+ */
+static char *read_our_block(provhsm_prov_ctx *ctx, OSSL_CORE_BIO *cin, size_t *len_out)
+{
+    size_t len = 0;
+    int in_block = 0;
+    char line[256];
+    char *buf = malloc(DECODER_INPUT_MAX + 1);
     while (buf != NULL) {
-        size_t got = 0;
-        if (len == cap) {
-            if (cap >= DECODER_INPUT_MAX) {
-                free(buf);
-                return NULL;
-            }
-            char *bigger = realloc(buf, cap * 2);
-            if (bigger == NULL) {
-                free(buf);
-                return NULL;
-            }
-            buf = bigger;
-            cap *= 2;
-        }
-        if (!ctx->bio_read(cin, buf + len, cap - len, &got) || got == 0)
+        int n = ctx->bio_gets(cin, line, sizeof(line));
+        if (n <= 0 || len + (size_t)n > DECODER_INPUT_MAX)
             break;
-        len += got;
+        if (!in_block) {
+            if (!starts_with(line, "-----BEGIN "))
+                continue;
+            if (!starts_with(line, BEGIN_LINE))
+                break; /* another label: not ours */
+            in_block = 1;
+        }
+        memcpy(buf + len, line, (size_t)n);
+        len += (size_t)n;
+        buf[len] = '\0';
+        if (starts_with(line, END_LINE)) {
+            *len_out = len;
+            return buf;
+        }
     }
-    *len_out = len;
-    return buf;
+    free(buf);
+    return NULL;
 }
 
 static provhsm_prov_key *key_for_reference(const provhsm_keyref *ref)
@@ -104,10 +119,9 @@ static int dec_decode(void *vctx, OSSL_CORE_BIO *cin, int selection, OSSL_CALLBA
         return 1;
 
     size_t len = 0;
-    char *text = read_input(ctx, cin, &len);
+    char *text = read_our_block(ctx, cin, &len);
     provhsm_keyref ref = {0};
-    provhsm_err err =
-        text != NULL && len > 0 ? provhsm_keyref_from_pem(text, len, &ref) : PROVHSM_E_MISMATCH;
+    provhsm_err err = text != NULL ? provhsm_keyref_from_pem(text, len, &ref) : PROVHSM_E_MISMATCH;
     free(text);
     if (err != PROVHSM_OK)
         return 1; /* not ours (or malformed, logged): let the other decoders try */
@@ -118,9 +132,10 @@ static int dec_decode(void *vctx, OSSL_CORE_BIO *cin, int selection, OSSL_CALLBA
         return 0; /* ours, but unusable: stop here with the reason in the error queue */
 
     int object_type = OSSL_OBJECT_PKEY;
+    char data_type[] = "EC";
     OSSL_PARAM params[] = {
         OSSL_PARAM_int(OSSL_OBJECT_PARAM_TYPE, &object_type),
-        OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE, (char *)"EC", 0),
+        OSSL_PARAM_utf8_string(OSSL_OBJECT_PARAM_DATA_TYPE, data_type, sizeof(data_type) - 1),
         OSSL_PARAM_octet_string(OSSL_OBJECT_PARAM_REFERENCE, &key, sizeof(key)),
         OSSL_PARAM_END,
     };

@@ -20,7 +20,7 @@
 
 typedef struct provhsm_prov_ctx {
     const OSSL_CORE_HANDLE *handle;
-    OSSL_FUNC_BIO_read_ex_fn *bio_read; /* the core's BIO reader, for the decoder */
+    OSSL_FUNC_BIO_gets_fn *bio_gets; /* the core's line reader, for the decoder */
 } provhsm_prov_ctx;
 
 /*

@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include <openssl/core_names.h>
+#include <openssl/decoder.h>
 #include <openssl/err.h>
 #include <openssl/params.h>
 #include <openssl/pem.h>
@@ -111,9 +112,9 @@ static int prov_init(const OSSL_CORE_HANDLE *handle, const OSSL_DISPATCH *in,
         return 0;
     ctx->handle = handle;
     for (; in != NULL && in->function_id != 0; in++)
-        if (in->function_id == OSSL_FUNC_BIO_READ_EX)
-            ctx->bio_read = OSSL_FUNC_BIO_read_ex(in);
-    if (ctx->bio_read == NULL) {
+        if (in->function_id == OSSL_FUNC_BIO_GETS)
+            ctx->bio_gets = OSSL_FUNC_BIO_gets(in);
+    if (ctx->bio_gets == NULL) {
         free(ctx);
         return 0;
     }
@@ -130,6 +131,26 @@ static unsigned long load_count;
 static int registered;
 static int pinned_for_keys; /* provhsm_provider_key_from_pem keeps one count for good */
 
+/*
+ * Makes the default provider the first holder of "EC" and "ECDSA" before ours exists.
+ * OpenSSL 3.0 answers an unqualified fetch with the first implementation it registered,
+ * registers them provider by provider in the order of its provider list, and activates
+ * the fallback (default) provider on first use by appending it to that list: loaded into
+ * a process that has not used OpenSSL yet, our provider would come first, and every EC
+ * key generation in the process would reach our key management (and fail). One fetch of
+ * each name we also offer, before we are loaded, activates the default provider and
+ * registers its implementations ahead of ours (measured in both orders by
+ * tests/integration/test_provider.c). A process that configured other providers
+ * instead keeps its choice: these fetches then simply find those.
+ */
+static void default_first(void)
+{
+    EVP_KEYMGMT_free(EVP_KEYMGMT_fetch(NULL, "EC", NULL));
+    EVP_SIGNATURE_free(EVP_SIGNATURE_fetch(NULL, "ECDSA", NULL));
+    OSSL_DECODER_free(OSSL_DECODER_fetch(NULL, "EC", NULL));
+    ERR_clear_error(); /* a process without EC in its providers is not our concern here */
+}
+
 provhsm_err provhsm_provider_load(void)
 {
     provhsm_err err = PROVHSM_OK;
@@ -143,6 +164,7 @@ provhsm_err provhsm_provider_load(void)
         registered = 1;
     }
     if (load_count == 0) {
+        default_first();
         /* retain_fallbacks = 1: OpenSSL still loads its default provider on first use */
         loaded = OSSL_PROVIDER_try_load(NULL, PROVHSM_PROVIDER_NAME, 1);
         if (loaded == NULL) {

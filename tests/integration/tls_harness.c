@@ -65,10 +65,16 @@ static void set_err(char *err, size_t errlen, const char *what)
     }
     size_t used = (size_t)snprintf(err, errlen, "%s", what);
     unsigned long code;
-    while ((code = ERR_get_error()) != 0 && used + 2 < errlen) {
+    const char *data = NULL;
+    int flags = 0;
+    while ((code = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0 && used + 2 < errlen) {
         char buf[256];
         ERR_error_string_n(code, buf, sizeof(buf));
-        used += (size_t)snprintf(err + used, errlen - used, "; %s", buf);
+        int has_text = (flags & ERR_TXT_STRING) != 0 && data != NULL && data[0] != '\0';
+        used += (size_t)snprintf(err + used, errlen - used, "; %s%s%s", buf, has_text ? ": " : "",
+                                 has_text ? data : "");
+        if (used >= errlen)
+            break;
     }
     ERR_clear_error();
 }

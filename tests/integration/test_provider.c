@@ -263,7 +263,51 @@ static void test_decode_gives_a_key_of_our_provider(void **state)
     assert_int_equal(EVP_PKEY_eq(key, fx->dk.pub), 1);
     assert_int_equal(EVP_PKEY_eq(fx->dk.pub, key), 1);
     assert_int_not_equal(EVP_PKEY_eq(key, fx->sw_key), 1);
+    assert_int_not_equal(EVP_PKEY_eq(fx->sw_key, key), 1);
     EVP_PKEY_free(key);
+}
+
+/* The SDK sets the certificate after the key: a certificate of another key drops ours. */
+static void test_certificate_of_another_key_drops_it(void **state)
+{
+    (void)state;
+    char err[1024];
+    tls_client *cl = tls_client_new(fx->srv, fx->sw_leaf_pem, fx->dk.alias_pem, TLS1_3_VERSION, err,
+                                    sizeof(err));
+    assert_non_null(cl);
+    assert_null(SSL_CTX_get0_privatekey(tls_client_ctx(cl)));
+    ERR_clear_error();
+    tls_client_free(cl);
+}
+
+/* Nothing private comes into the key management: a private half would not be in hardware. */
+static void test_private_import_refused(void **state)
+{
+    (void)state;
+    OSSL_PARAM *keypair = NULL, *public_only = NULL;
+    assert_int_equal(EVP_PKEY_todata(fx->sw_key, EVP_PKEY_KEYPAIR, &keypair), 1);
+    assert_int_equal(EVP_PKEY_todata(fx->sw_key, EVP_PKEY_PUBLIC_KEY, &public_only), 1);
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", "provider=provhsm");
+    assert_non_null(ctx);
+    EVP_PKEY *imported = NULL;
+    assert_int_equal(EVP_PKEY_fromdata_init(ctx), 1);
+    assert_int_not_equal(EVP_PKEY_fromdata(ctx, &imported, EVP_PKEY_KEYPAIR, keypair), 1);
+    assert_null(imported);
+    /* a public key comes in, matches, and cannot sign */
+    assert_int_equal(EVP_PKEY_fromdata(ctx, &imported, EVP_PKEY_PUBLIC_KEY, public_only), 1);
+    assert_string_equal(key_provider(imported), PROVHSM_PROVIDER_NAME);
+    assert_int_equal(EVP_PKEY_eq(imported, fx->sw_key), 1);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    unsigned char sig[128];
+    size_t sig_len = sizeof(sig);
+    assert_false(EVP_DigestSignInit_ex(md, NULL, "SHA2-256", NULL, NULL, imported, NULL) == 1 &&
+                 EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)"abc", 3) == 1);
+    ERR_clear_error();
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(imported);
+    EVP_PKEY_CTX_free(ctx);
+    OSSL_PARAM_free(keypair);
+    OSSL_PARAM_free(public_only);
 }
 
 static void test_key_reference_round_trip(void **state)
@@ -469,8 +513,9 @@ static void test_four_threads_at_once(void **state)
         workers[i].version = i % 2 ? TLS1_2_VERSION : TLS1_3_VERSION;
         assert_int_equal(pthread_create(&threads[i], NULL, handshake_worker, &workers[i]), 0);
     }
-    for (int i = 0; i < THREADS; i++) {
+    for (int i = 0; i < THREADS; i++)
         pthread_join(threads[i], NULL);
+    for (int i = 0; i < THREADS; i++) {
         if (workers[i].failures != 0)
             fail_msg("thread %d: %d failures, last: %s", i, workers[i].failures, workers[i].err);
     }
@@ -785,6 +830,8 @@ int main(int argc, char **argv)
     late_mode = argc > 1 && strcmp(argv[1], "late") == 0;
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_decode_gives_a_key_of_our_provider),
+        cmocka_unit_test(test_certificate_of_another_key_drops_it),
+        cmocka_unit_test(test_private_import_refused),
         cmocka_unit_test(test_key_reference_round_trip),
         cmocka_unit_test(test_private_half_cannot_be_exported),
         cmocka_unit_test(test_csr_signed_in_the_device_verifies),

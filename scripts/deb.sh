@@ -67,11 +67,11 @@ installed() {
 }
 
 ensure_packages() {
-    local needed=(cmake pkg-config dpkg-dev lintian libssl-dev libtss2-dev debootstrap)
+    local needed=(cmake pkg-config dpkg-dev lintian libssl-dev libtss2-dev libp11-kit-dev debootstrap)
     local a
     for a in "${archs[@]}"; do
         if [[ $a != "$(dpkg --print-architecture)" ]]; then
-            needed+=("crossbuild-essential-$a" "libssl-dev:$a" "libtss2-dev:$a" qemu-user-static file)
+            needed+=("crossbuild-essential-$a" "libssl-dev:$a" "libtss2-dev:$a" "libp11-kit-dev:$a" qemu-user-static file)
         fi
     done
     local missing=() p

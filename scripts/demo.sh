@@ -119,6 +119,81 @@ PY
     run "$walkthrough" "$scope" || return 1
 }
 
+# X.509 with a key that stays in hardware: a store of its own whose configuration names
+# the backend, a self-signed identity made in the device, `provhsm info`, then the SDK's way
+# of loading certificate and key (examples/tls_client_auth) against `openssl s_server`,
+# which requires and verifies the client certificate, over TLS 1.3 and 1.2.
+# Usage: demo_hardware_x509 DIR NAME CONFIG-SECTIONS
+demo_hardware_x509() {
+    local dir=$1 name=$2 sections=$3 port srv_pid rc=0 version
+    local client=$build/examples/tls_client_auth
+    [[ -x $client ]] || {
+        echo "demo: $client not built"
+        return 1
+    }
+    printf '%s\n' "$sections" >"$dir/provhsm.conf"
+    chmod 644 "$dir/provhsm.conf"
+    echo "configuration ($dir/provhsm.conf):"
+    sed 's/^/    /' "$dir/provhsm.conf"
+    (
+        export PROVHSM_CONFIG=$dir/provhsm.conf PROVHSM_STORE=$dir/store
+        run "$tool" init >/dev/null || exit 1
+        run "$tool" x509 generate --cn "$name" --self-signed --days 30 >/dev/null || exit 1
+        run "$tool" info || exit 1
+        "$tool" export x509-cert >"$dir/device.pem" || exit 1
+        openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 \
+            -subj /CN=demo-server -keyout "$dir/server.key" -out "$dir/server.pem" \
+            2>/dev/null || exit 1
+        for version in 1.3 1.2; do
+            port=$(free_port_pair)
+            openssl s_server -accept "127.0.0.1:$port" -cert "$dir/server.pem" \
+                -key "$dir/server.key" -Verify 1 -CAfile "$dir/device.pem" -naccept 1 -www \
+                "-tls${version/./_}" >"$dir/s_server.log" 2>&1 &
+            srv_pid=$!
+            for _ in $(seq 50); do
+                (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+                sleep 0.1
+            done
+            run "$client" 127.0.0.1 "$port" "$version" || rc=1
+            wait "$srv_pid" 2>/dev/null || true
+            if grep -q "CN = $name" "$dir/s_server.log"; then
+                echo "openssl s_server verified the client certificate CN=$name"
+            else
+                echo "demo: s_server did not see the device's certificate:" >&2
+                cat "$dir/s_server.log" >&2
+                rc=1
+            fi
+        done
+        exit $rc
+    )
+}
+
+# X.509 on a SoftHSM2 token: a token of its own in a temporary directory.
+demo_softhsm() {
+    section "X.509 with the key on a PKCS#11 token (SoftHSM2)"
+    local module=/usr/lib/softhsm/libsofthsm2.so dir rc=0
+    if [[ ! -e $module ]] || ! command -v softhsm2-util >/dev/null; then
+        echo "SoftHSM2 is not installed (make deps); skipping the PKCS#11 part"
+        return 0
+    fi
+    dir=$(mktemp -d "${TMPDIR:-/tmp}/provhsm-demo-p11.XXXXXX")
+    mkdir -p "$dir/tokens"
+    printf 'directories.tokendir = %s/tokens\nobjectstore.backend = file\nlog.level = ERROR\n' \
+        "$dir" >"$dir/softhsm2.conf"
+    export SOFTHSM2_CONF=$dir/softhsm2.conf
+    run softhsm2-util --init-token --free --label provhsm-demo --so-pin 87654321 --pin 123456 \
+        >/dev/null || rc=1
+    export PROVHSM_PKCS11_PIN=123456
+    ((rc == 0)) && demo_hardware_x509 "$dir" demo-p11-device "[x509]
+backend = pkcs11
+[pkcs11]
+module = $module
+token = pkcs11:token=provhsm-demo" || rc=1
+    unset PROVHSM_PKCS11_PIN SOFTHSM2_CONF
+    rm -rf "$dir"
+    return "$rc"
+}
+
 demo_tpm() {
     section "TPM 2.0 on swtpm"
     if ! command -v swtpm >/dev/null; then
@@ -152,6 +227,15 @@ demo_tpm() {
         if ((rc != 0)); then
             echo "demo: the TPM part failed (exit $rc)" >&2
         fi
+        section "X.509 with the key in the TPM (swtpm)"
+        mkdir -p "$state/x509"
+        TSS2_LOG=${TSS2_LOG:-all+none} demo_hardware_x509 "$state/x509" demo-tpm-device "[x509]
+backend = tpm
+[tpm]
+tcti = swtpm:host=127.0.0.1,port=$port" || {
+            echo "demo: the TPM X.509 part failed" >&2
+            rc=1
+        }
     else
         echo "demo: swtpm did not start:"
         cat "$state/swtpm.log"
@@ -195,6 +279,11 @@ if [[ -x $blob_maker ]]; then
 else
     echo "demo: $blob_maker not built (a build without the TPM backend); no TPM part"
 fi
+
+demo_softhsm || {
+    echo "demo: FAILED in the PKCS#11 part" >&2
+    exit 1
+}
 
 section "done"
 echo "The demo store is in $demo (removed by 'make clean')."

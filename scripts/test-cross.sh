@@ -99,7 +99,7 @@ find_missing() {
     installed qemu-user-static || missing_packages+=(qemu-user-static)
     for a in "${arches[@]}"; do
         foreign_arch_enabled "$a" || missing_archs+=("$a")
-        for p in "crossbuild-essential-$a" "libssl-dev:$a" "libtss2-dev:$a" "libcmocka-dev:$a"; do
+        for p in "crossbuild-essential-$a" "libssl-dev:$a" "libtss2-dev:$a" "libp11-kit-dev:$a" "libcmocka-dev:$a"; do
             installed "$p" || missing_packages+=("$p")
         done
         binfmt_registered "${qemu_name[$a]}" || missing_binfmt+=("${qemu_name[$a]}")

@@ -23,8 +23,11 @@
 #include "encoding.h"
 #include "front.h"
 #include "hsm_client_data.h"
+#include "hwkey.h"
 #include "identity.h"
+#include "keyref.h"
 #include "log.h"
+#include "provider/provider.h"
 #include "sas.h"
 #include "secmem.h"
 #include "store.h"
@@ -76,7 +79,10 @@ static void config_free(provhsm_config *cfg)
 static provhsm_err open_software_store(const char *attestation, const char *backend,
                                        const provhsm_config *cfg, provhsm_store **st)
 {
-    if (strcmp(backend, "software") != 0) {
+    const provhsm_backend *be = provhsm_backend_find(backend);
+    /* a hardware backend keeps X.509 chains and key references in the store too */
+    int stored_x509 = strcmp(attestation, "x509") == 0 && be != NULL && be->key_generate != NULL;
+    if (strcmp(backend, "software") != 0 && !stored_x509) {
         PH_ERR(MOD,
                "%s identities are configured for backend '%s'; the store holds only "
                "software identities",
@@ -193,8 +199,59 @@ static const char *key_type_name(provhsm_key_type type)
         return "RSA-3072";
     case PROVHSM_KEY_RSA_4096:
         return "RSA-4096";
+    case PROVHSM_KEY_EC_P384:
+        return "EC P-384";
     }
     return "?";
+}
+
+/* The backend configured for X.509 when it keeps keys in hardware, else NULL (software). */
+static const provhsm_backend *hardware_x509_backend(const provhsm_config *cfg)
+{
+    const provhsm_backend *be = provhsm_backend_find(cfg->x509_backend);
+    return be != NULL && be->key_generate != NULL ? be : NULL;
+}
+
+/* A key made in hardware and not yet stored: removed again when a later step fails. */
+typedef struct new_hardware_key {
+    const provhsm_backend *backend;
+    provhsm_keyref ref;
+    provhsm_hwkey *held; /* open, so the provider finds it before the store knows it */
+} new_hardware_key;
+
+static void new_hardware_key_drop(const provhsm_config *cfg, new_hardware_key *k, int destroy,
+                                  const char *secret)
+{
+    provhsm_hwkey_release(k->held);
+    k->held = NULL;
+    if (destroy && k->ref.locator != NULL && k->backend->key_destroy != NULL &&
+        k->backend->key_destroy(cfg, &k->ref, secret) != PROVHSM_OK)
+        PH_WARN(MOD, "the new %s key %s could not be removed again", k->ref.backend,
+                k->ref.locator);
+    provhsm_keyref_clear(&k->ref);
+}
+
+/*
+ * Makes the key in the device and an EVP_PKEY for it through the provider: id->key_pem
+ * becomes the key reference, id->key_secret what the backend needs to use the key.
+ */
+static provhsm_err generate_hardware_key(const provhsm_config *cfg, provhsm_key_type type,
+                                         int replace, new_hardware_key *k,
+                                         provhsm_x509_identity *id, EVP_PKEY **key)
+{
+    char *pem = NULL;
+    provhsm_err err = k->backend->key_generate(cfg, type, replace, &k->ref, &id->key_secret);
+    if (err != PROVHSM_OK)
+        return err; /* the backend said why */
+    err = provhsm_keyref_to_pem(&k->ref, &pem);
+    if (err == PROVHSM_OK && (id->key_pem = provhsm_secure_strdup(pem)) == NULL)
+        err = PROVHSM_E_NOMEM;
+    if (err == PROVHSM_OK)
+        err = provhsm_hwkey_register(&k->ref, id->key_secret, &k->held);
+    if (err == PROVHSM_OK)
+        err = provhsm_provider_key_from_pem(pem, key);
+    free(pem);
+    return err;
 }
 
 provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type, int days,
@@ -204,6 +261,7 @@ provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type
     provhsm_store *st = NULL;
     EVP_PKEY *key = NULL;
     provhsm_x509_identity id = {0};
+    new_hardware_key hw = {0};
     char *pem = NULL;
     provhsm_err err;
 
@@ -233,9 +291,14 @@ provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type
         err = PROVHSM_E_EXISTS;
         goto out;
     }
-    err = provhsm_x509_generate_key(type, &key);
-    if (err == PROVHSM_OK)
-        err = provhsm_x509_key_to_pem(key, &id.key_pem);
+    hw.backend = hardware_x509_backend(cfg);
+    if (hw.backend != NULL) {
+        err = generate_hardware_key(cfg, type, replace, &hw, &id, &key);
+    } else {
+        err = provhsm_x509_generate_key(type, &key);
+        if (err == PROVHSM_OK)
+            err = provhsm_x509_key_to_pem(key, &id.key_pem);
+    }
     if (err != PROVHSM_OK)
         goto out;
     if (days > 0) {
@@ -261,22 +324,25 @@ provhsm_err provhsm_x509_generate(const char *common_name, provhsm_key_type type
     }
     if (err != PROVHSM_OK)
         goto out;
-    PH_INFO(MOD, "generated a %s key for CN=%s (%s)", key_type_name(type), common_name,
-            days > 0 ? "self-signed certificate" : "certificate request");
+    PH_INFO(MOD, "generated a %s key for CN=%s (%s)%s%s", key_type_name(type), common_name,
+            days > 0 ? "self-signed certificate" : "certificate request",
+            hw.backend != NULL ? " in " : "", hw.backend != NULL ? hw.ref.locator : "");
     *pem_out = pem;
     pem = NULL;
 out:
+    EVP_PKEY_free(key); /* before the hardware key it holds is released */
+    if (hw.backend != NULL)
+        new_hardware_key_drop(cfg, &hw, err != PROVHSM_OK, id.key_secret);
     free(pem);
     provhsm_identity_x509_clear(&id);
-    EVP_PKEY_free(key);
     provhsm_store_close(st);
     config_free(cfg);
     return err;
 }
 
 /* Finds the stored key (pending first, then current) that matches the leaf. */
-static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf, char **key_pem,
-                                            int *from_pending)
+static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf,
+                                            provhsm_x509_identity *found, int *from_pending)
 {
     static const char *const entries[] = {PROVHSM_ENTRY_X509_PENDING, PROVHSM_ENTRY_X509};
     for (int i = 0; i < 2; i++) {
@@ -287,8 +353,10 @@ static provhsm_err find_matching_stored_key(provhsm_store *st, X509 *leaf, char 
         if (err != PROVHSM_OK)
             return err;
         if (provhsm_x509_stored_key_matches(id.key_pem, leaf) == PROVHSM_OK) {
-            *key_pem = id.key_pem;
+            found->key_pem = id.key_pem; /* a PKCS#8 key or a key reference */
+            found->key_secret = id.key_secret;
             id.key_pem = NULL;
+            id.key_secret = NULL;
             *from_pending = i == 0;
             provhsm_identity_x509_clear(&id);
             return PROVHSM_OK;
@@ -342,7 +410,7 @@ provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem, int 
         if (err == PROVHSM_OK)
             err = provhsm_x509_key_to_pem(key, &id.key_pem); /* stored as PKCS#8 */
     } else {
-        err = find_matching_stored_key(st, leaf, &id.key_pem, &from_pending);
+        err = find_matching_stored_key(st, leaf, &id, &from_pending);
     }
     if (err == PROVHSM_OK)
         err = provhsm_x509_chain_to_pem(chain, &id.chain_pem);
@@ -360,6 +428,146 @@ out:
     provhsm_identity_x509_clear(&id);
     EVP_PKEY_free(key);
     sk_X509_pop_free(chain, X509_free);
+    provhsm_store_close(st);
+    config_free(cfg);
+    return err;
+}
+
+/* Parses and checks a chain for an identity: CN present, leaf first. *cn_out malloc'd. */
+static provhsm_err checked_chain(const char *chain_pem, STACK_OF(X509) **chain, char **cn_out)
+{
+    provhsm_err err = provhsm_x509_parse_chain(chain_pem, chain);
+    if (err == PROVHSM_OK)
+        err = provhsm_x509_common_name(sk_X509_value(*chain, 0), cn_out);
+    if (err == PROVHSM_OK)
+        err = provhsm_x509_check_chain_order(*chain);
+    return err;
+}
+
+/*
+ * Proves an adopted key can be used as configured (device reachable, authorisation or
+ * PIN right, public key as the reference says): one signature over a fixed digest.
+ */
+static provhsm_err check_adopted_key_signs(const provhsm_keyref *ref, const char *secret)
+{
+    provhsm_hwkey *key = NULL;
+    uint8_t digest[32], rs[PROVHSM_HWKEY_SIG_MAX];
+    size_t rs_len = sizeof(rs);
+    memset(digest, 0x5a, sizeof(digest));
+    provhsm_err err = provhsm_hwkey_register(ref, secret, &key);
+    if (err == PROVHSM_OK)
+        err = provhsm_hwkey_sign(key, digest, sizeof(digest), rs, &rs_len);
+    provhsm_hwkey_release(key);
+    return err;
+}
+
+provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem, int replace)
+{
+    provhsm_config *cfg = NULL;
+    provhsm_store *st = NULL;
+    STACK_OF(X509) *chain = NULL;
+    provhsm_x509_identity id = {0};
+    provhsm_keyref ref = {0};
+    char *cn = NULL, *ref_pem = NULL;
+    const provhsm_backend *be = NULL;
+
+    if (locator == NULL || *locator == '\0' || chain_pem == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = checked_chain(chain_pem, &chain, &cn);
+    if (err == PROVHSM_OK)
+        err = config_load(&cfg);
+    if (err != PROVHSM_OK)
+        goto out;
+    be = hardware_x509_backend(cfg);
+    if (be == NULL || be->key_adopt == NULL) {
+        PH_ERR(MOD, "adopting a key needs [x509] backend = tpm or pkcs11 (now: %s)",
+               cfg->x509_backend);
+        err = PROVHSM_E_UNSUPPORTED;
+        goto out;
+    }
+    err = open_software_store("x509", cfg->x509_backend, cfg, &st);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (!replace && provhsm_store_has(st, PROVHSM_ENTRY_X509)) {
+        PH_ERR(MOD, "an X.509 identity exists already; replacing it needs --force");
+        err = PROVHSM_E_EXISTS;
+        goto out;
+    }
+    err = be->key_adopt(cfg, locator, &ref, &id.key_secret); /* logs why */
+    if (err == PROVHSM_OK)
+        err = provhsm_keyref_to_pem(&ref, &ref_pem);
+    if (err != PROVHSM_OK)
+        goto out;
+    if (provhsm_x509_stored_key_matches(ref_pem, sk_X509_value(chain, 0)) != PROVHSM_OK) {
+        PH_ERR(MOD, "the certificate CN=%s is not for the key %s", cn, ref.locator);
+        err = PROVHSM_E_MISMATCH;
+        goto out;
+    }
+    err = check_adopted_key_signs(&ref, id.key_secret);
+    if (err == PROVHSM_OK && (id.key_pem = provhsm_secure_strdup(ref_pem)) == NULL)
+        err = PROVHSM_E_NOMEM;
+    if (err == PROVHSM_OK)
+        err = provhsm_x509_chain_to_pem(chain, &id.chain_pem);
+    if (err == PROVHSM_OK)
+        err = provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509, &id);
+    if (err == PROVHSM_OK)
+        PH_INFO(MOD, "adopted the %s key %s as X.509 identity CN=%s", ref.backend, ref.locator, cn);
+out:
+    free(ref_pem);
+    free(cn);
+    provhsm_keyref_clear(&ref);
+    provhsm_identity_x509_clear(&id);
+    sk_X509_pop_free(chain, X509_free);
+    provhsm_store_close(st);
+    config_free(cfg);
+    return err;
+}
+
+static char *dup_line(const char *text)
+{
+    char *copy = strdup(text);
+    if (copy == NULL)
+        PH_ERR(MOD, "out of memory");
+    return copy;
+}
+
+provhsm_err provhsm_x509_key_location(char **line_out)
+{
+    provhsm_config *cfg = NULL;
+    provhsm_store *st = NULL;
+    provhsm_x509_identity id = {0};
+    provhsm_keyref ref = {0};
+    char fallback[PROVHSM_KEYREF_LOCATOR_MAX + 64];
+
+    if (line_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err err = config_load(&cfg);
+    if (err == PROVHSM_OK)
+        err = provhsm_store_open(cfg, &st);
+    if (err == PROVHSM_OK) {
+        err = provhsm_identity_x509_load(st, PROVHSM_ENTRY_X509, &id);
+        if (err == PROVHSM_E_NOT_FOUND)
+            err = provhsm_identity_x509_load(st, PROVHSM_ENTRY_X509_PENDING, &id);
+    }
+    if (err != PROVHSM_OK)
+        goto out;
+    err = provhsm_keyref_from_pem(id.key_pem, strlen(id.key_pem), &ref);
+    if (err == PROVHSM_E_MISMATCH) {
+        err = (*line_out = dup_line("software: in the encrypted store")) != NULL ? PROVHSM_OK
+                                                                                 : PROVHSM_E_NOMEM;
+        goto out;
+    }
+    if (err != PROVHSM_OK)
+        goto out;
+    const provhsm_backend *be = provhsm_backend_find(ref.backend);
+    if (be != NULL && be->key_describe != NULL &&
+        be->key_describe(cfg, &ref, line_out) == PROVHSM_OK)
+        goto out;
+    snprintf(fallback, sizeof(fallback), "%s: %s", ref.backend, ref.locator);
+    err = (*line_out = dup_line(fallback)) != NULL ? PROVHSM_OK : PROVHSM_E_NOMEM;
+out:
+    provhsm_keyref_clear(&ref);
+    provhsm_identity_x509_clear(&id);
     provhsm_store_close(st);
     config_free(cfg);
     return err;

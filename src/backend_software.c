@@ -16,7 +16,6 @@
 
 #include "backend.h"
 #include "identity.h"
-#include "keyref.h"
 #include "log.h"
 #include "secmem.h"
 #include "store.h"
@@ -73,27 +72,6 @@ static void sw_close(void *p)
     free(st);
 }
 
-/*
- * PROVHSM_OK when the stored key belongs to the leaf: the private half of its public key
- * (PKCS#8), or a reference to a hardware key carrying that public key.
- */
-static provhsm_err key_matches_leaf(const char *key_pem, X509 *leaf)
-{
-    provhsm_keyref ref = {0};
-    provhsm_err err = provhsm_keyref_from_pem(key_pem, strlen(key_pem), &ref);
-    if (err == PROVHSM_E_MISMATCH)
-        return provhsm_x509_stored_key_matches(key_pem, leaf);
-    if (err != PROVHSM_OK)
-        return err;
-    const unsigned char *p = ref.spki;
-    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)ref.spki_len);
-    err = pub != NULL && EVP_PKEY_eq(pub, X509_get0_pubkey(leaf)) == 1 ? PROVHSM_OK
-                                                                       : PROVHSM_E_MISMATCH;
-    EVP_PKEY_free(pub);
-    provhsm_keyref_clear(&ref);
-    return err;
-}
-
 /* Checks the stored pair again: a store edited by hand must not hand the SDK a wrong key. */
 static provhsm_err x509_validate(const provhsm_x509_identity *id, char **cn_out)
 {
@@ -102,7 +80,7 @@ static provhsm_err x509_validate(const provhsm_x509_identity *id, char **cn_out)
     if (err != PROVHSM_OK)
         goto out;
     X509 *leaf = sk_X509_value(chain, 0);
-    err = key_matches_leaf(id->key_pem, leaf);
+    err = provhsm_x509_stored_key_matches(id->key_pem, leaf);
     if (err != PROVHSM_OK) {
         PH_ERR(MOD, "stored private key does not match the stored certificate");
         goto out;

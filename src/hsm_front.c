@@ -32,6 +32,7 @@
 #include "identity.h"
 #include "hsm_client_data.h"
 #include "log.h"
+#include "provider/provider.h"
 #include "secmem.h"
 
 #define MOD "front"
@@ -173,13 +174,31 @@ static void front_deinit(void)
     pthread_mutex_unlock(&front_lock);
 }
 
+/*
+ * The X.509 table also loads provhsm's OpenSSL provider into the default library
+ * context: the SDK's TLS layer decodes the alias key with PEM_read_bio_PrivateKey there,
+ * and a key that stays in hardware is a PEM only the provider understands. The provider
+ * keeps its own count, so the SDK's unbalanced init/deinit cannot unload it under a
+ * live connection any more than it can the tables.
+ */
 int hsm_client_x509_init(void)
 {
-    return front_init();
+    int rc = front_init();
+    if (rc != 0)
+        return rc;
+    provhsm_err err = provhsm_provider_load();
+    if (err != PROVHSM_OK) {
+        PH_ERR(MOD, "the OpenSSL provider for hardware keys could not be loaded: %s",
+               provhsm_strerror(err));
+        front_deinit();
+        return (int)err;
+    }
+    return 0;
 }
 
 void hsm_client_x509_deinit(void)
 {
+    provhsm_provider_unload();
     front_deinit();
 }
 

@@ -27,6 +27,7 @@
 #include "encoding.h"
 #include "log.h"
 #include "secmem.h"
+#include "keyref.h"
 #include "x509util.h"
 
 #define MOD "x509"
@@ -221,6 +222,9 @@ provhsm_err provhsm_x509_generate_key(provhsm_key_type type, EVP_PKEY **out)
     case PROVHSM_KEY_EC_P256:
         key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
         break;
+    case PROVHSM_KEY_EC_P384:
+        key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-384");
+        break;
     case PROVHSM_KEY_RSA_2048:
         bits = 2048;
         break;
@@ -355,11 +359,32 @@ provhsm_err provhsm_x509_stored_key_from_pem(const char *pem, const char *key_ty
     return PROVHSM_OK;
 }
 
+/* A key reference (keyref.h) matches when it carries the certificate's public key. */
+static provhsm_err keyref_matches(const provhsm_keyref *ref, X509 *cert)
+{
+    const unsigned char *p = ref->spki;
+    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)ref->spki_len);
+    provhsm_err err = pub != NULL && EVP_PKEY_eq(pub, X509_get0_pubkey(cert)) == 1
+                          ? PROVHSM_OK
+                          : PROVHSM_E_MISMATCH;
+    EVP_PKEY_free(pub);
+    ERR_clear_error();
+    return err;
+}
+
 provhsm_err provhsm_x509_stored_key_matches(const char *key_pem, X509 *cert)
 {
     EVP_PKEY *key = NULL;
+    provhsm_keyref ref = {0};
     if (key_pem == NULL || cert == NULL)
         return PROVHSM_E_INVALID_ARG;
+    provhsm_err ref_err = provhsm_keyref_from_pem(key_pem, strlen(key_pem), &ref);
+    if (ref_err != PROVHSM_E_MISMATCH) {
+        if (ref_err == PROVHSM_OK)
+            ref_err = keyref_matches(&ref, cert);
+        provhsm_keyref_clear(&ref);
+        return ref_err == PROVHSM_OK ? PROVHSM_OK : PROVHSM_E_MISMATCH;
+    }
     const char *key_type = EVP_PKEY_get0_type_name(X509_get0_pubkey(cert));
     provhsm_err err = key_type != NULL ? provhsm_x509_stored_key_from_pem(key_pem, key_type, &key)
                                        : PROVHSM_E_MISMATCH;

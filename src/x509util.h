@@ -49,7 +49,8 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_from_pem(const char *pem,
 
 /*
  * PROVHSM_OK when the stored key (unencrypted PKCS#8 PEM) is the private half of the
- * certificate's public key, PROVHSM_E_MISMATCH otherwise. Logs nothing: a mismatch means
+ * certificate's public key, or is a key reference (keyref.h) carrying that public key;
+ * PROVHSM_E_MISMATCH otherwise. Logs nothing: a mismatch means
  * different things to different callers, and they say which.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_matches(const char *key_pem, X509 *cert);

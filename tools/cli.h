@@ -54,6 +54,7 @@ int provhsm_cli_cmd_symmetric_derive(const provhsm_cli_cmd *cmd, int argc, char 
 int provhsm_cli_cmd_sas_token(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_x509_generate(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_x509_import(const provhsm_cli_cmd *cmd, int argc, char **argv);
+int provhsm_cli_cmd_x509_adopt(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_tpm_info(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_tpm_activate(const provhsm_cli_cmd *cmd, int argc, char **argv);
 int provhsm_cli_cmd_tpm_sign(const provhsm_cli_cmd *cmd, int argc, char **argv);

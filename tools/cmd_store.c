@@ -76,7 +76,8 @@ typedef struct attestation_info {
     char reason[512];
     int have_cert; /* x509: cert summary filled */
     provhsm_cli_cert_info cert;
-    int activated; /* tpm: the identity key signs */
+    char *key_location; /* x509: where the private key is (never the key) */
+    int activated;      /* tpm: the identity key signs */
     char activation_reason[512];
 } attestation_info;
 
@@ -111,6 +112,8 @@ static void probe_x509(attestation_info *a)
         a->present = 1;
         a->registration_id = cn;
         cn = NULL;
+        if (provhsm_x509_key_location(&a->key_location) != PROVHSM_OK)
+            a->key_location = NULL;
     }
     free(cn);
     free(pem);
@@ -220,6 +223,8 @@ static void info_json(provhsm_cli_buf *out, const char *store_dir, const char *k
             provhsm_cli_json_str(&j, "fingerprint_sha256", a->cert.fingerprint);
             provhsm_cli_json_int(&j, "chain_length", a->cert.count);
         }
+        if (a->key_location != NULL)
+            provhsm_cli_json_str(&j, "private_key", a->key_location);
         if (strcmp(a->name, "tpm") == 0) {
             provhsm_cli_json_bool(&j, "identity_key_activated", a->activated);
             if (!a->activated)
@@ -269,6 +274,8 @@ static void info_text(provhsm_cli_buf *out, const char *store_dir, const char *k
             info_line(out, "SHA-256 fingerprint:", a->cert.fingerprint, NULL);
             info_line(out, "chain:", chain, NULL);
         }
+        if (a->key_location != NULL)
+            info_line(out, "private key:", a->key_location, NULL);
         if (strcmp(a->name, "tpm") == 0) {
             if (a->activated)
                 info_line(out, "identity key:", "activated", NULL);
@@ -331,6 +338,7 @@ int provhsm_cli_cmd_info(const provhsm_cli_cmd *cmd, int argc, char **argv)
 cleanup:
     for (size_t i = 0; i < 3; i++) {
         free(atts[i].registration_id);
+        free(atts[i].key_location);
         provhsm_cli_cert_info_free(&atts[i].cert);
     }
     provhsm_cli_buf_free(&out);

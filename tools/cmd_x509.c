@@ -128,9 +128,14 @@ static int key_type_of(const provhsm_cli_cmd *cmd, const provhsm_cli_opt *opts,
         return provhsm_cli_usage_error(cmd, "give either --curve or --rsa, not both");
     if (opts[G_CURVE].seen) {
         const char *c = opts[G_CURVE].value;
-        if (strcasecmp(c, "p256") != 0 && strcasecmp(c, "p-256") != 0 &&
-            strcmp(c, "prime256v1") != 0 && strcmp(c, "secp256r1") != 0)
-            return provhsm_cli_usage_error(cmd, "--curve '%s' is not supported (p256)", c);
+        if (strcasecmp(c, "p384") == 0 || strcasecmp(c, "p-384") == 0 ||
+            strcmp(c, "secp384r1") == 0) {
+            *type = PROVHSM_KEY_EC_P384;
+            *label = "ec-p384";
+        } else if (strcasecmp(c, "p256") != 0 && strcasecmp(c, "p-256") != 0 &&
+                   strcmp(c, "prime256v1") != 0 && strcmp(c, "secp256r1") != 0) {
+            return provhsm_cli_usage_error(cmd, "--curve '%s' is not supported (p256, p384)", c);
+        }
     }
     if (opts[G_RSA].seen) {
         const char *bits = opts[G_RSA].value;
@@ -356,5 +361,71 @@ cleanup:
     /* a chain file given by mistake may also hold the private key */
     provhsm_cli_free_wiped(chain, chain_len + 1);
     provhsm_cli_free_wiped(key, key_len + 1);
+    return rc;
+}
+
+enum { A_KEY, A_CERT, A_FORCE, A_JSON, A__N };
+
+int provhsm_cli_cmd_x509_adopt(const provhsm_cli_cmd *cmd, int argc, char **argv)
+{
+    provhsm_cli_opt opts[A__N] = {
+        [A_KEY] = {"key", 1, 0, NULL, 0},
+        [A_CERT] = {"cert", 1, 0, NULL, 0},
+        [A_FORCE] = {"force", 0, 0, NULL, 0},
+        [A_JSON] = {"json", 0, 0, NULL, 0},
+    };
+    char *chain = NULL, *where = NULL;
+    size_t chain_len = 0;
+    int rc;
+    provhsm_cli_cert_info ci = {0};
+    provhsm_cli_buf out = {0};
+    provhsm_cli_json j;
+    provhsm_err err;
+
+    if (provhsm_cli_parse(cmd, argc, argv, opts, A__N, NULL, 0, NULL, &rc))
+        return rc;
+    if (!opts[A_KEY].seen || opts[A_KEY].value[0] == '\0')
+        return provhsm_cli_usage_error(cmd, "--key is required (a TPM handle or a PKCS#11 URI)");
+    if (!opts[A_CERT].seen || opts[A_CERT].value[0] == '\0')
+        return provhsm_cli_usage_error(cmd, "--cert is required");
+    rc = provhsm_cli_read_file(opts[A_CERT].value, PEM_FILE_MAX, &chain, &chain_len);
+    if (rc != 0)
+        goto cleanup;
+    if (strlen(chain) != chain_len) {
+        rc = provhsm_cli_error("%s is not a PEM file", opts[A_CERT].value);
+        goto cleanup;
+    }
+    err = provhsm_x509_adopt(opts[A_KEY].value, chain, opts[A_FORCE].seen);
+    if (err == PROVHSM_E_EXISTS) {
+        rc = provhsm_cli_fail(err, "an X.509 identity exists already; add --force to replace it");
+        goto cleanup;
+    }
+    if (err != PROVHSM_OK) {
+        rc = provhsm_cli_fail(err, "cannot adopt the key %s", opts[A_KEY].value);
+        goto cleanup;
+    }
+    if (provhsm_cli_cert_summary(chain, &ci) != 0 || provhsm_x509_key_location(&where) != 0) {
+        rc = provhsm_cli_error("the key was adopted, but the identity cannot be summarised");
+        goto cleanup;
+    }
+    if (opts[A_JSON].seen) {
+        provhsm_cli_json_begin(&j, &out);
+        provhsm_cli_json_str(&j, "key", where);
+        describe_cert(&out, &ci, 1, &j);
+        provhsm_cli_json_end(&j);
+    } else {
+        provhsm_cli_buf_puts(&out, "adopted X.509 identity ");
+        provhsm_cli_buf_text(&out, ci.common_name != NULL ? ci.common_name : "");
+        provhsm_cli_buf_puts(&out, "\n  key: ");
+        provhsm_cli_buf_text(&out, where);
+        provhsm_cli_buf_puts(&out, "\n");
+        describe_cert(&out, &ci, 0, NULL);
+    }
+    rc = provhsm_cli_buf_flush(&out);
+cleanup:
+    free(where);
+    provhsm_cli_cert_info_free(&ci);
+    provhsm_cli_buf_free(&out);
+    free(chain);
     return rc;
 }

@@ -47,7 +47,9 @@ static const char usage_x509_generate[] =
     "Usage: provhsm x509 generate --cn NAME [--curve p256 | --rsa BITS]\n"
     "                             (--self-signed [--days N] | --csr FILE) [--force] [--json]\n"
     "\n"
-    "Generates the device key inside the store (it is never written in clear), and either\n"
+    "Generates the device key inside the store (it is never written in clear), or with\n"
+    "[x509] backend = tpm or pkcs11 in the TPM or on the token (it never leaves it), and\n"
+    "either\n"
     "a self-signed certificate, which becomes the X.509 identity (its SHA-256 fingerprint\n"
     "is the thumbprint an individual enrollment needs), or a certificate request to be\n"
     "signed by a CA and brought back with 'provhsm x509 import --cert'. The key of a\n"
@@ -55,8 +57,9 @@ static const char usage_x509_generate[] =
     "\n"
     "Options:\n"
     "  --cn NAME        subject common name = the registration id\n"
-    "  --curve p256     EC key on P-256 (the default)\n"
-    "  --rsa BITS       RSA key of 2048, 3072 or 4096 bits instead\n"
+    "  --curve CURVE    EC key on p256 (the default) or p384\n"
+    "  --rsa BITS       RSA key of 2048, 3072 or 4096 bits instead (software only: the\n"
+    "                   SDK cannot sign with an RSA key in hardware)\n"
     "  --self-signed    make a self-signed certificate\n"
     "  --days N         its validity in days (default 365)\n"
     "  --csr FILE       write a PKCS#10 request (PEM) to FILE, mode 0644; '-' = stdout\n"
@@ -65,6 +68,23 @@ static const char usage_x509_generate[] =
     "                   later signed for the old request then matches nothing)\n"
     "  --json           print the result as JSON\n"
     "  --help           print this help\n";
+
+static const char usage_x509_adopt[] =
+    "Usage: provhsm x509 adopt --key LOCATOR --cert CHAIN.pem [--force] [--json]\n"
+    "\n"
+    "Takes a key that is already in the TPM or on the PKCS#11 token ([x509] backend = tpm\n"
+    "or pkcs11), made at the factory or with other tools, with its certificate chain, as\n"
+    "the X.509 identity. The key is checked (EC P-256/P-384, a signing key, the leaf\n"
+    "carries its public key) and signs once before anything is stored; RSA keys are\n"
+    "refused (the SDK's TLS layer cannot sign with them in hardware).\n"
+    "\n"
+    "Options:\n"
+    "  --key LOCATOR  TPM persistent handle (0x81000110) or PKCS#11 URI\n"
+    "                 (pkcs11:token=...;id=%01;type=private)\n"
+    "  --cert FILE    PEM certificate chain, leaf first ('-' = stdin)\n"
+    "  --force        replace an existing X.509 identity\n"
+    "  --json         print the result as JSON\n"
+    "  --help         print this help\n";
 
 static const char usage_x509_import[] =
     "Usage: provhsm x509 import --cert CHAIN.pem [--key KEY.pem] [--json]\n"
@@ -213,6 +233,8 @@ static const provhsm_cli_cmd commands[] = {
      usage_x509_generate, provhsm_cli_cmd_x509_generate},
     {"x509", "import", "import a certificate chain, with or without its key", usage_x509_import,
      provhsm_cli_cmd_x509_import},
+    {"x509", "adopt", "use a key already in the TPM or on a token, with its certificate",
+     usage_x509_adopt, provhsm_cli_cmd_x509_adopt},
     {"symmetric", "set", "store a symmetric-key identity", usage_symmetric_set,
      provhsm_cli_cmd_symmetric_set},
     {"symmetric", "derive", "derive a device key from a group key", usage_symmetric_derive,

@@ -108,11 +108,14 @@ typedef enum provhsm_key_type {
     PROVHSM_KEY_EC_P256 = 0,
     PROVHSM_KEY_RSA_2048,
     PROVHSM_KEY_RSA_3072,
-    PROVHSM_KEY_RSA_4096
+    PROVHSM_KEY_RSA_4096,
+    PROVHSM_KEY_EC_P384
 } provhsm_key_type;
 
 /*
- * Generates a device key into the store (it is never written in clear) and returns
+ * Generates a device key into the store (it is never written in clear), or, with
+ * [x509] backend = tpm or pkcs11, in the TPM or on the token (it never leaves it; the
+ * store keeps a reference, and the TPM key's random authorisation value), and returns
  * either a self-signed certificate (days > 0), which is stored as the identity's chain,
  * or a PKCS#10 request (days == 0) to be signed by a CA and brought back with
  * provhsm_x509_import(). The returned PEM is malloc'd.
@@ -131,6 +134,25 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_generate(const char *common_name, pr
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_import(const char *chain_pem, const char *key_pem,
                                                    int *expired_out);
+
+/*
+ * X.509 with a key that stays in hardware ([x509] backend = tpm or pkcs11): takes a key
+ * that is already in the device, named by `locator` (a TPM persistent handle such as
+ * "0x81000110", or a PKCS#11 URI "pkcs11:token=...;id=...;type=private"), with its
+ * certificate chain (leaf first), as the X.509 identity. The leaf must carry the key's
+ * public key; RSA keys are refused (the SDK's TLS layer cannot sign with them in
+ * hardware). Replaces an existing identity only when `replace` is non-zero. The key is
+ * never deleted by provhsm later (it was made by someone else).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem,
+                                                  int replace);
+
+/*
+ * One line saying where the stored X.509 identity's private key is: "software: in the
+ * encrypted store", or the hardware backend's account (handle or URI, and that it cannot
+ * be extracted). malloc'd.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_x509_key_location(char **line_out);
 
 /* Stores a symmetric-key identity. key_b64 must be valid base64 of at least 16 bytes. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_symmetric_set(const char *registration_id,

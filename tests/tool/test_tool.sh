@@ -247,7 +247,7 @@ t_usage_errors() {
     expect_error 2 x509 generate --cn dev --csr "$CASE/x.csr" --days 3
     expect_error 2 x509 generate --cn dev --self-signed --days 0
     expect_error 2 x509 generate --cn dev --self-signed --days soon
-    expect_error 2 x509 generate --cn dev --self-signed --curve p384
+    expect_error 2 x509 generate --cn dev --self-signed --curve p521
     expect_error 2 x509 generate --cn dev --self-signed --rsa 1024
     expect_error 2 x509 generate --cn dev --self-signed --rsa 2048 --curve p256
     expect_error 2 x509 generate --cn dev --self-signed --force=yes
@@ -321,6 +321,8 @@ t_x509_self_signed() {
     expect_eq "x509.issuer" "$(jget "$CASE/info.json" x509.issuer)" "CN=dev-self-1"
     expect_eq "x509.chain_length" "$(jget "$CASE/info.json" x509.chain_length)" 1
     expect_eq "x509.expired" "$(jget "$CASE/info.json" x509.expired)" false
+    expect_eq "x509.private_key" "$(jget "$CASE/info.json" x509.private_key)" \
+        "software: in the encrypted store"
     expect_eq "openssl subject" \
         "$(openssl x509 -in "$CASE/cert.pem" -noout -subject -nameopt RFC2253)" \
         "subject=CN=dev-self-1"
@@ -342,6 +344,14 @@ EOF
     expect_ok info
     expect_grep "dev-self-1" "$CASE/out"
     expect_grep "$ossl_fp" "$CASE/out"
+}
+
+t_x509_p384() {
+    expect_ok init
+    expect_ok x509 generate --cn dev-p384 --self-signed --curve p384
+    expect_ok export x509-cert
+    openssl x509 -in "$CASE/out" -noout -text | grep -q "secp384r1" ||
+        fail "--curve p384 did not make an EC P-384 key"
 }
 
 t_x509_force() {
@@ -1153,7 +1163,7 @@ CASES=(t_help t_usage_errors t_init_twice t_config_option t_x509_self_signed t_x
     t_tty_key_not_echoed)
 CASES+=(t_file_arg_fifo t_tty_interrupt_restores_echo t_activate_empty_blob t_thumbprint
     t_sas_far_expiry)
-CASES+=(t_service_user)
+CASES+=(t_service_user t_x509_p384)
 CASES+=(t_csr_pending_refused t_init_existing_dir t_config_file_safety t_import_chain_order
     t_write_order)
 if [ "${PROVHSM_TEST_WITH_TPM:-1}" = 0 ]; then

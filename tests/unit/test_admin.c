@@ -594,7 +594,7 @@ static void store_pair(const char *key_pem, const char *chain_pem)
 {
     provhsm_config cfg;
     provhsm_store *st = NULL;
-    provhsm_x509_identity id = {(char *)key_pem, (char *)chain_pem};
+    provhsm_x509_identity id = {(char *)key_pem, (char *)chain_pem, NULL};
     assert_int_equal(provhsm_front_config(&cfg), PROVHSM_OK);
     assert_int_equal(provhsm_store_open(&cfg, &st), PROVHSM_OK);
     assert_int_equal(provhsm_identity_x509_save(st, PROVHSM_ENTRY_X509, &id), PROVHSM_OK);

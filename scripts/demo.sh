@@ -150,8 +150,8 @@ demo_hardware_x509() {
                 -key "$dir/server.key" -Verify 1 -CAfile "$dir/device.pem" -naccept 1 -www \
                 "-tls${version/./_}" >"$dir/s_server.log" 2>&1 &
             srv_pid=$!
-            for _ in $(seq 50); do
-                (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+            for _ in $(seq 50); do # s_server prints ACCEPT once it listens
+                grep -q '^ACCEPT' "$dir/s_server.log" && break
                 sleep 0.1
             done
             run "$client" 127.0.0.1 "$port" "$version" || rc=1

@@ -51,36 +51,46 @@ static const uint8_t ek_policy[32] = {
     0x83, 0x71, 0x97, 0x67, 0x44, 0x84, 0xb3, 0xf8, 0x1a, 0x90, 0xcc, 0x8d, 0x46, 0xa5, 0xd7, 0x24,
     0xfd, 0x52, 0xd7, 0x6e, 0x06, 0x52, 0x0b, 0x64, 0xf2, 0xa1, 0xda, 0x1b, 0x33, 0x14, 0x69, 0xaa};
 
-/* What one connection knows: replaced as a whole when the backend reconnects. */
+/*
+ * What a state knows of the TPM on one connection: replaced as a whole after a reconnect.
+ * The connection is the site's shared one (not owned); the ESYS handles are valid while
+ * the site's connection is still number `generation`.
+ */
 typedef struct tpm_link {
     provhsm_tpm *tpm;
+    uint64_t generation;
     ESYS_TR ek, srk, identity; /* identity: ESYS_TR_NONE while there is none */
     uint8_t *ek_pub, *srk_pub; /* marshaled TPM2B_PUBLIC, malloc */
     size_t ek_pub_len, srk_pub_len;
 } tpm_link;
 
+struct tcti_site;
+
 typedef struct tpm_state {
-    void *x509;            /* an X.509 handle's state (x509_stored.h); then nothing below */
-    provhsm_config *cfg;   /* a copy: tcti, handles, where the authorisations are */
-    pthread_mutex_t *lock; /* the one for cfg->tcti */
+    void *x509;             /* an X.509 handle's state (x509_stored.h); then nothing below */
+    provhsm_config *cfg;    /* a copy: tcti, handles, where the authorisations are */
+    pthread_mutex_t *lock;  /* the one for cfg->tcti (the site's) */
+    struct tcti_site *site; /* its shared connection; NULL outside a TPM handle's state */
     tpm_link *link;
 } tpm_state;
 
-/* ---- one site per TCTI: its lock and the connection the X.509 keys share ----------- */
+/* ---- one site per TCTI: its lock and the one connection the process uses ------------ */
 
 /*
- * Everything the process knows about the TPM behind one TCTI string. `shared` is the
- * connection of the X.509 device keys (and the admin calls on them): swtpm, the reference
- * simulator and a bare /dev/tpm0 serve one client at a time, so the keys of a process
- * must not each open their own. It and `generation` are used only under `mutex`.
+ * Everything the process knows about the TPM behind one TCTI string. `shared` is the one
+ * connection of the TPM table's states, the X.509 device keys and the admin calls on them:
+ * swtpm, the reference simulator and a bare /dev/tpm0 serve one client at a time, and
+ * without a resource manager a TPM has room for three transient objects. It and
+ * `generation` are used only under `mutex`, so every TPM command of the backend runs
+ * under it.
  */
 typedef struct tcti_site {
     struct tcti_site *next;
     pthread_mutex_t mutex;
     char tcti[sizeof(((provhsm_config *)0)->tcti)];
-    provhsm_tpm *shared; /* NULL while no X.509 key is open and no admin call runs */
+    provhsm_tpm *shared; /* NULL while no state or key is open and no admin call runs */
     uint64_t generation; /* counts the shared connections made: ESYS_TRs of older ones are void */
-    unsigned open_keys;
+    unsigned users;      /* open TPM states and X.509 keys */
 } tcti_site;
 
 static pthread_mutex_t registry_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -112,6 +122,59 @@ pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti)
 {
     tcti_site *site = site_for(tcti);
     return site != NULL ? &site->mutex : NULL;
+}
+
+/* The site's shared connection; a new one when there is none or it was lost. Under the lock. */
+static provhsm_err site_connect(tcti_site *site, provhsm_tpm **tpm_out)
+{
+    if (site->shared != NULL && !provhsm_tpm_lost(site->shared)) {
+        *tpm_out = site->shared;
+        return PROVHSM_OK;
+    }
+    if (site->shared != NULL)
+        PH_INFO(MOD, "reconnecting to the TPM through \"%s\"", site->tcti);
+    provhsm_tpm_disconnect(site->shared);
+    site->shared = NULL;
+    provhsm_tpm *fresh = NULL;
+    provhsm_err err = provhsm_tpm_connect(site->tcti, &fresh); /* logs why */
+    if (err != PROVHSM_OK)
+        return err;
+    site->shared = fresh;
+    site->generation++;
+    *tpm_out = fresh;
+    return PROVHSM_OK;
+}
+
+/* Lets the device go once no state or key uses it (an admin call's connection). Under the lock. */
+static void site_idle(tcti_site *site)
+{
+    if (site->users > 0)
+        return;
+    provhsm_tpm_disconnect(site->shared);
+    site->shared = NULL;
+}
+
+/* The site for cfg->tcti, locked and connected; on failure nothing is held. */
+static provhsm_err site_enter(const provhsm_config *cfg, tcti_site **site_out, provhsm_tpm **tpm)
+{
+    tcti_site *site = site_for(cfg->tcti);
+    if (site == NULL)
+        return PROVHSM_E_NOMEM;
+    pthread_mutex_lock(&site->mutex);
+    provhsm_err err = site_connect(site, tpm);
+    if (err != PROVHSM_OK) {
+        site_idle(site);
+        pthread_mutex_unlock(&site->mutex);
+        return err;
+    }
+    *site_out = site;
+    return PROVHSM_OK;
+}
+
+static void site_leave(tcti_site *site)
+{
+    site_idle(site);
+    pthread_mutex_unlock(&site->mutex);
 }
 
 /* ---- authorisation values ------------------------------------------------------------- */
@@ -228,11 +291,16 @@ static void srk_template(TPM2B_PUBLIC *t)
 
 /* ---- connection ------------------------------------------------------------------------ */
 
-static void link_free(tpm_link *link)
+/* Frees a link; its ESYS handles are released when its connection is still the site's. */
+static void link_free(tpm_link *link, const tcti_site *site)
 {
     if (link == NULL)
         return;
-    provhsm_tpm_disconnect(link->tpm); /* releases the ESYS_TRs with the context */
+    if (site != NULL && site->shared == link->tpm && site->generation == link->generation) {
+        provhsm_tpm_forget(link->tpm, &link->ek);
+        provhsm_tpm_forget(link->tpm, &link->srk);
+        provhsm_tpm_forget(link->tpm, &link->identity);
+    }
     free(link->ek_pub);
     free(link->srk_pub);
     free(link);
@@ -327,7 +395,7 @@ static provhsm_err ensure_key(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hie
     if (present)
         err = provhsm_tpm_read_public(tpm, handle, &tr, &pub); /* NOT_FOUND: evicted since */
     if (err == PROVHSM_E_NOT_FOUND)
-        err = create_persistent_primary(st, tpm, hierarchy, tmpl, handle, what, &tr, &pub);
+        err = persistent_primary_locked(st, tpm, hierarchy, tmpl, handle, what, &tr, &pub);
     if (err == PROVHSM_OK)
         err = provhsm_tpm_marshal_public(pub, pub_out, pub_len_out);
     Esys_Free(pub);
@@ -340,9 +408,10 @@ static provhsm_err ensure_key(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hie
 }
 
 /*
- * Connects, learns which of EK, SRK and identity key exist from one GetCapability (no
- * command that fails for an absent key, so tpm2-tss prints nothing), reads the EK and
- * SRK or makes them, and addresses the identity key if there is one.
+ * On the site's connection (the caller holds the site): learns which of EK, SRK and
+ * identity key exist from one GetCapability (no command that fails for an absent key, so
+ * tpm2-tss prints nothing), reads the EK and SRK or makes them, and addresses the
+ * identity key if there is one.
  */
 static provhsm_err link_open(const tpm_state *st, tpm_link **out)
 {
@@ -356,7 +425,8 @@ static provhsm_err link_open(const tpm_state *st, tpm_link **out)
     if (link == NULL)
         return PROVHSM_E_NOMEM;
     link->ek = link->srk = link->identity = ESYS_TR_NONE;
-    err = provhsm_tpm_connect(st->cfg->tcti, &link->tpm);
+    err = site_connect(st->site, &link->tpm);
+    link->generation = st->site->generation;
     if (err == PROVHSM_OK)
         err = provhsm_tpm_persistent_present(link->tpm, handles, 3, present);
     if (err != PROVHSM_OK)
@@ -382,21 +452,28 @@ static provhsm_err link_open(const tpm_state *st, tpm_link **out)
     link = NULL;
 
 cleanup:
-    link_free(link);
+    link_free(link, st->site);
     return err;
 }
 
-/* After a lost connection: a fresh connection and fresh handles, or an error. */
+/*
+ * Under the site's lock: the state's link on the site's current connection. After a lost
+ * connection (here or by another user of the site) the site reconnects and the link is
+ * made again; on failure the old one stays, so the cached EK and SRK are still served.
+ */
 static provhsm_err ensure_connected(tpm_state *st)
 {
+    provhsm_tpm *tpm = NULL;
     tpm_link *fresh = NULL;
-    if (!provhsm_tpm_lost(st->link->tpm))
-        return PROVHSM_OK;
-    PH_INFO(MOD, "reconnecting to the TPM through \"%s\"", st->cfg->tcti);
-    provhsm_err err = link_open(st, &fresh);
+    provhsm_err err = site_connect(st->site, &tpm);
     if (err != PROVHSM_OK)
         return err;
-    link_free(st->link);
+    if (st->link->tpm == tpm && st->link->generation == st->site->generation)
+        return PROVHSM_OK;
+    err = link_open(st, &fresh);
+    if (err != PROVHSM_OK)
+        return err;
+    link_free(st->link, st->site);
     st->link = fresh;
     return PROVHSM_OK;
 }
@@ -409,7 +486,12 @@ static void tpm_close(void *p)
     if (st == NULL)
         return;
     provhsm_x509_stored_close(st->x509);
-    link_free(st->link);
+    if (st->link != NULL) {
+        pthread_mutex_lock(&st->site->mutex);
+        link_free(st->link, st->site);
+        st->site->users--;
+        site_leave(st->site);
+    }
     free(st->cfg);
     free(st);
 }
@@ -470,12 +552,17 @@ static provhsm_err tpm_open(const provhsm_config *cfg, provhsm_kind kind, void *
         goto cleanup;
     }
     memcpy(st->cfg, cfg, sizeof(*cfg));
-    st->lock = provhsm_tpm_lock_for(cfg->tcti);
-    if (st->lock == NULL) {
+    st->site = site_for(cfg->tcti);
+    if (st->site == NULL) {
         err = PROVHSM_E_NOMEM;
         goto cleanup;
     }
+    st->lock = &st->site->mutex;
+    pthread_mutex_lock(st->lock);
     err = link_open(st, &st->link); /* logs why it failed */
+    if (err == PROVHSM_OK)
+        st->site->users++;
+    site_leave(st->site);
     if (err != PROVHSM_OK)
         goto cleanup;
     *state = st;
@@ -608,6 +695,7 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
     TPM2B_DIGEST *cred = NULL;
     TPM2B_DATA *wrap_key = NULL;
     TPM2B_PRIVATE *priv = NULL;
+    provhsm_tpm *tpm = NULL; /* set once the link is on a live connection */
     int locked = 0;
 
     if (st == NULL || blob_bytes == NULL)
@@ -619,13 +707,13 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
     err = provhsm_tpm_blob_parse(blob_bytes, len, blob);
     if (err != PROVHSM_OK)
         goto cleanup;
+    pthread_mutex_lock(st->lock);
+    locked = 1;
     err = ensure_connected(st);
     if (err != PROVHSM_OK)
         goto cleanup;
-    provhsm_tpm *tpm = st->link->tpm;
+    tpm = st->link->tpm;
 
-    pthread_mutex_lock(st->lock);
-    locked = 1;
     err = use_auth(st, tpm, ESYS_TR_RH_ENDORSEMENT);
     if (err != PROVHSM_OK)
         goto cleanup;
@@ -669,13 +757,14 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
     PH_INFO(MOD, "identity key activated at 0x%08x", (unsigned)st->cfg->identity_handle);
 
 cleanup:
-    if (locked) {
-        /* the link may have been lost on the way, but it is still the same link */
-        provhsm_tpm_flush(st->link->tpm, &loaded);
-        provhsm_tpm_flush(st->link->tpm, &session);
-        drop_auth(st->link->tpm);
-        pthread_mutex_unlock(st->lock);
+    if (tpm != NULL) {
+        /* the connection may have been lost on the way, but it is still allocated */
+        provhsm_tpm_flush(tpm, &loaded);
+        provhsm_tpm_flush(tpm, &session);
+        drop_auth(tpm);
     }
+    if (locked)
+        pthread_mutex_unlock(st->lock);
     provhsm_secure_free(cred);
     provhsm_secure_free(wrap_key);
     Esys_Free(priv);
@@ -683,16 +772,11 @@ cleanup:
     return err;
 }
 
-static provhsm_err tpm_sign(void *p, const uint8_t *data, size_t len, uint8_t **sig_out,
-                            size_t *sig_len_out)
+/* The identity key's HMAC under the site's lock: one TPM2_HMAC in the steady state. */
+static provhsm_err hmac_locked(tpm_state *st, const uint8_t *data, size_t len, uint8_t **sig_out,
+                               size_t *sig_len_out)
 {
-    tpm_state *st = p;
-    provhsm_err err = PROVHSM_OK;
-    int locked = 0;
-
-    if (st == NULL || (data == NULL && len > 0) || sig_out == NULL || sig_len_out == NULL)
-        return PROVHSM_E_INVALID_ARG;
-    err = ensure_connected(st);
+    provhsm_err err = ensure_connected(st);
     if (err != PROVHSM_OK)
         return err;
     tpm_link *link = st->link;
@@ -708,19 +792,26 @@ static provhsm_err tpm_sign(void *p, const uint8_t *data, size_t len, uint8_t **
         if (err != PROVHSM_OK)
             return err;
     }
-    /* an HMAC sequence holds a transient object across commands */
-    if (len > sizeof(((TPM2B_MAX_BUFFER *)0)->buffer)) {
-        pthread_mutex_lock(st->lock);
-        locked = 1;
-    }
     err = provhsm_tpm_hmac_sha256(link->tpm, link->identity, data, len, sig_out, sig_len_out);
-    if (locked)
-        pthread_mutex_unlock(st->lock);
     if (err == PROVHSM_E_NOT_FOUND) {
         provhsm_tpm_forget(link->tpm, &link->identity);
         PH_ERR(MOD, "no identity key at 0x%08x; activate first",
                (unsigned)st->cfg->identity_handle);
     }
+    return err;
+}
+
+static provhsm_err tpm_sign(void *p, const uint8_t *data, size_t len, uint8_t **sig_out,
+                            size_t *sig_len_out)
+{
+    tpm_state *st = p;
+
+    if (st == NULL || (data == NULL && len > 0) || sig_out == NULL || sig_len_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    /* the connection is the site's: one thread at a time on it */
+    pthread_mutex_lock(st->lock);
+    provhsm_err err = hmac_locked(st, data, len, sig_out, sig_len_out);
+    pthread_mutex_unlock(st->lock);
     return err;
 }
 
@@ -754,59 +845,6 @@ static const char *const rsa_refusal =
     "RSA keys are refused for X.509 in the TPM: the SDK's TLS layer copies an RSA private key "
     "into a legacy RSA object that holds only the public half of a key kept in hardware, so its "
     "TLS handshakes would fail; use an EC P-256 key";
-
-/* The site's shared connection; a new one when there is none or it was lost. Under the lock. */
-static provhsm_err site_connect(tcti_site *site, provhsm_tpm **tpm_out)
-{
-    if (site->shared != NULL && !provhsm_tpm_lost(site->shared)) {
-        *tpm_out = site->shared;
-        return PROVHSM_OK;
-    }
-    if (site->shared != NULL)
-        PH_INFO(MOD, "reconnecting to the TPM through \"%s\"", site->tcti);
-    provhsm_tpm_disconnect(site->shared);
-    site->shared = NULL;
-    provhsm_tpm *fresh = NULL;
-    provhsm_err err = provhsm_tpm_connect(site->tcti, &fresh); /* logs why */
-    if (err != PROVHSM_OK)
-        return err;
-    site->shared = fresh;
-    site->generation++;
-    *tpm_out = fresh;
-    return PROVHSM_OK;
-}
-
-/* Lets the device go once no key is open (an admin call's connection). Under the lock. */
-static void site_idle(tcti_site *site)
-{
-    if (site->open_keys > 0)
-        return;
-    provhsm_tpm_disconnect(site->shared);
-    site->shared = NULL;
-}
-
-/* The site for cfg->tcti, locked and connected; on failure nothing is held. */
-static provhsm_err site_enter(const provhsm_config *cfg, tcti_site **site_out, provhsm_tpm **tpm)
-{
-    tcti_site *site = site_for(cfg->tcti);
-    if (site == NULL)
-        return PROVHSM_E_NOMEM;
-    pthread_mutex_lock(&site->mutex);
-    provhsm_err err = site_connect(site, tpm);
-    if (err != PROVHSM_OK) {
-        site_idle(site);
-        pthread_mutex_unlock(&site->mutex);
-        return err;
-    }
-    *site_out = site;
-    return PROVHSM_OK;
-}
-
-static void site_leave(tcti_site *site)
-{
-    site_idle(site);
-    pthread_mutex_unlock(&site->mutex);
-}
 
 /* "0x81000110": a persistent handle, as locators and the configuration write them. */
 static provhsm_err parse_locator(const char *locator, TPM2_HANDLE *out)
@@ -1229,7 +1267,7 @@ static provhsm_err tpm_key_open(const provhsm_config *cfg, const provhsm_keyref 
     if (err == PROVHSM_OK) {
         k->pub = *pub;
         k->generation = k->site->generation;
-        k->site->open_keys++;
+        k->site->users++;
     } else {
         provhsm_tpm_forget(tpm, &k->tr);
     }
@@ -1279,7 +1317,7 @@ static void tpm_key_close(void *p)
             PH_WARN(MOD, "could not clear the X.509 key's authorisation inside ESAPI");
         provhsm_tpm_forget(k->site->shared, &k->tr);
     }
-    k->site->open_keys--;
+    k->site->users--;
     site_idle(k->site);
     pthread_mutex_unlock(&k->site->mutex);
     key_free(k);
@@ -1377,26 +1415,18 @@ provhsm_err provhsm_tpm_clear_identity(void)
 {
     provhsm_err err = PROVHSM_OK;
     tpm_state st = {0};
+    tcti_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR identity = ESYS_TR_NONE;
-    int locked = 0;
 
     st.cfg = malloc(sizeof(*st.cfg));
     if (st.cfg == NULL)
         return PROVHSM_E_NOMEM;
     err = provhsm_front_config(st.cfg);
+    if (err == PROVHSM_OK)
+        err = site_enter(st.cfg, &site, &tpm); /* the process's connection to this TPM */
     if (err != PROVHSM_OK)
         goto cleanup;
-    st.lock = provhsm_tpm_lock_for(st.cfg->tcti);
-    if (st.lock == NULL) {
-        err = PROVHSM_E_NOMEM;
-        goto cleanup;
-    }
-    err = provhsm_tpm_connect(st.cfg->tcti, &tpm);
-    if (err != PROVHSM_OK)
-        goto cleanup;
-    pthread_mutex_lock(st.lock);
-    locked = 1;
     err = provhsm_tpm_find_persistent(tpm, st.cfg->identity_handle, &identity);
     if (err == PROVHSM_E_NOT_FOUND)
         PH_INFO(MOD, "no identity key at 0x%08x to clear", (unsigned)st.cfg->identity_handle);
@@ -1406,13 +1436,11 @@ provhsm_err provhsm_tpm_clear_identity(void)
         err = provhsm_tpm_evict(tpm, &identity);
     if (err == PROVHSM_OK)
         PH_INFO(MOD, "identity key at 0x%08x evicted", (unsigned)st.cfg->identity_handle);
+    provhsm_tpm_forget(tpm, &identity);
+    drop_auth(tpm);
+    site_leave(site);
 
 cleanup:
-    if (tpm != NULL)
-        drop_auth(tpm);
-    if (locked)
-        pthread_mutex_unlock(st.lock);
-    provhsm_tpm_disconnect(tpm);
     free(st.cfg);
     return err;
 }

@@ -67,11 +67,15 @@ struct provhsm_tpm {
     int last_failure_transient; /* the last failure logged by fail() was a TPM warning */
     int last_failure_auth;      /* ... was a refused authorisation (AUTH_FAIL, BAD_AUTH) */
     int startup_tried;
+#ifdef PROVHSM_TEST_HOOKS
+    int counted; /* in open_connections */
+#endif
     char tcti[512]; /* for log lines */
 };
 
 static atomic_uint_fast64_t commands_total;
 #ifdef PROVHSM_TEST_HOOKS
+static atomic_uint open_connections; /* tests check that the backend shares one */
 /* Armed faults: after `skip` matching commands, the next `left` matching ones are faked. */
 static pthread_mutex_t fault_lock = PTHREAD_MUTEX_INITIALIZER;
 static struct {
@@ -368,6 +372,10 @@ provhsm_err provhsm_tpm_connect(const char *tcti, provhsm_tpm **out)
         goto cleanup;
     }
     PH_DEBUG(MOD, "connected through TCTI \"%s\"", conf != NULL ? conf : "(default)");
+#ifdef PROVHSM_TEST_HOOKS
+    atomic_fetch_add(&open_connections, 1);
+    tpm->counted = 1;
+#endif
     *out = tpm;
     tpm = NULL;
 
@@ -380,6 +388,10 @@ void provhsm_tpm_disconnect(provhsm_tpm *tpm)
 {
     if (tpm == NULL)
         return;
+#ifdef PROVHSM_TEST_HOOKS
+    if (tpm->counted)
+        atomic_fetch_sub(&open_connections, 1);
+#endif
     if (tpm->esys != NULL)
         Esys_Finalize(&tpm->esys);
     if (tpm->inner != NULL)
@@ -427,6 +439,11 @@ void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t comma
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc)
 {
     provhsm_tpm_test_fail_commands(nth, 1, 0, tpm_rc);
+}
+
+unsigned provhsm_tpm_test_open_connections(void)
+{
+    return atomic_load(&open_connections);
 }
 #endif
 
@@ -1260,14 +1277,16 @@ static TPMI_ALG_HASH hash_for_digest(size_t digest_len)
 /* One half of the signature, left-padded with zeros to `half` bytes. */
 static int put_half(const TPM2B_ECC_PARAMETER *v, size_t half, uint8_t *out)
 {
-    size_t skip = 0;
-    while (skip < v->size && v->buffer[skip] == 0 && v->size - skip > half)
-        skip++; /* a leading zero byte beyond the curve size carries nothing */
-    size_t n = v->size - skip;
+    const uint8_t *p = v->buffer;
+    size_t n = v->size;
+    while (n > half && *p == 0) { /* a leading zero byte beyond the curve size carries nothing */
+        p++;
+        n--;
+    }
     if (n > half)
         return -1;
     memset(out, 0, half - n);
-    memcpy(out + (half - n), v->buffer + skip, n);
+    memcpy(out + (half - n), p, n);
     return 0;
 }
 
@@ -1278,7 +1297,7 @@ provhsm_err provhsm_tpm_ecdsa_sign(provhsm_tpm *tpm, ESYS_TR key, const TPMT_PUB
     static const TPMT_TK_HASHCHECK no_ticket = {
         .tag = TPM2_ST_HASHCHECK, .hierarchy = TPM2_RH_NULL, .digest = {.size = 0}};
     TPM2B_DIGEST in = {.size = 0};
-    TPMT_SIG_SCHEME scheme = {.scheme = TPM2_ALG_ECDSA};
+    TPMT_SIG_SCHEME scheme;
     TPMT_SIGNATURE *sig = NULL;
     provhsm_err err = PROVHSM_OK;
     TSS2_RC rc;
@@ -1286,6 +1305,8 @@ provhsm_err provhsm_tpm_ecdsa_sign(provhsm_tpm *tpm, ESYS_TR key, const TPMT_PUB
     size_t half = provhsm_tpm_ec_half_size(key_public);
     if (tpm == NULL || digest == NULL || rs == NULL || rs_len == NULL || half == 0)
         return PROVHSM_E_INVALID_ARG;
+    memset(&scheme, 0, sizeof(scheme));
+    scheme.scheme = TPM2_ALG_ECDSA;
     scheme.details.ecdsa.hashAlg = hash_for_digest(digest_len);
     if (scheme.details.ecdsa.hashAlg == TPM2_ALG_NULL || digest_len > sizeof(in.buffer)) {
         PH_ERR(MOD, "ECDSA: a digest of %zu bytes is none of SHA-1, SHA-256, SHA-384, SHA-512",

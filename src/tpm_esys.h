@@ -71,6 +71,9 @@ int provhsm_tpm_last_failure_auth(const provhsm_tpm *tpm);
 void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t command_code,
                                     uint32_t tpm_rc);
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
+
+/* Connections (provhsm_tpm_connect) of the process not yet disconnected. */
+unsigned provhsm_tpm_test_open_connections(void);
 #endif
 
 /*

@@ -523,12 +523,45 @@ static void test_adopt_tools_keys(void **unused)
     assert_int_equal(be->key_adopt(&G.cfg, "0x40000001", &ref, &secret), PROVHSM_E_INVALID_ARG);
 }
 
+/* the TPM table's states and the X.509 keys of the process use one connection to the TPM */
+static void test_table_and_keys_share_one_connection(void **unused)
+{
+    (void)unused;
+    void *table = NULL, *key = NULL, *key2 = NULL;
+    uint8_t *ek = NULL;
+    size_t ek_len = 0;
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+    assert_int_equal(be->open(&G.cfg, PROVHSM_KIND_TPM, &table), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+    assert_int_equal(be->key_open(&G.cfg, &G.ref, G.secret, &key), PROVHSM_OK);
+    assert_int_equal(be->key_open(&G.cfg, &G.ref, G.secret, &key2), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+    assert_int_equal(sign_and_verify(key, &G.ref, "shared"), PROVHSM_OK);
+    assert_int_equal(be->tpm_endorsement_key(table, &ek, &ek_len), PROVHSM_OK);
+    free(ek);
+    /* the table's HMAC key is not there (never activated): the table asks the TPM */
+    uint8_t *mac = NULL;
+    size_t mac_len = 0;
+    assert_int_equal(be->tpm_sign(table, (const uint8_t *)"x", 1, &mac, &mac_len),
+                     PROVHSM_E_NOT_FOUND);
+    assert_int_equal(sign_and_verify(key2, &G.ref, "shared too"), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+    be->key_close(key);
+    be->close(table);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1); /* key2 is still open */
+    be->key_close(key2);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+}
+
 /* the TPM goes away: signing fails at once with a logged reason; it comes back, signing works */
 static void test_tpm_gone_mid_run(void **unused)
 {
     (void)unused;
-    void *key = NULL;
+    void *key = NULL, *table = NULL;
+    uint8_t *mac = NULL;
+    size_t mac_len = 0;
     assert_int_equal(be->key_open(&G.cfg, &G.ref, G.secret, &key), PROVHSM_OK);
+    assert_int_equal(be->open(&G.cfg, PROVHSM_KIND_TPM, &table), PROVHSM_OK);
     assert_int_equal(sign_and_verify(key, &G.ref, "before"), PROVHSM_OK);
 
     provhsm_test_swtpm_kill(&G.swtpm);
@@ -544,9 +577,19 @@ static void test_tpm_gone_mid_run(void **unused)
     assert_true(took < 10.0);
     assert_true(provhsm_test_log_seen("the TPM cannot be reached"));
 
+    /* the table's state on the same connection fails the same way */
+    assert_int_equal(be->tpm_sign(table, (const uint8_t *)"x", 1, &mac, &mac_len),
+                     PROVHSM_E_NO_DEVICE);
+
     assert_int_equal(provhsm_test_swtpm_restart(&G.swtpm), 0);
     assert_int_equal(sign_and_verify(key, &G.ref, "back"), PROVHSM_OK);
+    /* the key's reconnect serves the table too: it reaches the TPM (no identity key there) */
+    assert_int_equal(be->tpm_sign(table, (const uint8_t *)"x", 1, &mac, &mac_len),
+                     PROVHSM_E_NOT_FOUND);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+    be->close(table);
     be->key_close(key);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
 }
 
 int main(void)
@@ -567,6 +610,7 @@ int main(void)
         cmocka_unit_test(test_config_refuses_shared_handle),
         cmocka_unit_test(test_p384_key),
         cmocka_unit_test(test_adopt_tools_keys),
+        cmocka_unit_test(test_table_and_keys_share_one_connection),
         cmocka_unit_test(test_tpm_gone_mid_run),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

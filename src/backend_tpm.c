@@ -1,26 +1,28 @@
 /*
  * The TPM 2.0 backend: the SDK's TPM table (endorsement key, storage root key, identity
- * key activation, HMAC signing) on a TPM reached through tpm2-tss. Every TPM command
- * goes through tpm_esys.c; this file holds what the commands mean for provisioning:
- * the key templates, the well-known handles, the activation sequence and its cleanup.
- * Called by the front (hsm_front.c) through provhsm_backend_tpm, and by the admin API
- * through provhsm_tpm_clear_identity().
+ * key activation, HMAC signing) and X.509 device keys (an EC key that never leaves the
+ * TPM: key_generate, key_adopt, key_open, key_sign, ...; the X.509 table itself is served
+ * from the store, x509_stored.h) on a TPM reached through tpm2-tss. Every TPM command
+ * goes through tpm_esys.c; this file holds what the commands mean: the key templates, the
+ * well-known handles, the activation sequence and its cleanup. Called by the front
+ * (hsm_front.c) through provhsm_backend_tpm, by hwkey.c (the OpenSSL provider's keys) and
+ * the admin API through the key_* slots, and by provhsm_tpm_clear_identity().
  *
- * One state per SDK handle, each with its own TCTI and ESAPI context. open() learns
- * which of EK, SRK and identity key exist from one GetCapability and reads the EK and SRK
- * (ReadPublic): three commands on a provisioned TPM, none of them failing for an absent
- * key. It keeps the EK and SRK public areas: the get_* calls send nothing and a signature
- * is one TPM2_HMAC. A missing EK or SRK is created from the templates below and
- * persisted. If the connection to the TPM is lost, the next call reconnects.
+ * One TPM table state per SDK handle. open() learns which of EK, SRK and identity key
+ * exist from one GetCapability and reads the EK and SRK (ReadPublic): three commands on a
+ * provisioned TPM, none of them failing for an absent key. It keeps the EK and SRK public
+ * areas: the get_* calls send nothing and a signature is one TPM2_HMAC. A missing EK or
+ * SRK is created from the templates below and persisted. An X.509 key signs with one
+ * TPM2_Sign on its persistent handle.
  *
- * Static state: one mutex per TCTI string, never freed. A TPM without a resource manager
- * has room for only a few transient objects and sessions, and replacing a persistent key
- * takes several commands; so everything that holds a transient object or a session
- * across commands (activation, key creation, HMAC sequences) or changes a persistent
- * handle runs under that mutex. Single-command operations (HMAC, ReadPublic) do not.
- * With the raw device (device:/dev/tpm0) only one state can be open at a time; the
- * kernel's resource manager (/dev/tpmrm0, the default) has no such limit, and neither
- * has swtpm, whose TCTI opens a connection per command.
+ * Static state: one site per TCTI string, never freed: a mutex and the one connection
+ * (TCTI and ESAPI context) that every state, open key and admin call of the process uses
+ * for that TPM, opened with the first user and closed with the last. swtpm, the reference
+ * simulator and a bare /dev/tpm0 serve one client at a time, and a TPM without a resource
+ * manager has room for only a few transient objects and sessions, so every TPM command of
+ * this backend runs under the site's mutex (and everything that holds a transient object
+ * or a session across commands finishes before releasing it). If the connection is lost,
+ * the next call of any user reconnects, and each user rebuilds its ESYS handles.
  */
 #include <errno.h>
 #include <fcntl.h>

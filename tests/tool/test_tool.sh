@@ -27,6 +27,8 @@ FIXTURES=${PROVHSM_FIXTURES:-$HERE/../fixtures}
 . "$HERE/cases_owner.sh" # a device's service user owns the store; root acts as that user
 # shellcheck source=cases_sealed.sh
 . "$HERE/cases_sealed.sh" # the store key sealed to the TPM: init, info, reseal, rekey
+# shellcheck source=cases_hardware.sh
+. "$HERE/cases_hardware.sh" # X.509 keys in the TPM and on a PKCS#11 token
 
 if [ -z "$TOOL" ] || [ ! -x "$TOOL" ]; then
     echo "usage: $0 PATH_TO_PROVHSM [CASE...] (or set PROVHSM_TOOL)" >&2
@@ -1173,14 +1175,25 @@ elif [ -n "${PROVHSM_TEST_TCTI:-}" ]; then
 elif command -v swtpm >/dev/null 2>&1; then
     CASES+=(t_tpm_known_answers)
     CASES+=(t_sealed_no_tpm t_sealed_store_tool)
+    command -v tpm2_create >/dev/null 2>&1 && CASES+=(t_x509_tpm_tool)
 else
     echo "note: neither PROVHSM_TEST_TCTI nor swtpm: the TPM known-answer case is not run"
+fi
+if [ "${PROVHSM_TEST_WITH_PKCS11:-1}" = 1 ] && [ -e "$SOFTHSM_MODULE" ] &&
+    command -v softhsm2-util >/dev/null 2>&1; then
+    CASES+=(t_x509_pkcs11_tool)
+else
+    echo "note: no SoftHSM2 (or a build without PKCS#11): the PKCS#11 case is not run"
 fi
 if [ $# -gt 0 ]; then
     CASES=("$@")
 fi
 
 passed=0
+# PROVHSM_TOOL_CASES="t_a t_b": run only those cases (while working on them)
+if [ -n "${PROVHSM_TOOL_CASES:-}" ]; then
+    read -ra CASES <<<"$PROVHSM_TOOL_CASES"
+fi
 failed=0
 for c in "${CASES[@]}"; do
     CASE=$WORK/$c

@@ -390,6 +390,78 @@ static void test_adopt_by_uri(void **state)
     provhsm_keyref_clear(&by_label);
 }
 
+/* A certificate for `ref`'s public key (issuer: a throw-away software key), DER, malloc'd. */
+static unsigned char *certificate_for(const provhsm_keyref *ref, int *len)
+{
+    const unsigned char *p = ref->spki;
+    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)ref->spki_len);
+    EVP_PKEY *issuer = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    X509 *cert = X509_new();
+    assert_non_null(pub);
+    assert_non_null(issuer);
+    X509_NAME *name = X509_get_subject_name(cert);
+    X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)"factory", -1, -1,
+                               0);
+    X509_set_issuer_name(cert, name);
+    ASN1_INTEGER_set(X509_get_serialNumber(cert), 7);
+    X509_gmtime_adj(X509_getm_notBefore(cert), 0);
+    X509_gmtime_adj(X509_getm_notAfter(cert), 86400);
+    assert_int_equal(X509_set_pubkey(cert, pub), 1);
+    assert_true(X509_sign(cert, issuer, EVP_sha256()) > 0);
+    unsigned char *der = NULL;
+    *len = i2d_X509(cert, &der);
+    assert_true(*len > 0);
+    X509_free(cert);
+    EVP_PKEY_free(issuer);
+    EVP_PKEY_free(pub);
+    return der;
+}
+
+/* No public key object, a certificate with the key's id: the public half comes from it. */
+static void test_adopt_public_key_from_certificate(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t id[] = {0xce, 0x27};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    assert_int_equal(provhsm_test_p11_make_key(&f->direct, 0, 0, id, sizeof(id), "se"), 0);
+    provhsm_keyref first = {0};
+    char *secret = NULL;
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:object=se;type=private", &first, &secret),
+                     PROVHSM_OK);
+
+    /* as a secure element ships: the certificate instead of the public key object */
+    int der_len = 0;
+    unsigned char *der = certificate_for(&first, &der_len);
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE type = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    uint8_t subject[] = {0x30, 0x00};
+    CK_ATTRIBUTE cert[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},          {CKA_CERTIFICATE_TYPE, &type, sizeof(type)},
+        {CKA_TOKEN, &yes, sizeof(yes)},          {CKA_ID, (void *)id, sizeof(id)},
+        {CKA_SUBJECT, subject, sizeof(subject)}, {CKA_VALUE, der, (CK_ULONG)der_len}};
+    CK_OBJECT_HANDLE obj;
+    assert_int_equal(f->direct.fl->C_CreateObject(f->direct.session, cert, 6, &obj), CKR_OK);
+    OPENSSL_free(der);
+    CK_OBJECT_HANDLE pub = provhsm_test_p11_find(&f->direct, CKO_PUBLIC_KEY, id, sizeof(id));
+    assert_int_equal(f->direct.fl->C_DestroyObject(f->direct.session, pub), CKR_OK);
+
+    assert_int_equal(be->key_adopt(&f->cfg, "pkcs11:object=se;type=private", &f->ref, &secret),
+                     PROVHSM_OK);
+    assert_true(provhsm_keyref_equal(&first, &f->ref));
+    provhsm_keyref_clear(&first);
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "from the certificate", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    /* destroy takes the key pair and leaves the certificate */
+    assert_int_equal(be->key_destroy(&f->cfg, &f->ref, NULL), PROVHSM_OK);
+    assert_int_not_equal(provhsm_test_p11_find(&f->direct, CKO_CERTIFICATE, id, sizeof(id)),
+                         CK_INVALID_HANDLE);
+}
+
 /* RSA keys are refused at generate and adopt, with why and what instead. */
 static void test_rsa_refused(void **state)
 {
@@ -499,6 +571,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_deleted, setup, teardown),
         cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_adopt_by_uri, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_adopt_public_key_from_certificate, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rsa_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_extractable_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),

@@ -1,0 +1,170 @@
+/*
+ * The provider end to end through the SDK's X.509 table, with a key of the test-only
+ * "testkey" backend ([x509] backend = testkey): the store made, `x509 generate` (the key
+ * made by the backend, the CSR or self-signed certificate signed through the provider),
+ * the certificate imported, then hsm_client_x509_init and the table's certificate and
+ * alias key, loaded by the harness's client as the SDK's OpenSSL TLS layer does, for TLS
+ * 1.3 and 1.2 client-authenticated handshakes. The key's secret comes back from the store
+ * (hwkey.c), as a TPM key's authorisation value does.
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#include <cmocka.h>
+
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509.h>
+
+#include "backend_testkey.h"
+#include "hsm_client_data.h"
+#include "keyref.h"
+#include "provhsm/provhsm.h"
+#include "tls_harness.h"
+
+static struct {
+    char dir[64];
+    tls_ca *ca;
+    tls_server *srv;
+} G;
+
+static int write_config(void)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/provhsm.conf", G.dir);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "[store]\npath = %s/store\n[x509]\nbackend = testkey\n", G.dir);
+    fclose(f);
+    chmod(path, 0600);
+    setenv("PROVHSM_CONFIG", path, 1);
+    unsetenv("PROVHSM_STORE");
+    return provhsm_store_init() == PROVHSM_OK ? 0 : -1;
+}
+
+static int group_setup(void **unused)
+{
+    (void)unused;
+    snprintf(G.dir, sizeof(G.dir), "/tmp/provhsm-provsdk-XXXXXX");
+    if (mkdtemp(G.dir) == NULL || write_config() != 0)
+        return -1;
+    G.ca = tls_ca_new("provider SDK test CA");
+    G.srv = tls_server_start(G.ca);
+    return G.ca != NULL && G.srv != NULL ? 0 : -1;
+}
+
+static int group_teardown(void **unused)
+{
+    (void)unused;
+    tls_server_stop(G.srv);
+    tls_ca_free(G.ca);
+    char cmd[128];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", G.dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", G.dir);
+    return 0;
+}
+
+/* The certificate and alias key as the SDK gets them, after hsm_client_x509_init. */
+static void sdk_strings(char **cert_pem, char **key_pem)
+{
+    const HSM_CLIENT_X509_INTERFACE *x509 = hsm_client_x509_interface();
+    HSM_CLIENT_HANDLE handle = x509->hsm_client_x509_create();
+    assert_non_null(handle);
+    *cert_pem = x509->hsm_client_get_cert(handle);
+    *key_pem = x509->hsm_client_get_key(handle);
+    assert_non_null(*cert_pem);
+    assert_non_null(*key_pem);
+    x509->hsm_client_x509_destroy(handle);
+}
+
+static void handshakes_sign_in_the_backend(const char *cert_pem, const char *key_pem)
+{
+    char err[1024];
+    for (int version = TLS1_2_VERSION; version <= TLS1_3_VERSION; version++) {
+        unsigned long signs = provhsm_testkey_test_signs();
+        if (tls_handshake(G.srv, cert_pem, key_pem, version, err, sizeof(err)) != 0)
+            fail_msg("TLS %x: %s", version, err);
+        assert_int_equal(provhsm_testkey_test_signs(), signs + 1);
+    }
+}
+
+static void test_csr_flow(void **unused)
+{
+    (void)unused;
+    char *csr = NULL, *leaf = NULL, *cert_pem = NULL, *key_pem = NULL;
+    int expired = 1;
+    unsigned long signs = provhsm_testkey_test_signs();
+    assert_int_equal(provhsm_x509_generate("sdk-device", PROVHSM_KEY_EC_P256, 0, 1, &csr),
+                     PROVHSM_OK);
+    assert_int_equal(provhsm_testkey_test_signs(), signs + 1); /* the CSR, through us */
+    assert_int_equal(tls_ca_issue_from_csr(G.ca, csr, &leaf), 0);
+    assert_int_equal(provhsm_x509_import(leaf, NULL, &expired), PROVHSM_OK);
+    assert_int_equal(expired, 0);
+
+    assert_int_equal(hsm_client_x509_init(), 0);
+    sdk_strings(&cert_pem, &key_pem);
+    assert_null(strstr(key_pem, "PRIVATE KEY"));
+    assert_non_null(strstr(key_pem, PROVHSM_KEYREF_PEM_LABEL));
+    handshakes_sign_in_the_backend(cert_pem, key_pem);
+    hsm_client_x509_deinit();
+    free(cert_pem);
+    free(key_pem);
+    free(csr);
+    free(leaf);
+}
+
+static void test_self_signed_flow_p384(void **unused)
+{
+    (void)unused;
+    char *self = NULL, *leaf = NULL, *cert_pem = NULL, *key_pem = NULL;
+    assert_int_equal(provhsm_x509_generate("sdk-device-384", PROVHSM_KEY_EC_P384, 30, 1, &self),
+                     PROVHSM_OK);
+    /* the self-signed certificate verifies with its own key */
+    BIO *bio = BIO_new_mem_buf(self, -1);
+    X509 *cert = PEM_read_bio_X509(bio, NULL, NULL, NULL);
+    BIO_free(bio);
+    assert_non_null(cert);
+    EVP_PKEY *pub = X509_get_pubkey(cert);
+    assert_int_equal(EVP_PKEY_get_bits(pub), 384);
+    assert_int_equal(X509_verify(cert, pub), 1);
+    EVP_PKEY_free(pub);
+    X509_free(cert);
+
+    assert_int_equal(hsm_client_x509_init(), 0);
+    sdk_strings(&cert_pem, &key_pem);
+    /* the stored chain is the self-signed certificate: the test CA re-issues it */
+    assert_int_equal(tls_ca_issue_from_cert(G.ca, cert_pem, &leaf), 0);
+    handshakes_sign_in_the_backend(leaf, key_pem);
+    hsm_client_x509_deinit();
+    free(cert_pem);
+    free(key_pem);
+    free(self);
+    free(leaf);
+}
+
+static void test_rsa_refused(void **unused)
+{
+    (void)unused;
+    char *pem = NULL;
+    assert_int_equal(provhsm_x509_generate("rsa-device", PROVHSM_KEY_RSA_2048, 30, 1, &pem),
+                     PROVHSM_E_UNSUPPORTED);
+    assert_null(pem);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_csr_flow),
+        cmocka_unit_test(test_self_signed_flow_p384),
+        cmocka_unit_test(test_rsa_refused),
+    };
+    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}

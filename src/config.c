@@ -62,6 +62,7 @@ enum value_kind {
     V_HANDLE,       /* TPM persistent handle, hex (0x) or decimal */
     V_BACKEND,      /* software | tpm | pkcs11 */
     V_STRING,       /* any non-empty text */
+    V_P11_URI,      /* an RFC 7512 PKCS#11 URI: "pkcs11:" and attributes, parsed where used */
     V_PCRS,         /* "" or <bank>:<n>[,<n>...], the PCRs a sealed store key is bound to */
     V_LEVEL         /* error | warn | info | debug */
 };
@@ -107,7 +108,7 @@ static const key_desc keys[] = {
     {SEC_TPM, "x509_key_handle", V_HANDLE, MEMBER(x509_key_handle), TPM_PERSISTENT_FIRST,
      TPM_PERSISTENT_LAST},
     {SEC_PKCS11, "module", V_PATH_OPT, MEMBER(pkcs11_module), 0, 0},
-    {SEC_PKCS11, "token", V_STRING, MEMBER(pkcs11_token), 0, 0},
+    {SEC_PKCS11, "token", V_P11_URI, MEMBER(pkcs11_token), 0, 0},
     {SEC_PKCS11, "pin_file", V_PATH_OPT, MEMBER(pkcs11_pin_file), 0, 0},
     {SEC_PKCS11, "pin_env", V_ENV_NAME, MEMBER(pkcs11_pin_env), 0, 0},
     {SEC_LOG, "level", V_LEVEL, MEMBER(log_level), 0, 0},
@@ -449,6 +450,12 @@ static int apply_value(parse_ctx *ctx, const key_desc *k, const char *value)
              value);
         return -1;
 
+    case V_P11_URI:
+        if (strncmp(value, "pkcs11:", 7) != 0) {
+            fail(ctx, "[%s] %s: not a PKCS#11 URI (pkcs11:token=<label>;...)", sec, k->name);
+            return -1;
+        }
+        /* fall through */
     case V_STRING:
         if (*value == '\0') {
             fail(ctx, "[%s] %s: must not be empty", sec, k->name);

@@ -515,6 +515,24 @@ static void test_bad_uris(void **state)
     assert_true(provhsm_test_p11_log_seen("token not present"));
 }
 
+/* The configuration refuses a token that is not named by a PKCS#11 URI, naming the line. */
+static void test_config_token_must_be_uri(void **state)
+{
+    (void)state;
+    provhsm_config cfg;
+    char errbuf[256] = "";
+    provhsm_config_defaults(&cfg);
+    assert_int_equal(provhsm_config_parse(&cfg, "[pkcs11]\ntoken = token=device\n", "t.conf",
+                                          errbuf, sizeof(errbuf)),
+                     PROVHSM_E_CONFIG);
+    assert_non_null(strstr(errbuf, "t.conf:2"));
+    assert_non_null(strstr(errbuf, "not a PKCS#11 URI"));
+    assert_int_equal(provhsm_config_parse(&cfg, "[pkcs11]\ntoken = pkcs11:token=device\n", "t.conf",
+                                          errbuf, sizeof(errbuf)),
+                     PROVHSM_OK);
+    assert_string_equal(cfg.pkcs11_token, "pkcs11:token=device");
+}
+
 typedef struct thread_arg {
     fixture *f;
     int failures;
@@ -576,6 +594,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_extractable_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),
         cmocka_unit_test_setup_teardown(test_four_threads, setup, teardown),
+        cmocka_unit_test(test_config_token_must_be_uri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -740,6 +740,16 @@ static int token_present(provhsm_p11_token *t)
            (info.flags & CKF_TOKEN_INITIALIZED) && same_token(&info, &t->info);
 }
 
+/* 1 when the token wants a login and the session has lost it (someone logged out). */
+static int logged_out(provhsm_p11_token *t)
+{
+    CK_SESSION_INFO info;
+    if (!(t->info.flags & CKF_LOGIN_REQUIRED) ||
+        CALL(t->module->fl, C_GetSessionInfo, t->session, &info) != CKR_OK)
+        return 0;
+    return info.state == CKS_RO_PUBLIC_SESSION || info.state == CKS_RW_PUBLIC_SESSION;
+}
+
 /*
  * The one private key `name` selects: CKR_OK with *err PROVHSM_E_NOT_FOUND (logged
  * unless quiet) when there is none, PROVHSM_E_NO_DEVICE (logged) when the token itself
@@ -758,6 +768,11 @@ static CK_RV find_private(provhsm_p11_token *t, const provhsm_p11_keyname *name,
         return rv;
     char what[PROVHSM_P11_LABEL_MAX + 2 * PROVHSM_P11_ID_MAX + 32];
     name_describe(name, what, sizeof(what));
+    if (count == 0 && logged_out(t)) {
+        /* private objects are invisible to a session that is no longer logged in */
+        *call = "C_FindObjects (the session is no longer logged in)";
+        return CKR_USER_NOT_LOGGED_IN;
+    }
     if (count == 0 && !token_present(t)) {
         PH_ERR(MOD, "token not present: token \"%s\" is gone (looking for %s)", t->label, what);
         *err = PROVHSM_E_NO_DEVICE;

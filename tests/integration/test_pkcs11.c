@@ -243,6 +243,35 @@ static void test_one_session_for_1000_signs(void **state)
     assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
 }
 
+/*
+ * Logged out under the library's feet (the login is the application's, shared by all its
+ * sessions): the next signature opens one new session, logs in once, and succeeds.
+ */
+static void test_session_recovered_after_logout(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "before the logout", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    assert_int_equal(f->direct.fl->C_Logout(f->direct.session), CKR_OK);
+    uint64_t sessions = provhsm_p11_sessions_opened_total();
+    uint64_t logins = provhsm_p11_logins_total();
+    digest("SHA256", "after the logout", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    assert_int_equal(provhsm_p11_sessions_opened_total() - sessions, 1);
+    assert_int_equal(provhsm_p11_logins_total() - logins, 1);
+    assert_true(provhsm_test_p11_log_seen("CKR_USER_NOT_LOGGED_IN; opening a new session"));
+    uint64_t calls = provhsm_p11_calls_total();
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_int_equal(provhsm_p11_calls_total() - calls, 2);
+}
+
 /* A P-384 key when asked for one: r | s of 96 bytes that verify over a SHA-384 digest. */
 static void test_p384_key(void **state)
 {
@@ -582,6 +611,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_generate_key_stays_on_token, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sign_verifies_two_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_session_for_1000_signs, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_recovered_after_logout, setup, teardown),
         cmocka_unit_test_setup_teardown(test_p384_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_pin_not_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_pin_configured, setup, teardown),

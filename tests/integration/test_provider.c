@@ -426,6 +426,58 @@ static void test_signature_context_served_by_our_provider(void **state)
     EVP_PKEY_free(key);
 }
 
+/* A digest-sign context copied half way (dupctx) and a pre-hashed sign with a set digest. */
+static void test_copied_context_and_prehashed_sign(void **state)
+{
+    (void)state;
+    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    assert_non_null(key);
+    EVP_MD_CTX *md = EVP_MD_CTX_new(), *copy = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestSignInit_ex(md, NULL, "SHA2-256", NULL, NULL, key, NULL), 1);
+    assert_int_equal(EVP_DigestSignUpdate(md, "hello ", 6), 1);
+    assert_int_equal(EVP_MD_CTX_copy_ex(copy, md), 1);
+    assert_int_equal(EVP_DigestSignUpdate(md, "world", 5), 1);
+    assert_int_equal(EVP_DigestSignUpdate(copy, "there", 5), 1);
+    unsigned char sig1[80], sig2[80];
+    size_t len1 = 0, len2 = sizeof(sig2);
+    assert_int_equal(EVP_DigestSignFinal(md, NULL, &len1), 1); /* size query first */
+    assert_int_equal(len1, (size_t)EVP_PKEY_get_size(key));
+    assert_int_equal(EVP_DigestSignFinal(md, sig1, &len1), 1);
+    assert_int_equal(EVP_DigestSignFinal(copy, sig2, &len2), 1);
+    EVP_MD_CTX_free(md);
+    EVP_MD_CTX_free(copy);
+    md = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, NULL, fx->dk.pub, NULL),
+                     1);
+    assert_int_equal(EVP_DigestVerify(md, sig1, len1, (const unsigned char *)"hello world", 11), 1);
+    EVP_MD_CTX_free(md);
+    md = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, NULL, fx->dk.pub, NULL),
+                     1);
+    assert_int_equal(EVP_DigestVerify(md, sig2, len2, (const unsigned char *)"hello there", 11), 1);
+    EVP_MD_CTX_free(md);
+
+    /* pre-hashed: SHA-384 digest, signed as such, a digest of another size refused */
+    unsigned char digest[48], sig[120];
+    size_t sig_len = sizeof(sig);
+    unsigned int digest_len = 0;
+    assert_int_equal(EVP_Digest("abc", 3, digest, &digest_len, EVP_sha384(), NULL), 1);
+    EVP_PKEY_CTX *pctx = EVP_PKEY_CTX_new_from_pkey(NULL, key, NULL);
+    assert_int_equal(EVP_PKEY_sign_init(pctx), 1);
+    assert_string_equal(provider_name(EVP_PKEY_CTX_get0_provider(pctx)), PROVHSM_PROVIDER_NAME);
+    assert_int_equal(EVP_PKEY_CTX_set_signature_md(pctx, EVP_sha384()), 1);
+    assert_int_not_equal(EVP_PKEY_sign(pctx, sig, &sig_len, digest, 32), 1);
+    ERR_clear_error();
+    sig_len = sizeof(sig);
+    assert_int_equal(EVP_PKEY_sign(pctx, sig, &sig_len, digest, digest_len), 1);
+    EVP_PKEY_CTX_free(pctx);
+    pctx = EVP_PKEY_CTX_new_from_pkey(NULL, fx->dk.pub, NULL);
+    assert_int_equal(EVP_PKEY_verify_init(pctx), 1);
+    assert_int_equal(EVP_PKEY_verify(pctx, sig, sig_len, digest, digest_len), 1);
+    EVP_PKEY_CTX_free(pctx);
+    EVP_PKEY_free(key);
+}
+
 /* ---- TLS ---------------------------------------------------------------------- */
 
 static void handshake_costs_one_signature(const device_key *dk, int version)
@@ -837,6 +889,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_csr_signed_in_the_device_verifies),
         cmocka_unit_test(test_key_from_pem_api),
         cmocka_unit_test(test_signature_context_served_by_our_provider),
+        cmocka_unit_test(test_copied_context_and_prehashed_sign),
         cmocka_unit_test(test_tls13_client_auth),
         cmocka_unit_test(test_tls12_client_auth),
         cmocka_unit_test(test_client_context_holds_our_key),

@@ -272,6 +272,35 @@ static void test_session_recovered_after_logout(void **state)
     assert_int_equal(provhsm_p11_calls_total() - calls, 2);
 }
 
+/*
+ * Every session of the token closed behind the library's back (through the module
+ * itself, not p11-kit's per-caller instance): CKR_SESSION_HANDLE_INVALID, one new
+ * session, the signature made.
+ */
+static void test_session_recovered_after_close_all(void **state)
+{
+    fixture *f = *state;
+    generate(f);
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "before", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    CK_FUNCTION_LIST *raw = p11_kit_module_load(f->hsm.module, P11_KIT_MODULE_UNMANAGED);
+    assert_non_null(raw);
+    assert_int_equal(raw->C_CloseAllSessions(f->direct.slot), CKR_OK);
+    p11_kit_module_release(raw); /* not finalised: the process still uses the module */
+
+    uint64_t sessions = provhsm_p11_sessions_opened_total();
+    digest("SHA256", "after", dg, &dg_len);
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    assert_int_equal(provhsm_p11_sessions_opened_total() - sessions, 1);
+    assert_true(provhsm_test_p11_log_seen("CKR_SESSION_HANDLE_INVALID; opening a new session"));
+}
+
 /* A P-384 key when asked for one: r | s of 96 bytes that verify over a SHA-384 digest. */
 static void test_p384_key(void **state)
 {
@@ -612,6 +641,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sign_verifies_two_calls, setup, teardown),
         cmocka_unit_test_setup_teardown(test_one_session_for_1000_signs, setup, teardown),
         cmocka_unit_test_setup_teardown(test_session_recovered_after_logout, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_session_recovered_after_close_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_p384_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_pin_not_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_pin_configured, setup, teardown),

@@ -114,7 +114,16 @@ static void test_csr_flow(void **unused)
     assert_null(strstr(key_pem, "PRIVATE KEY"));
     assert_non_null(strstr(key_pem, PROVHSM_KEYREF_PEM_LABEL));
     handshakes_sign_in_the_backend(cert_pem, key_pem);
+    /* a connection set up before the last deinit keeps signing after it */
+    char err[1024];
+    tls_client *cl = tls_client_new(G.srv, cert_pem, key_pem, TLS1_3_VERSION, err, sizeof(err));
+    assert_non_null(cl);
     hsm_client_x509_deinit();
+    signs = provhsm_testkey_test_signs();
+    if (tls_client_handshakes(cl, 2, err, sizeof(err)) != 0)
+        fail_msg("after deinit: %s", err);
+    assert_int_equal(provhsm_testkey_test_signs(), signs + 2);
+    tls_client_free(cl);
     free(cert_pem);
     free(key_pem);
     free(csr);

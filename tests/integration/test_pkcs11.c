@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <cmocka.h>
 
@@ -341,6 +342,29 @@ static void test_wrong_pin_not_retried(void **state)
     generate(f);
 }
 
+/* The PIN from pin_file, checked like the passphrase file: 0644 refused, 0600 read. */
+static void test_pin_file(void **state)
+{
+    fixture *f = *state;
+    setenv(PROVHSM_TEST_PIN_ENV, "11112222", 1); /* the file wins over the variable */
+    snprintf(f->cfg.pkcs11_pin_file, sizeof(f->cfg.pkcs11_pin_file), "%s/pin", f->hsm.dir);
+    FILE *pin = fopen(f->cfg.pkcs11_pin_file, "w");
+    assert_non_null(pin);
+    fprintf(pin, "%s\n", f->hsm.pin);
+    fclose(pin);
+    assert_int_equal(chmod(f->cfg.pkcs11_pin_file, 0644), 0);
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    uint64_t logins = provhsm_p11_logins_total();
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_PERMISSION);
+    assert_true(provhsm_test_p11_log_seen("PIN file"));
+    assert_int_equal(provhsm_p11_logins_total(), logins);
+    assert_int_equal(chmod(f->cfg.pkcs11_pin_file, 0600), 0);
+    generate(f);
+    setenv(PROVHSM_TEST_PIN_ENV, f->hsm.pin, 1);
+}
+
 /* No PIN anywhere: a configuration error that says where to put one. */
 static void test_no_pin_configured(void **state)
 {
@@ -644,6 +668,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_session_recovered_after_close_all, setup, teardown),
         cmocka_unit_test_setup_teardown(test_p384_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_wrong_pin_not_retried, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pin_file, setup, teardown),
         cmocka_unit_test_setup_teardown(test_no_pin_configured, setup, teardown),
         cmocka_unit_test_setup_teardown(test_token_removed, setup, teardown),
         cmocka_unit_test_setup_teardown(test_key_deleted, setup, teardown),

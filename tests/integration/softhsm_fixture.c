@@ -101,6 +101,23 @@ static void remove_tree(const char *path)
     rmdir(path);
 }
 
+static int init_token(const char *label)
+{
+    char *argv[] = {"softhsm2-util", "--init-token", "--free", "--label", (char *)label,
+                    "--so-pin",      SO_PIN,         "--pin",  USER_PIN,  NULL};
+    if (run_quiet(argv) != 0) {
+        fprintf(stderr, "softhsm fixture: softhsm2-util --init-token failed\n");
+        return -1;
+    }
+    return 0;
+}
+
+int provhsm_test_softhsm_add_token(provhsm_test_softhsm *h, const char *label)
+{
+    (void)h; /* SOFTHSM2_CONF already names its directory */
+    return init_token(label);
+}
+
 int provhsm_test_softhsm_start(provhsm_test_softhsm *h, const char *label)
 {
     memset(h, 0, sizeof(*h));
@@ -130,13 +147,7 @@ int provhsm_test_softhsm_start(provhsm_test_softhsm *h, const char *label)
     fclose(f);
     setenv("SOFTHSM2_CONF", conf, 1);
     setenv(PROVHSM_TEST_PIN_ENV, USER_PIN, 1);
-    char *argv[] = {"softhsm2-util", "--init-token", "--free", "--label", h->label,
-                    "--so-pin",      SO_PIN,         "--pin",  USER_PIN,  NULL};
-    if (run_quiet(argv) != 0) {
-        fprintf(stderr, "softhsm fixture: softhsm2-util --init-token failed\n");
-        return -1;
-    }
-    return 0;
+    return init_token(h->label);
 }
 
 void provhsm_test_softhsm_stop(provhsm_test_softhsm *h)

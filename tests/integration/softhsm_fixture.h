@@ -46,6 +46,9 @@ int provhsm_test_softhsm_available(void);
  */
 int provhsm_test_softhsm_start(provhsm_test_softhsm *h, const char *label);
 
+/* Initialises one more token, labelled `label`, in the same directory. */
+int provhsm_test_softhsm_add_token(provhsm_test_softhsm *h, const char *label);
+
 /* Removes the temporary directory. Safe to call twice. */
 void provhsm_test_softhsm_stop(provhsm_test_softhsm *h);
 

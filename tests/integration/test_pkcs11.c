@@ -615,6 +615,36 @@ static void test_config_token_must_be_uri(void **state)
     assert_string_equal(cfg.pkcs11_token, "pkcs11:token=device");
 }
 
+/* Which module and which token: each wrong choice is one clear error. */
+static void test_module_and_token_selection(void **state)
+{
+    fixture *f = *state;
+    provhsm_config cfg = f->cfg;
+    provhsm_keyref ref = {0};
+    char *secret = NULL;
+    snprintf(cfg.pkcs11_module, sizeof(cfg.pkcs11_module), "/nonexistent/libtoken.so");
+    assert_int_equal(be->key_generate(&cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_NO_DEVICE);
+    assert_true(provhsm_test_p11_log_seen("cannot load the PKCS#11 module /nonexistent"));
+
+    /* two initialised tokens: the default "pkcs11:" selects both, which is refused */
+    assert_int_equal(provhsm_test_softhsm_add_token(&f->hsm, "second"), 0);
+    cfg = f->cfg;
+    snprintf(cfg.pkcs11_token, sizeof(cfg.pkcs11_token), "pkcs11:");
+    provhsm_test_p11_log_clear();
+    assert_int_equal(be->key_generate(&cfg, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_CONFIG);
+    assert_true(provhsm_test_p11_log_seen("2 tokens match pkcs11:"));
+    snprintf(cfg.pkcs11_token, sizeof(cfg.pkcs11_token), "pkcs11:token=second");
+    assert_int_equal(be->key_generate(&cfg, PROVHSM_KEY_EC_P256, 0, &f->ref, &secret), PROVHSM_OK);
+    assert_non_null(strstr(f->ref.locator, "token=second"));
+    /* a key URI naming another token than the configured one finds nothing */
+    snprintf(cfg.pkcs11_token, sizeof(cfg.pkcs11_token), "pkcs11:token=%s", f->hsm.label);
+    void *key = NULL;
+    assert_int_equal(be->key_open(&cfg, &f->ref, NULL, &key), PROVHSM_E_NO_DEVICE);
+    assert_null(key);
+}
+
 typedef struct thread_arg {
     fixture *f;
     int failures;
@@ -678,6 +708,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_rsa_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_extractable_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_module_and_token_selection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_four_threads, setup, teardown),
         cmocka_unit_test(test_config_token_must_be_uri),
     };

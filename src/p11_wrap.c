@@ -371,7 +371,7 @@ static provhsm_err parse_uri(const char *text, const char *what, P11KitUri **out
 
 /* The token for this module and token identity (registry lock held), created if new. */
 static provhsm_err token_entry(p11_module *m, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
-                               const provhsm_config *cfg, provhsm_p11_token **out)
+                               provhsm_p11_token **out)
 {
     for (provhsm_p11_token *t = tokens; t != NULL; t = t->next)
         if (t->module == m && same_token(&t->info, info)) {
@@ -389,8 +389,6 @@ static provhsm_err token_entry(p11_module *m, CK_SLOT_ID slot, const CK_TOKEN_IN
     t->slot = slot;
     t->info = *info;
     copy_padded(t->label, sizeof(t->label), info->label, sizeof(info->label));
-    snprintf(t->pin_file, sizeof(t->pin_file), "%s", cfg->pkcs11_pin_file);
-    snprintf(t->pin_env, sizeof(t->pin_env), "%s", cfg->pkcs11_pin_env);
     t->next = tokens;
     tokens = t;
     *out = t;
@@ -613,7 +611,7 @@ provhsm_err provhsm_p11_token_get(const provhsm_config *cfg, const char *object_
     if (err == PROVHSM_OK)
         err = select_token(m->fl, uris, shown, &slot, &info);
     if (err == PROVHSM_OK)
-        err = token_entry(m, slot, &info, cfg, &t);
+        err = token_entry(m, slot, &info, &t);
     pthread_mutex_unlock(&registry_lock);
     p11_kit_uri_free(uris[0]);
     p11_kit_uri_free(uris[1]);
@@ -622,6 +620,9 @@ provhsm_err provhsm_p11_token_get(const provhsm_config *cfg, const char *object_
 
     pthread_mutex_lock(&t->lock);
     t->slot = slot;
+    /* where the PIN is read from at the next login: the configuration of the latest caller */
+    snprintf(t->pin_file, sizeof(t->pin_file), "%s", cfg->pkcs11_pin_file);
+    snprintf(t->pin_env, sizeof(t->pin_env), "%s", cfg->pkcs11_pin_env);
     err = session_ensure(t);
     pthread_mutex_unlock(&t->lock);
     if (err == PROVHSM_OK)

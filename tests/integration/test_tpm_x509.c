@@ -494,6 +494,12 @@ static void test_adopt_tools_keys(void **unused)
                            " -u rsa.pub -r rsa.priv;"
                            "tpm2_load -Q -C 0x81000001 -u rsa.pub -r rsa.priv -c rsa.ctx;"
                            "tpm2_evictcontrol -Q -C o -c rsa.ctx 0x81000121;"
+                           "tpm2_flushcontext -t;"
+                           "tpm2_create -Q -C 0x81000001 -G ecc256:ecdsa-sha256:null"
+                           " -a 'fixedtpm|fixedparent|sensitivedataorigin|userwithauth|sign"
+                           "|restricted' -u att.pub -r att.priv;"
+                           "tpm2_load -Q -C 0x81000001 -u att.pub -r att.priv -c att.ctx;"
+                           "tpm2_evictcontrol -Q -C o -c att.ctx 0x81000122;"
                            "tpm2_flushcontext -t"),
                      0);
 
@@ -517,8 +523,12 @@ static void test_adopt_tools_keys(void **unused)
     assert_int_equal(be->key_adopt(&G.cfg, "0x81000121", &ref, &secret), PROVHSM_E_UNSUPPORTED);
     assert_true(provhsm_test_log_seen("legacy RSA object that holds only the public half"));
     assert_null(ref.locator);
+    /* a restricted (attestation) key signs only what the TPM made: refused */
+    provhsm_test_log_clear();
+    assert_int_equal(be->key_adopt(&G.cfg, "0x81000122", &ref, &secret), PROVHSM_E_UNSUPPORTED);
+    assert_true(provhsm_test_log_seen("restricted signing key"));
     /* nothing at a handle, or not a handle at all */
-    assert_int_equal(be->key_adopt(&G.cfg, "0x81000122", &ref, &secret), PROVHSM_E_NOT_FOUND);
+    assert_int_equal(be->key_adopt(&G.cfg, "0x81000123", &ref, &secret), PROVHSM_E_NOT_FOUND);
     assert_int_equal(be->key_adopt(&G.cfg, "pkcs11:token=x", &ref, &secret), PROVHSM_E_INVALID_ARG);
     assert_int_equal(be->key_adopt(&G.cfg, "0x40000001", &ref, &secret), PROVHSM_E_INVALID_ARG);
 }

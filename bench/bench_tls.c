@@ -1,0 +1,1067 @@
+/*
+ * bench_tls: TLS client-authenticated handshakes per second, and hardware commands per
+ * handshake, for an X.509 identity whose private key is
+ *   1. in the encrypted software store (the alias key is PKCS#8),
+ *   2. in the TPM ([x509] backend = tpm, on a swtpm the benchmark starts),
+ *   3. on a SoftHSM2 token ([x509] backend = pkcs11, a fresh token the benchmark makes),
+ *   4. as the peer: a key the tpm2-openssl provider made in the same swtpm.
+ * Every row uses the same in-process server (TLS 1.2-1.3, requires and verifies the
+ * client certificate; tests/integration/tls_harness.h) and the same client code: one client
+ * SSL_CTX per row, set up the SDK's way (PEM_read_bio_PrivateKey + SSL_CTX_use_PrivateKey,
+ * PEM_read_bio_X509_AUX + SSL_CTX_use_certificate, in the default library context). Our
+ * rows are provisioned through the public admin API with a configuration file and a store
+ * of their own, and read their certificate and key through the SDK's X.509 table after
+ * hsm_client_x509_init(); the device's self-signed certificate is re-issued by the test CA
+ * and imported, as a CA-signed certificate would be.
+ *
+ * TPM commands are counted for our key and the peer's at the same place: a proxy between
+ * the TCTI and swtpm's ports that counts TPM command frames (tag | size | code | ...), one
+ * per command whatever the connections; ours are also counted at our TCTI
+ * (provhsm_tpm_commands_total) as a cross-check. PKCS#11 calls are counted by the library
+ * (provhsm_p11_calls_total). Each row: setup (table, key decoding), one warm-up handshake
+ * (counted separately: for a hardware key it opens the key), then N timed handshakes.
+ * The peer runs last, with tpm2-openssl loaded into the default library context the way
+ * its documentation asks, since from then on it serves the whole process.
+ *
+ * Usage: bench_tls [N]   (handshakes per row, default 200). Needs swtpm and SoftHSM2; the
+ * peer needs the tpm2-openssl module and the openssl command. Exit 0 when every row of
+ * ours ran (targets are printed, not enforced: timings move on a shared machine); the
+ * peer's failures are reported, not fatal. Not a ctest test.
+ */
+#include <arpa/inet.h>
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/provider.h>
+#include <openssl/ssl.h>
+#include <tss2/tss2_tpm2_types.h>
+
+#include "bench_stats.h"
+#include "hsm_client_data.h"
+#include "p11_wrap.h"
+#include "provhsm/provhsm.h"
+#include "softhsm_fixture.h"
+#include "swtpm_fixture.h"
+#include "tls_harness.h"
+#include "tpm_esys.h"
+
+#define DEFAULT_HANDSHAKES 200
+/* tpm2-openssl's advice for a process that loads it into the default library context */
+#define TPM2_DEFAULT_PROPERTIES "?tpm2.digest=no,?tpm2.cipher=no,?tpm2.rand=no"
+#define TOKEN_LABEL             "bench-tls"
+#define MAX_FRAME               8192 /* larger than any TPM 2.0 command or response */
+#define CODE_BASE               0x100u
+#define CODE_SLOTS              0x100u /* command codes 0x100..0x1ff, TPM2_CC_FIRST..LAST */
+
+/* What the SDK's hsm_client_data.c defines. */
+int initialize_hsm_system(void)
+{
+    return hsm_client_x509_init();
+}
+
+void deinitialize_hsm_system(void)
+{
+    hsm_client_x509_deinit();
+}
+
+/* ---- the TPM command counting proxy ------------------------------------------------ */
+
+/*
+ * Listens on two consecutive loopback ports like swtpm (commands, then its control
+ * channel) and relays every connection to swtpm's matching port. On the command port it
+ * relays one command and one response at a time and counts the commands by code; the
+ * control channel (locality, reset) is relayed byte for byte and not counted.
+ */
+typedef struct frame_proxy {
+    int upstream_port; /* swtpm's command port; its control port is the next one */
+    int port;          /* ours, the same way */
+    int listen_fd[2];
+    pthread_t acceptor[2];
+    int acceptor_running[2];
+    atomic_int stopping;
+    pthread_mutex_t lock; /* guards active */
+    pthread_cond_t idle;
+    int active;
+} frame_proxy;
+
+static frame_proxy proxy = {
+    .listen_fd = {-1, -1}, .lock = PTHREAD_MUTEX_INITIALIZER, .idle = PTHREAD_COND_INITIALIZER};
+
+/* What the proxy counted; in memory shared with the peer's process (see run_peer). */
+typedef struct proxy_counts {
+    atomic_ullong commands;
+    atomic_uint by_code[CODE_SLOTS];
+} proxy_counts;
+
+static proxy_counts *counted;
+
+typedef struct relay {
+    int client_fd;
+    int control;
+} relay;
+
+/* Waits until fd is readable; -1 when the proxy stops or nothing comes for 10 s. */
+static int wait_readable(int fd)
+{
+    for (int waited = 0; waited < 10000 && !atomic_load(&proxy.stopping); waited += 100) {
+        struct pollfd p = {.fd = fd, .events = POLLIN};
+        int r = poll(&p, 1, 100);
+        if (r > 0)
+            return 0;
+        if (r < 0 && errno != EINTR)
+            return -1;
+    }
+    return -1;
+}
+
+static int read_full(int fd, uint8_t *buf, size_t len)
+{
+    for (size_t got = 0; got < len;) {
+        if (wait_readable(fd) != 0)
+            return -1;
+        ssize_t n = read(fd, buf + got, len - got);
+        if (n <= 0 && !(n < 0 && errno == EINTR))
+            return -1;
+        got += n > 0 ? (size_t)n : 0;
+    }
+    return 0;
+}
+
+static int write_full(int fd, const uint8_t *buf, size_t len)
+{
+    for (size_t put = 0; put < len;) {
+        ssize_t n = write(fd, buf + put, len - put);
+        if (n <= 0 && !(n < 0 && errno == EINTR))
+            return -1;
+        put += n > 0 ? (size_t)n : 0;
+    }
+    return 0;
+}
+
+static uint32_t be32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* One TPM frame (command or response) from `from` to `to`; its code through *code. */
+static int pass_frame(int from, int to, uint32_t *code)
+{
+    uint8_t frame[MAX_FRAME];
+    if (read_full(from, frame, 10) != 0)
+        return -1;
+    uint32_t size = be32(frame + 2);
+    if (size < 10 || size > sizeof(frame) || read_full(from, frame + 10, size - 10) != 0)
+        return -1;
+    *code = be32(frame + 6);
+    return write_full(to, frame, size);
+}
+
+static void relay_commands(int client_fd, int tpm_fd)
+{
+    uint32_t code, rc;
+    while (pass_frame(client_fd, tpm_fd, &code) == 0) {
+        atomic_fetch_add(&counted->commands, 1);
+        if (code >= CODE_BASE && code < CODE_BASE + CODE_SLOTS)
+            atomic_fetch_add(&counted->by_code[code - CODE_BASE], 1);
+        if (pass_frame(tpm_fd, client_fd, &rc) != 0)
+            return;
+    }
+}
+
+static void relay_bytes(int a, int b)
+{
+    uint8_t buf[4096];
+    while (!atomic_load(&proxy.stopping)) {
+        struct pollfd p[2] = {{.fd = a, .events = POLLIN}, {.fd = b, .events = POLLIN}};
+        if (poll(p, 2, 100) < 0 && errno != EINTR)
+            return;
+        for (int i = 0; i < 2; i++) {
+            if (p[i].revents == 0)
+                continue;
+            ssize_t n = read(p[i].fd, buf, sizeof(buf));
+            if (n <= 0 || write_full(p[1 - i].fd, buf, (size_t)n) != 0)
+                return;
+        }
+    }
+}
+
+static int connect_loopback(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+static void *serve_relay(void *arg)
+{
+    relay *r = arg;
+    int upstream = connect_loopback(proxy.upstream_port + r->control);
+    if (upstream >= 0) {
+        if (r->control)
+            relay_bytes(r->client_fd, upstream);
+        else
+            relay_commands(r->client_fd, upstream);
+        close(upstream);
+    }
+    close(r->client_fd);
+    free(r);
+    pthread_mutex_lock(&proxy.lock);
+    proxy.active--;
+    pthread_cond_broadcast(&proxy.idle);
+    pthread_mutex_unlock(&proxy.lock);
+    return NULL;
+}
+
+static void *accept_loop(void *arg)
+{
+    int control = arg != NULL;
+    while (!atomic_load(&proxy.stopping)) {
+        struct pollfd p = {.fd = proxy.listen_fd[control], .events = POLLIN};
+        if (poll(&p, 1, 100) <= 0)
+            continue;
+        int fd = accept(proxy.listen_fd[control], NULL, NULL);
+        relay *r = fd >= 0 ? malloc(sizeof(*r)) : NULL;
+        if (r == NULL) {
+            if (fd >= 0)
+                close(fd);
+            continue;
+        }
+        *r = (relay){.client_fd = fd, .control = control};
+        pthread_t thread;
+        pthread_mutex_lock(&proxy.lock);
+        proxy.active++;
+        pthread_mutex_unlock(&proxy.lock);
+        if (pthread_create(&thread, NULL, serve_relay, r) == 0) {
+            pthread_detach(thread);
+            continue;
+        }
+        close(fd);
+        free(r);
+        pthread_mutex_lock(&proxy.lock);
+        proxy.active--;
+        pthread_mutex_unlock(&proxy.lock);
+    }
+    return NULL;
+}
+
+static int listen_on(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (fd >= 0 && (bind(fd, (struct sockaddr *)&addr, sizeof(addr)) != 0 || listen(fd, 16) != 0)) {
+        close(fd);
+        fd = -1;
+    }
+    return fd;
+}
+
+/* Two free consecutive ports: an ephemeral one, and the next one when it is free too. */
+static int listen_pair(void)
+{
+    for (int attempt = 0; attempt < 50; attempt++) {
+        int first = listen_on(0);
+        struct sockaddr_in addr;
+        socklen_t len = sizeof(addr);
+        if (first < 0 || getsockname(first, (struct sockaddr *)&addr, &len) != 0) {
+            if (first >= 0)
+                close(first);
+            return -1;
+        }
+        int port = ntohs(addr.sin_port);
+        int second = port < 65535 ? listen_on(port + 1) : -1;
+        if (second >= 0) {
+            proxy.listen_fd[0] = first;
+            proxy.listen_fd[1] = second;
+            proxy.port = port;
+            return 0;
+        }
+        close(first);
+    }
+    return -1;
+}
+
+static void proxy_stop(void)
+{
+    atomic_store(&proxy.stopping, 1);
+    for (int i = 0; i < 2; i++) {
+        if (proxy.acceptor_running[i])
+            pthread_join(proxy.acceptor[i], NULL);
+        proxy.acceptor_running[i] = 0;
+        if (proxy.listen_fd[i] >= 0)
+            close(proxy.listen_fd[i]);
+        proxy.listen_fd[i] = -1;
+    }
+    pthread_mutex_lock(&proxy.lock);
+    while (proxy.active > 0)
+        pthread_cond_wait(&proxy.idle, &proxy.lock);
+    pthread_mutex_unlock(&proxy.lock);
+}
+
+static int proxy_start(int upstream_port)
+{
+    static int control_marker;
+    proxy.upstream_port = upstream_port;
+    if (listen_pair() != 0)
+        return -1;
+    for (int i = 0; i < 2; i++) {
+        if (pthread_create(&proxy.acceptor[i], NULL, accept_loop, i ? &control_marker : NULL) !=
+            0) {
+            proxy_stop();
+            return -1;
+        }
+        proxy.acceptor_running[i] = 1;
+    }
+    return 0;
+}
+
+/* ---- counters ---------------------------------------------------------------------- */
+
+typedef struct hw_counts {
+    uint64_t frames; /* TPM commands seen by the proxy */
+    uint64_t tpm;    /* TPM commands sent by provhsm's TCTI */
+    uint64_t p11;    /* PKCS#11 calls made by provhsm */
+    unsigned by_code[CODE_SLOTS];
+} hw_counts;
+
+static void counts_now(hw_counts *c)
+{
+    c->frames = atomic_load(&counted->commands);
+    c->tpm = provhsm_tpm_commands_total();
+    c->p11 = provhsm_p11_calls_total();
+    for (unsigned i = 0; i < CODE_SLOTS; i++)
+        c->by_code[i] = atomic_load(&counted->by_code[i]);
+}
+
+/* after - before, in place in *after */
+static void counts_since(hw_counts *after, const hw_counts *before)
+{
+    after->frames -= before->frames;
+    after->tpm -= before->tpm;
+    after->p11 -= before->p11;
+    for (unsigned i = 0; i < CODE_SLOTS; i++)
+        after->by_code[i] -= before->by_code[i];
+}
+
+static const struct {
+    uint32_t code;
+    const char *name;
+} code_names[] = {
+    {TPM2_CC_EvictControl, "EvictControl"},
+    {TPM2_CC_CreatePrimary, "CreatePrimary"},
+    {TPM2_CC_SequenceComplete, "SequenceComplete"},
+    {TPM2_CC_Create, "Create"},
+    {TPM2_CC_ECDH_ZGen, "ECDH_ZGen"},
+    {TPM2_CC_HMAC, "HMAC"},
+    {TPM2_CC_Load, "Load"},
+    {TPM2_CC_SequenceUpdate, "SequenceUpdate"},
+    {TPM2_CC_Sign, "Sign"},
+    {TPM2_CC_Unseal, "Unseal"},
+    {TPM2_CC_ContextLoad, "ContextLoad"},
+    {TPM2_CC_ContextSave, "ContextSave"},
+    {TPM2_CC_ECDH_KeyGen, "ECDH_KeyGen"},
+    {TPM2_CC_FlushContext, "FlushContext"},
+    {TPM2_CC_LoadExternal, "LoadExternal"},
+    {TPM2_CC_ReadPublic, "ReadPublic"},
+    {TPM2_CC_StartAuthSession, "StartAuthSession"},
+    {TPM2_CC_VerifySignature, "VerifySignature"},
+    {TPM2_CC_ECC_Parameters, "ECC_Parameters"},
+    {TPM2_CC_GetCapability, "GetCapability"},
+    {TPM2_CC_GetRandom, "GetRandom"},
+    {TPM2_CC_Hash, "Hash"},
+    {TPM2_CC_HashSequenceStart, "HashSequenceStart"},
+    {TPM2_CC_TestParms, "TestParms"},
+    {TPM2_CC_CreateLoaded, "CreateLoaded"},
+};
+
+static void print_codes(const char *indent, const hw_counts *c, unsigned per)
+{
+    printf("%s", indent);
+    int any = 0;
+    for (unsigned i = 0; i < CODE_SLOTS; i++) {
+        if (c->by_code[i] == 0)
+            continue;
+        const char *name = NULL;
+        for (size_t j = 0; j < sizeof(code_names) / sizeof(code_names[0]); j++)
+            if (code_names[j].code == CODE_BASE + i)
+                name = code_names[j].name;
+        if (name != NULL)
+            printf("%s%s %.2f", any ? ", " : "", name, (double)c->by_code[i] / per);
+        else
+            printf("%s0x%03x %.2f", any ? ", " : "", CODE_BASE + i, (double)c->by_code[i] / per);
+        any = 1;
+    }
+    printf("%s\n", any ? "" : "none");
+}
+
+/* ---- rows --------------------------------------------------------------------------- */
+
+typedef enum counter { COUNT_NONE, COUNT_TPM, COUNT_P11 } counter;
+
+typedef struct row {
+    const char *name;
+    int tls_version;
+    counter unit; /* what "hardware commands" means for this row */
+    int ours;     /* a failure of ours makes the run fail */
+    int ran, ok;
+    char err[768];
+    double median, p90, per_second;
+    hw_counts setup, first, steady; /* steady: over the N timed handshakes */
+} row;
+
+static uint64_t row_count(const row *r, const hw_counts *c)
+{
+    switch (r->unit) {
+    case COUNT_TPM:
+        return c->frames;
+    case COUNT_P11:
+        return c->p11;
+    default:
+        return c->frames + c->p11;
+    }
+}
+
+static struct {
+    unsigned n;
+    double *samples;
+    char dir[64];
+    provhsm_test_swtpm swtpm;
+    provhsm_test_softhsm softhsm;
+    tls_ca *ca;
+    tls_server *srv;
+    char tcti[128]; /* swtpm through the proxy */
+    /* the software row's credentials, for the handshakes with tpm2-openssl in the process */
+    char *software_cert, *software_key;
+    uint64_t peer_keygen_frames;
+    char tpm2_module[512];
+    int in_peer_process;
+} B;
+
+/*
+ * The default properties the peer runs with: tpm2-openssl's documentation's way to
+ * prefer it while keeping digests and ciphers in software, and the query that only
+ * keeps its digests, ciphers and random numbers out (docs/sdk-contract).
+ */
+#define PEER_VARIANTS 2
+#define PEER_ROWS     3 /* its key with TLS 1.3, with TLS 1.2, our software key beside it */
+static const char *const peer_queries[PEER_VARIANTS] = {
+    "?provider=tpm2,tpm2.digest!=yes,tpm2.cipher!=yes",
+    TPM2_DEFAULT_PROPERTIES,
+};
+static const char *const peer_names[PEER_VARIANTS][PEER_ROWS] = {
+    {"peer tpm2-openssl (query A)", "peer tpm2-openssl (query A)",
+     "software EC P-256 + tpm2-openssl (query A)"},
+    {"peer tpm2-openssl (query B)", "peer tpm2-openssl (query B)",
+     "software EC P-256 + tpm2-openssl (query B)"},
+};
+
+/* Shared with the peer's processes (a file mapping in the temporary directory). */
+typedef struct shared_state {
+    proxy_counts counts;
+    row peer[PEER_VARIANTS][PEER_ROWS];
+    uint64_t load_frames[PEER_VARIANTS];
+} shared_state;
+
+static shared_state *shared;
+
+/*
+ * Setup (from `since`, which the caller took before reading the credentials) through
+ * tls_client_new, one warm-up handshake, then N timed handshakes. 0 when all succeeded.
+ */
+static int measure(row *r, const char *cert, const char *key, const hw_counts *since)
+{
+    hw_counts t0, t1;
+    r->ran = 1;
+    tls_client *cl = tls_client_new(B.srv, cert, key, r->tls_version, r->err, sizeof(r->err));
+    counts_now(&r->setup);
+    counts_since(&r->setup, since);
+    if (cl == NULL)
+        return -1;
+    counts_now(&t0);
+    int rc = tls_client_handshake(cl, r->err, sizeof(r->err));
+    counts_now(&r->first);
+    counts_since(&r->first, &t0);
+    unsigned long verified = tls_server_verified_handshakes(B.srv);
+    counts_now(&t1);
+    double total = 0;
+    for (unsigned i = 0; rc == 0 && i < B.n; i++) {
+        double start = bench_now_us();
+        rc = tls_client_handshake(cl, r->err, sizeof(r->err));
+        B.samples[i] = bench_now_us() - start;
+        total += B.samples[i];
+        if (rc != 0) {
+            char where[64];
+            snprintf(where, sizeof(where), " (handshake %u of %u)", i + 1, B.n);
+            strncat(r->err, where, sizeof(r->err) - strlen(r->err) - 1);
+        }
+    }
+    counts_now(&r->steady);
+    counts_since(&r->steady, &t1);
+    tls_client_free(cl);
+    if (rc != 0)
+        return -1;
+    /* the server's count lives in this process only (the peer's is a copy) */
+    if (!B.in_peer_process && tls_server_verified_handshakes(B.srv) - verified != B.n) {
+        snprintf(r->err, sizeof(r->err), "the server verified %lu client certificates, not %u",
+                 tls_server_verified_handshakes(B.srv) - verified, B.n);
+        return -1;
+    }
+    bench_stats(B.samples, (int)B.n, &r->median, &r->p90);
+    r->per_second = total > 0 ? 1e6 * B.n / total : 0;
+    r->ok = 1;
+    return 0;
+}
+
+/* ---- our rows: provisioned through the admin API, read through the SDK's table ------ */
+
+static int write_config(const char *name, const char *sections, char *path, size_t len)
+{
+    snprintf(path, len, "%s/%s.conf", B.dir, name);
+    FILE *f = fopen(path, "w");
+    if (f == NULL)
+        return -1;
+    fprintf(f, "[store]\npath = %s/store-%s\n%s", B.dir, name, sections);
+    if (fclose(f) != 0 || chmod(path, 0600) != 0)
+        return -1;
+    setenv("PROVHSM_CONFIG", path, 1);
+    return provhsm_config_use_file(path) == PROVHSM_OK ? 0 : -1;
+}
+
+/*
+ * The product's flow: a store, a self-signed identity made by x509 generate, and the
+ * CA's certificate for the same key imported over it (the server trusts the CA only).
+ */
+static int provision(row *r, const char *name, const char *sections)
+{
+    char path[200], *self_signed = NULL, *leaf = NULL;
+    const char *step = "the configuration";
+    int rc = -1;
+    if (write_config(name, sections, path, sizeof(path)) != 0)
+        goto out;
+    step = "provhsm_store_init";
+    if (provhsm_store_init() != PROVHSM_OK)
+        goto out;
+    step = "provhsm_x509_generate";
+    if (provhsm_x509_generate("bench-tls-device", PROVHSM_KEY_EC_P256, 30, 0, &self_signed) !=
+        PROVHSM_OK)
+        goto out;
+    step = "issuing the CA's certificate";
+    if (tls_ca_issue_from_cert(B.ca, self_signed, &leaf) != 0)
+        goto out;
+    step = "provhsm_x509_import";
+    if (provhsm_x509_import(leaf, NULL, NULL) != PROVHSM_OK)
+        goto out;
+    rc = 0;
+out:
+    if (rc != 0)
+        snprintf(r->err, sizeof(r->err), "%s failed (see the log above)", step);
+    free(self_signed);
+    free(leaf);
+    return rc;
+}
+
+/* One or two rows (TLS 1.3, then 1.2 with the same identity) through the SDK's table. */
+static int run_ours(row *rows, int count, const char *name, const char *sections, int keep)
+{
+    const HSM_CLIENT_X509_INTERFACE *x = hsm_client_x509_interface();
+    if (provision(&rows[0], name, sections) != 0) {
+        rows[0].ran = 1;
+        return -1;
+    }
+    hw_counts since;
+    counts_now(&since);
+    HSM_CLIENT_HANDLE h = x->hsm_client_x509_create();
+    char *cert = h != NULL ? x->hsm_client_get_cert(h) : NULL;
+    char *key = h != NULL ? x->hsm_client_get_key(h) : NULL;
+    int rc = 0;
+    if (cert == NULL || key == NULL) {
+        snprintf(rows[0].err, sizeof(rows[0].err), "the SDK's X.509 table gave no %s",
+                 h == NULL ? "handle" : "certificate or key");
+        rows[0].ran = 1;
+        rc = -1;
+    }
+    for (int i = 0; rc == 0 && i < count; i++) {
+        if (i > 0)
+            counts_now(&since); /* the next row's setup: its own client */
+        rc = measure(&rows[i], cert, key, &since);
+    }
+    if (h != NULL)
+        x->hsm_client_x509_destroy(h);
+    if (keep && rc == 0) {
+        B.software_cert = cert;
+        B.software_key = key;
+    } else {
+        free(cert);
+        provhsm_free_secret(key); /* the software alias key is the private key */
+    }
+    return rc;
+}
+
+/* ---- the peer: tpm2-openssl on the same swtpm -------------------------------------- */
+
+/* Runs argv with output to `log`; 0 when it exits with 0. */
+static int run_logged(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (fd >= 0) {
+            dup2(fd, STDOUT_FILENO);
+            dup2(fd, STDERR_FILENO);
+            close(fd);
+        }
+        execvp(argv[0], argv);
+        _exit(127);
+    }
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
+}
+
+static char *read_text(const char *path)
+{
+    FILE *f = fopen(path, "r");
+    if (f == NULL)
+        return NULL;
+    char *text = calloc(1, 16384);
+    size_t n = text != NULL ? fread(text, 1, 16383, f) : 0;
+    (void)n;
+    fclose(f);
+    return text;
+}
+
+static void append_log(row *r, const char *log)
+{
+    char *text = read_text(log);
+    if (text != NULL) {
+        for (char *p = text; *p != '\0'; p++)
+            if (*p == '\n')
+                *p = ' ';
+        snprintf(r->err + strlen(r->err), sizeof(r->err) - strlen(r->err), ": %.400s", text);
+    }
+    free(text);
+}
+
+/*
+ * The peer's key, made by the openssl command with the tpm2 provider (key generation
+ * asked of tpm2 explicitly), its public half written out, and a certificate for it from
+ * the CA. *key_out: the "TSS2 PRIVATE KEY" PEM, *cert_out: the leaf.
+ */
+static int make_peer_key(row *r, char **key_out, char **cert_out)
+{
+    char key[128], pub[128], log[128];
+    snprintf(key, sizeof(key), "%s/peer.key", B.dir);
+    snprintf(pub, sizeof(pub), "%s/peer.pub", B.dir);
+    snprintf(log, sizeof(log), "%s/openssl.log", B.dir);
+    char *genpkey[] = {"openssl",  "genpkey",     "-provider",     "tpm2",       "-provider",
+                       "default",  "-propquery",  "provider=tpm2", "-algorithm", "EC",
+                       "-pkeyopt", "group:P-256", "-out",          key,          NULL};
+    char *pkey[] = {"openssl", "pkey", "-provider", "tpm2", "-provider", "default",
+                    "-in",     key,    "-pubout",   "-out", pub,         NULL};
+    hw_counts t0;
+    counts_now(&t0);
+    int rc = run_logged(genpkey, log);
+    if (rc == 0)
+        rc = run_logged(pkey, log);
+    B.peer_keygen_frames = atomic_load(&counted->commands) - t0.frames;
+    if (rc != 0) {
+        snprintf(r->err, sizeof(r->err), "making the key with openssl genpkey/pkey failed");
+        append_log(r, log);
+        return -1;
+    }
+    *key_out = read_text(key);
+    FILE *f = fopen(pub, "r");
+    EVP_PKEY *pk = f != NULL ? PEM_read_PUBKEY(f, NULL, NULL, NULL) : NULL;
+    if (f != NULL)
+        fclose(f);
+    rc = *key_out != NULL && strstr(*key_out, "BEGIN TSS2 PRIVATE KEY") != NULL && pk != NULL &&
+                 tls_ca_issue(B.ca, pk, "bench-tls-tpm2-openssl", cert_out) == 0
+             ? 0
+             : -1;
+    EVP_PKEY_free(pk);
+    if (rc != 0)
+        snprintf(r->err, sizeof(r->err), "the tpm2 provider's key or its certificate is unusable");
+    return rc;
+}
+
+static int tpm2_module_present(void)
+{
+    const char *dir = OPENSSL_info(OPENSSL_INFO_MODULES_DIR);
+    const char *env = getenv("OPENSSL_MODULES");
+    snprintf(B.tpm2_module, sizeof(B.tpm2_module), "%s/tpm2.so",
+             env != NULL && *env != '\0' ? env
+             : dir != NULL               ? dir
+                                         : "?");
+    return access(B.tpm2_module, R_OK) == 0 && provhsm_test_programs_available("openssl", NULL);
+}
+
+static void openssl_error(row *r, const char *what)
+{
+    unsigned long e = ERR_get_error();
+    snprintf(r->err, sizeof(r->err), "%s: %s", what, e != 0 ? ERR_error_string(e, NULL) : "?");
+    ERR_clear_error();
+}
+
+/*
+ * The peer's process: a copy of this one (the same server keeps running here, in the
+ * parent, untouched by tpm2-openssl) that loads tpm2-openssl into the default library
+ * context as its users do, on the proxy's TCTI, with the variant's default properties,
+ * then measures the peer's key with TLS 1.3 and 1.2 and our software key beside it.
+ * Results go to the shared mapping; it never returns.
+ */
+static void peer_process(int v, const char *cert, const char *key)
+{
+    row *rows = shared->peer[v];
+    hw_counts t0, since;
+    B.in_peer_process = 1;
+    alarm(1800); /* every socket has a timeout; this is the last resort */
+    counts_now(&t0);
+    OSSL_PROVIDER *def = OSSL_PROVIDER_load(NULL, "default"); /* stays next to tpm2 */
+    OSSL_PROVIDER *tpm2 = OSSL_PROVIDER_load(NULL, "tpm2");
+    if (def == NULL || tpm2 == NULL || EVP_set_default_properties(NULL, peer_queries[v]) != 1) {
+        rows[0].ran = 1;
+        openssl_error(&rows[0], "loading the tpm2 provider failed");
+        _exit(1);
+    }
+    shared->load_frames[v] = atomic_load(&counted->commands) - t0.frames;
+    counts_now(&since);
+    (void)measure(&rows[0], cert, key, &since);
+    counts_now(&since);
+    (void)measure(&rows[1], cert, key, &since);
+    if (B.software_cert != NULL) {
+        counts_now(&since);
+        (void)measure(&rows[2], B.software_cert, B.software_key, &since);
+    }
+    _exit(0);
+}
+
+/* Each variant in a process of its own, on a swtpm restarted (no transient objects). */
+static void run_peer(void)
+{
+    char *key = NULL, *cert = NULL;
+    row *first = &shared->peer[0][0];
+    if (!tpm2_module_present()) {
+        first->ran = 1;
+        snprintf(first->err, sizeof(first->err), "no %s or no openssl command", B.tpm2_module);
+        return;
+    }
+    setenv("TPM2OPENSSL_TCTI", B.tcti, 1); /* read by the openssl command and the provider */
+    if (make_peer_key(first, &key, &cert) != 0) {
+        first->ran = 1;
+        goto out;
+    }
+    for (int v = 0; v < PEER_VARIANTS; v++) {
+        row *rows = shared->peer[v];
+        provhsm_test_swtpm_kill(&B.swtpm);
+        if (provhsm_test_swtpm_restart(&B.swtpm) != 0) {
+            rows[0].ran = 1;
+            snprintf(rows[0].err, sizeof(rows[0].err), "swtpm did not restart");
+            break;
+        }
+        fflush(stdout);
+        fflush(stderr);
+        pid_t pid = fork();
+        if (pid == 0)
+            peer_process(v, cert, key);
+        int status = 0;
+        while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+            ;
+        if (pid < 0 || WIFSIGNALED(status)) {
+            int i = 0;
+            while (i < PEER_ROWS - 1 && rows[i].ran && rows[i].ok)
+                i++;
+            rows[i].ran = 1;
+            snprintf(rows[i].err, sizeof(rows[i].err), "the peer's process %s %d",
+                     pid < 0 ? "could not start: errno" : "died of signal",
+                     pid < 0 ? errno : WTERMSIG(status));
+        }
+    }
+out:
+    free(key);
+    free(cert);
+}
+
+/* ---- output -------------------------------------------------------------------------- */
+
+static const char *unit_name(counter u)
+{
+    return u == COUNT_TPM ? "TPM cmds (proxy)" : u == COUNT_P11 ? "PKCS#11 calls" : "-";
+}
+
+static void print_row(const row *r)
+{
+    const char *tls = r->tls_version == TLS1_3_VERSION ? "1.3" : "1.2";
+    if (!r->ran)
+        return;
+    if (!r->ok) {
+        printf("%-44s %s  FAILED: %s; before failing: %llu TPM commands, %llu PKCS#11 calls\n",
+               r->name, tls, r->err,
+               (unsigned long long)(r->setup.frames + r->first.frames + r->steady.frames),
+               (unsigned long long)(r->setup.p11 + r->first.p11 + r->steady.p11));
+        return;
+    }
+    printf("%-44s %s %9.0f %9.0f %7.0f %8.2f  %-17s %5llu %5llu\n", r->name, tls, r->median, r->p90,
+           r->per_second, (double)row_count(r, &r->steady) / B.n, unit_name(r->unit),
+           (unsigned long long)row_count(r, &r->setup),
+           (unsigned long long)row_count(r, &r->first));
+}
+
+static void print_details(const row *r)
+{
+    if (!r->ran || r->unit != COUNT_TPM)
+        return;
+    printf("  %s, TLS %s%s:\n", r->name, r->tls_version == TLS1_3_VERSION ? "1.3" : "1.2",
+           r->ok ? "" : " (failed)");
+    if (r->ours)
+        printf("    provhsm_tpm_commands_total: %.2f per handshake, setup %llu, first %llu\n",
+               (double)r->steady.tpm / B.n, (unsigned long long)r->setup.tpm,
+               (unsigned long long)r->first.tpm);
+    if (r->ok)
+        print_codes("    per handshake at the proxy: ", &r->steady, B.n);
+    else
+        print_codes("    timed handshakes, in all: ", &r->steady, 1);
+    print_codes("    first handshake: ", &r->first, 1);
+    print_codes("    setup: ", &r->setup, 1);
+}
+
+static void print_targets(const row *software, const row *tpm, const row *tpm12, const row *softhsm)
+{
+    printf("\ntargets\n");
+    if (tpm->ok)
+        printf("  TPM key, TPM commands per handshake after the first: %.2f (TLS 1.3)%s, "
+               "target 1: %s\n",
+               (double)tpm->steady.frames / B.n,
+               tpm12->ok ? (tpm12->steady.frames == B.n ? ", 1.00 (TLS 1.2)" : ", TLS 1.2 differs")
+                         : "",
+               tpm->steady.frames == B.n && tpm->steady.tpm == B.n ? "met" : "MISSED");
+    if (software->ok && softhsm->ok)
+        printf("  SoftHSM2 median / software median: %.2f, target <= 1.30: %s\n",
+               softhsm->median / software->median,
+               softhsm->median <= 1.3 * software->median ? "met" : "MISSED");
+    for (int v = 0; v < PEER_VARIANTS; v++)
+        if (shared->peer[v][0].ok && tpm->ok)
+            printf("  tpm2-openssl (query %c): %.2f TPM commands per handshake against our %.2f; "
+                   "median %.0f us against our %.0f us (TLS 1.3)\n",
+                   'A' + v, (double)shared->peer[v][0].steady.frames / B.n,
+                   (double)tpm->steady.frames / B.n, shared->peer[v][0].median, tpm->median);
+}
+
+static void print_report(row *rows, size_t count)
+{
+    printf("bench_tls: TLS client-authenticated handshakes, %u per row after one warm-up, one "
+           "client SSL_CTX per row set up the SDK's way; in-process server (TLS 1.2-1.3, "
+           "verifies the client certificate); swtpm behind a TPM command counting proxy\n\n",
+           B.n);
+    printf("%-44s %-3s %9s %9s %7s %8s  %-17s %5s %5s\n", "key", "TLS", "median us", "p90 us",
+           "hs/s", "hw/hs", "counted", "setup", "first");
+    for (size_t i = 0; i < count; i++)
+        print_row(&rows[i]);
+    for (int v = 0; v < PEER_VARIANTS; v++)
+        for (int i = 0; i < PEER_ROWS; i++)
+            print_row(&shared->peer[v][i]);
+    printf("\nhw/hs: hardware commands per handshake over the %u; setup: from the SDK's "
+           "x509_create (our rows) or tls_client_new (the others) to a client SSL_CTX holding "
+           "the key; first: the warm-up handshake\n",
+           B.n);
+    for (size_t i = 0; i < count; i++)
+        print_details(&rows[i]);
+    for (int v = 0; v < PEER_VARIANTS; v++)
+        for (int i = 0; i < PEER_ROWS; i++)
+            print_details(&shared->peer[v][i]);
+    if (shared->peer[0][0].ran) {
+        printf("\ntpm2-openssl: %s, key made by openssl genpkey (%llu TPM commands); each "
+               "query in a process of its own (a fork of this one; the server stays here) that "
+               "loads it into the default library context next to the default provider, on a "
+               "restarted swtpm (no resource manager)\n",
+               B.tpm2_module, (unsigned long long)B.peer_keygen_frames);
+        for (int v = 0; v < PEER_VARIANTS; v++)
+            printf("  query %c: default properties \"%s\" (loading: %llu TPM commands)\n", 'A' + v,
+                   peer_queries[v], (unsigned long long)shared->load_frames[v]);
+    }
+    print_targets(&rows[0], &rows[2], &rows[3], &rows[4]);
+}
+
+/* ---- setup and teardown --------------------------------------------------------------- */
+
+static void remove_tree(const char *path)
+{
+    DIR *d = opendir(path);
+    if (d != NULL) {
+        struct dirent *e;
+        while ((e = readdir(d)) != NULL) {
+            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+                continue;
+            char child[1024];
+            struct stat sb;
+            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
+            if (lstat(child, &sb) == 0 && S_ISDIR(sb.st_mode))
+                remove_tree(child);
+            else
+                unlink(child);
+        }
+        closedir(d);
+    }
+    rmdir(path);
+}
+
+/* The counters and the peer's rows, in a file mapping the peer's processes share. */
+static int map_shared(void)
+{
+    char path[128];
+    snprintf(path, sizeof(path), "%s/shared", B.dir);
+    int fd = open(path, O_RDWR | O_CREAT | O_EXCL, 0600);
+    if (fd < 0)
+        return -1;
+    void *map = MAP_FAILED;
+    if (ftruncate(fd, (off_t)sizeof(shared_state)) == 0)
+        map = mmap(NULL, sizeof(shared_state), PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    close(fd);
+    if (map == MAP_FAILED)
+        return -1;
+    shared = map; /* zero-filled */
+    counted = &shared->counts;
+    for (int v = 0; v < PEER_VARIANTS; v++)
+        for (int i = 0; i < PEER_ROWS; i++) {
+            row *r = &shared->peer[v][i];
+            r->name = peer_names[v][i];
+            r->tls_version = i == 1 ? TLS1_2_VERSION : TLS1_3_VERSION;
+            r->unit = COUNT_TPM;
+        }
+    return 0;
+}
+
+static int start_devices(void)
+{
+    if (!provhsm_test_swtpm_available() || !provhsm_test_softhsm_available()) {
+        fprintf(stderr, "bench_tls: needs swtpm and SoftHSM2 (softhsm2-util and the module)\n");
+        return -1;
+    }
+    if (provhsm_test_swtpm_start(&B.swtpm, NULL) != 0 || proxy_start(B.swtpm.port) != 0) {
+        fprintf(stderr, "bench_tls: swtpm or the counting proxy did not start\n");
+        return -1;
+    }
+    snprintf(B.tcti, sizeof(B.tcti), "swtpm:host=127.0.0.1,port=%d", proxy.port);
+    if (provhsm_test_softhsm_start(&B.softhsm, TOKEN_LABEL) != 0)
+        return -1;
+    B.ca = tls_ca_new("bench_tls CA");
+    B.srv = B.ca != NULL ? tls_server_start(B.ca) : NULL;
+    if (B.srv == NULL) {
+        fprintf(stderr, "bench_tls: the TLS server did not start\n");
+        return -1;
+    }
+    return 0;
+}
+
+static void stop_everything(void)
+{
+    tls_server_stop(B.srv);
+    tls_ca_free(B.ca);
+    deinitialize_hsm_system();
+    free(B.software_cert);
+    provhsm_free_secret(B.software_key);
+    proxy_stop();
+    provhsm_test_swtpm_stop(&B.swtpm);
+    provhsm_test_softhsm_stop(&B.softhsm);
+    if (B.dir[0] != '\0')
+        remove_tree(B.dir);
+    free(B.samples);
+    if (shared != NULL)
+        munmap(shared, sizeof(*shared));
+}
+
+int main(int argc, char **argv)
+{
+    long n = argc > 1 ? strtol(argv[1], NULL, 10) : DEFAULT_HANDSHAKES;
+    if (argc > 2 || n < 1 || n > 100000) {
+        fprintf(stderr, "usage: bench_tls [HANDSHAKES]   (1..100000, default %d)\n",
+                DEFAULT_HANDSHAKES);
+        return 2;
+    }
+    B.n = (unsigned)n;
+    setenv("TSS2_LOG", "all+none", 0);
+    unsetenv("PROVHSM_STORE"); /* every row names its store in its own configuration */
+    unsetenv("PROVHSM_TCTI");
+    snprintf(B.dir, sizeof(B.dir), "/tmp/provhsm-bench-tls-XXXXXX");
+    B.samples = malloc(sizeof(double) * B.n);
+    if (B.samples == NULL || mkdtemp(B.dir) == NULL) {
+        B.dir[0] = '\0';
+        free(B.samples);
+        fprintf(stderr, "bench_tls: no memory or no temporary directory\n");
+        return 1;
+    }
+    if (map_shared() != 0) {
+        fprintf(stderr, "bench_tls: cannot map %s/shared\n", B.dir);
+        stop_everything();
+        return 1;
+    }
+
+    row rows[] = {
+        {.name = "software EC P-256 (store, PKCS#8)",
+         .tls_version = TLS1_3_VERSION,
+         .unit = COUNT_NONE,
+         .ours = 1},
+        {.name = "software EC P-256 (store, PKCS#8)",
+         .tls_version = TLS1_2_VERSION,
+         .unit = COUNT_NONE,
+         .ours = 1},
+        {.name = "TPM EC P-256 ([x509] backend = tpm)",
+         .tls_version = TLS1_3_VERSION,
+         .unit = COUNT_TPM,
+         .ours = 1},
+        {.name = "TPM EC P-256 ([x509] backend = tpm)",
+         .tls_version = TLS1_2_VERSION,
+         .unit = COUNT_TPM,
+         .ours = 1},
+        {.name = "SoftHSM2 EC P-256 ([x509] backend = pkcs11)",
+         .tls_version = TLS1_3_VERSION,
+         .unit = COUNT_P11,
+         .ours = 1},
+    };
+    int failed = start_devices() != 0 || initialize_hsm_system() != 0;
+    if (!failed) {
+        char tpm[256], p11[512];
+        snprintf(tpm, sizeof(tpm), "[x509]\nbackend = tpm\n[tpm]\ntcti = %s\n", B.tcti);
+        snprintf(p11, sizeof(p11),
+                 "[x509]\nbackend = pkcs11\n[pkcs11]\nmodule = %s\ntoken = pkcs11:token=%s\n"
+                 "pin_env = %s\n",
+                 B.softhsm.module, TOKEN_LABEL, PROVHSM_TEST_PIN_ENV);
+        failed |= run_ours(&rows[0], 2, "software", "", 1) != 0;
+        failed |= run_ours(&rows[2], 2, "tpm", tpm, 0) != 0;
+        failed |= run_ours(&rows[4], 1, "pkcs11", p11, 0) != 0;
+        run_peer();
+    }
+
+    if (!failed || rows[0].ran)
+        print_report(rows, sizeof(rows) / sizeof(rows[0]));
+    for (size_t i = 0; i < sizeof(rows) / sizeof(rows[0]); i++)
+        failed |= rows[i].ours && !rows[i].ok;
+    stop_everything();
+    return failed ? 1 : 0;
+}

@@ -50,7 +50,7 @@ typedef struct provhsm_config {
     uint32_t x509_key_handle; /* the X.509 device key made by `x509 generate` */
 
     /* [pkcs11]: X.509 keys on a token */
-    char pkcs11_module[PROVHSM_PATH_MAX];   /* the module (.so); "" = p11-kit's proxy */
+    char pkcs11_module[PROVHSM_PATH_MAX];   /* the module (.so); "" = those p11-kit registers */
     char pkcs11_token[PROVHSM_PATH_MAX];    /* RFC 7512 URI selecting the token */
     char pkcs11_pin_file[PROVHSM_PATH_MAX]; /* file holding the user PIN; "" = none */
     char pkcs11_pin_env[PROVHSM_NAME_MAX];  /* env var holding the PIN */

@@ -30,7 +30,6 @@
 #define MOD "pkcs11"
 
 #define PIN_FILE_MAX   256 /* bytes read from a PIN file */
-#define PROXY_MODULE   "p11-kit-proxy.so"
 #define MAX_SLOTS      256
 #define PIN_HASH_BYTES 32
 
@@ -43,13 +42,14 @@ static atomic_uint_fast64_t logins_total;
 
 typedef struct p11_module {
     struct p11_module *next;
-    char path[PROVHSM_PATH_MAX]; /* as configured ("" = the proxy) */
-    CK_FUNCTION_LIST *fl;
+    char path[PROVHSM_PATH_MAX]; /* as configured ("" = every module registered with p11-kit) */
+    CK_FUNCTION_LIST **list;     /* NULL-terminated, initialised */
 } p11_module;
 
 struct provhsm_p11_token {
     struct provhsm_p11_token *next;
     p11_module *module;
+    CK_FUNCTION_LIST *fl; /* the module of `module` that holds the token */
     CK_SLOT_ID slot;
     CK_TOKEN_INFO info; /* as found: label, manufacturer, model, serial name the token */
     char label[33];     /* info.label without its padding, for messages */
@@ -218,7 +218,84 @@ static provhsm_err rv_to_err(CK_RV rv)
 
 /* ---- modules ------------------------------------------------------------------------ */
 
-/* The module loaded from `path`, loading and initialising it on first use (registry lock held). */
+/* C_Initialize with OS locking and no callbacks: the module uses its own threads' primitives. */
+static int module_init(CK_FUNCTION_LIST *fl, const char *name)
+{
+    CK_C_INITIALIZE_ARGS args = {0};
+    args.flags = CKF_OS_LOCKING_OK;
+    CK_RV rv = CALL(fl, C_Initialize, &args);
+    if (rv == CKR_OK || rv == CKR_CRYPTOKI_ALREADY_INITIALIZED)
+        return 1;
+    char buf[24];
+    PH_ERR(MOD, "C_Initialize of the PKCS#11 module %s failed: %s (%s)", name,
+           provhsm_p11_rv_name(rv, buf, sizeof(buf)), p11_kit_strerror(rv));
+    return 0;
+}
+
+/* The module at `path`, in a list of one. */
+static CK_FUNCTION_LIST **load_one(const char *path)
+{
+    CK_FUNCTION_LIST **list = calloc(2, sizeof(*list));
+    if (list == NULL)
+        return NULL;
+    list[0] = p11_kit_module_load(path, 0);
+    if (list[0] == NULL) {
+        const char *why = p11_kit_message();
+        PH_ERR(MOD, "cannot load the PKCS#11 module %s: %s", path,
+               why != NULL ? why : "p11-kit gave no reason");
+    } else if (!module_init(list[0], path)) {
+        p11_kit_module_release(list[0]);
+        list[0] = NULL;
+    }
+    if (list[0] == NULL) {
+        free(list);
+        return NULL;
+    }
+    return list;
+}
+
+/*
+ * Every module registered with p11-kit (what its proxy module offers), those that
+ * initialise; a module that fails is left out with a log line.
+ */
+static CK_FUNCTION_LIST **load_registered(void)
+{
+    CK_FUNCTION_LIST **list = p11_kit_modules_load(NULL, 0);
+    if (list == NULL) {
+        const char *why = p11_kit_message();
+        PH_ERR(MOD, "cannot load the PKCS#11 modules registered with p11-kit: %s",
+               why != NULL ? why : "p11-kit gave no reason");
+        return NULL;
+    }
+    size_t kept = 0;
+    for (size_t i = 0; list[i] != NULL; i++) {
+        char *name = p11_kit_module_get_name(list[i]);
+        if (module_init(list[i], name != NULL ? name : "(unnamed)"))
+            list[kept++] = list[i];
+        else
+            p11_kit_module_release(list[i]);
+        free(name);
+    }
+    list[kept] = NULL;
+    if (kept == 0) {
+        PH_ERR(MOD, "no PKCS#11 module is registered with p11-kit: set [pkcs11] module to "
+                    "the token's module");
+        p11_kit_modules_release(list);
+        return NULL;
+    }
+    return list;
+}
+
+static void modules_finalize(CK_FUNCTION_LIST **list)
+{
+    for (size_t i = 0; list[i] != NULL; i++) {
+        (void)CALL(list[i], C_Finalize, NULL);
+        p11_kit_module_release(list[i]);
+    }
+    free(list);
+}
+
+/* The module(s) for `path`, loaded and initialised on first use (registry lock held). */
 static provhsm_err module_get(const char *path, p11_module **out)
 {
     for (p11_module *m = modules; m != NULL; m = m->next)
@@ -226,34 +303,16 @@ static provhsm_err module_get(const char *path, p11_module **out)
             *out = m;
             return PROVHSM_OK;
         }
-    const char *file = path[0] != '\0' ? path : PROXY_MODULE;
-    CK_FUNCTION_LIST *fl = p11_kit_module_load(file, 0);
-    if (fl == NULL) {
-        const char *why = p11_kit_message();
-        PH_ERR(MOD, "cannot load the PKCS#11 module %s: %s%s", file,
-               why != NULL ? why : "p11-kit gave no reason",
-               path[0] == '\0' ? " (set [pkcs11] module to the token's PKCS#11 module)" : "");
+    CK_FUNCTION_LIST **list = path[0] != '\0' ? load_one(path) : load_registered();
+    if (list == NULL)
         return PROVHSM_E_NO_DEVICE;
-    }
-    /* OS locking and no callbacks: the module uses its own threads' primitives */
-    CK_C_INITIALIZE_ARGS args = {0};
-    args.flags = CKF_OS_LOCKING_OK;
-    CK_RV rv = CALL(fl, C_Initialize, &args);
-    if (rv != CKR_OK && rv != CKR_CRYPTOKI_ALREADY_INITIALIZED) {
-        char buf[24];
-        PH_ERR(MOD, "C_Initialize of the PKCS#11 module %s failed: %s (%s)", file,
-               provhsm_p11_rv_name(rv, buf, sizeof(buf)), p11_kit_strerror(rv));
-        p11_kit_module_release(fl);
-        return PROVHSM_E_NO_DEVICE;
-    }
     p11_module *m = calloc(1, sizeof(*m));
     if (m == NULL) {
-        (void)CALL(fl, C_Finalize, NULL);
-        p11_kit_module_release(fl);
+        modules_finalize(list);
         return PROVHSM_E_NOMEM;
     }
     snprintf(m->path, sizeof(m->path), "%s", path);
-    m->fl = fl;
+    m->list = list;
     m->next = modules;
     modules = m;
     *out = m;
@@ -312,43 +371,71 @@ static provhsm_err slot_list(CK_FUNCTION_LIST *fl, CK_SLOT_ID **out, CK_ULONG *c
     return PROVHSM_OK;
 }
 
-/*
- * The one initialised token that every URI in `uris` selects (NULL entries skipped).
- * PROVHSM_E_NO_DEVICE when none does, PROVHSM_E_CONFIG when several do; logged.
- */
-static provhsm_err select_token(CK_FUNCTION_LIST *fl, P11KitUri *const uris[2], const char *shown,
-                                CK_SLOT_ID *slot_out, CK_TOKEN_INFO *info_out)
+/* 1 when every URI in `uris` (NULL entries skipped) selects this module and token. */
+static int token_matches(P11KitUri *const uris[2], CK_INFO *module, const CK_TOKEN_INFO *info)
 {
+    for (int u = 0; u < 2; u++)
+        if (uris[u] != NULL &&
+            (!p11_kit_uri_match_token_info(uris[u], info) ||
+             (module != NULL && !p11_kit_uri_match_module_info(uris[u], module))))
+            return 0;
+    return 1;
+}
+
+typedef struct token_choice {
+    CK_FUNCTION_LIST *fl;
+    CK_SLOT_ID slot;
+    CK_TOKEN_INFO info;
+    int found;
+} token_choice;
+
+/* Counts the initialised tokens of one module that the URIs select; keeps the first. */
+static provhsm_err scan_module(CK_FUNCTION_LIST *fl, P11KitUri *const uris[2], token_choice *c)
+{
+    CK_INFO module_info;
+    int have_info = CALL(fl, C_GetInfo, &module_info) == CKR_OK;
     CK_SLOT_ID *slots = NULL;
     CK_ULONG n = 0;
     provhsm_err err = slot_list(fl, &slots, &n);
     if (err != PROVHSM_OK)
         return err;
-    int found = 0;
     for (CK_ULONG i = 0; i < n; i++) {
         CK_TOKEN_INFO info;
         if (CALL(fl, C_GetTokenInfo, slots[i], &info) != CKR_OK ||
-            !(info.flags & CKF_TOKEN_INITIALIZED))
+            !(info.flags & CKF_TOKEN_INITIALIZED) ||
+            !token_matches(uris, have_info ? &module_info : NULL, &info))
             continue;
-        int match = 1;
-        for (int u = 0; u < 2; u++)
-            if (uris[u] != NULL && !p11_kit_uri_match_token_info(uris[u], &info))
-                match = 0;
-        if (!match)
-            continue;
-        if (found++ == 0) {
-            *slot_out = slots[i];
-            *info_out = info;
+        if (c->found++ == 0) {
+            c->fl = fl;
+            c->slot = slots[i];
+            c->info = info;
         }
     }
     free(slots);
-    if (found == 0) {
+    return PROVHSM_OK;
+}
+
+/*
+ * The one initialised token that every URI in `uris` selects, among the module's (or the
+ * registered modules') tokens. PROVHSM_E_NO_DEVICE when none does, PROVHSM_E_CONFIG when
+ * several do; logged.
+ */
+static provhsm_err select_token(const p11_module *m, P11KitUri *const uris[2], const char *shown,
+                                token_choice *c)
+{
+    memset(c, 0, sizeof(*c));
+    for (size_t i = 0; m->list[i] != NULL; i++) {
+        provhsm_err err = scan_module(m->list[i], uris, c);
+        if (err != PROVHSM_OK && m->list[1] == NULL)
+            return err; /* with several modules, one failing does not hide the others */
+    }
+    if (c->found == 0) {
         PH_ERR(MOD, "token not present: no initialised token matches %s", shown);
         return PROVHSM_E_NO_DEVICE;
     }
-    if (found > 1) {
-        PH_ERR(MOD, "%d tokens match %s: name one with token= or serial= in [pkcs11] token", found,
-               shown);
+    if (c->found > 1) {
+        PH_ERR(MOD, "%d tokens match %s: name one with token= or serial= in [pkcs11] token",
+               c->found, shown);
         return PROVHSM_E_CONFIG;
     }
     return PROVHSM_OK;
@@ -370,11 +457,10 @@ static provhsm_err parse_uri(const char *text, const char *what, P11KitUri **out
 }
 
 /* The token for this module and token identity (registry lock held), created if new. */
-static provhsm_err token_entry(p11_module *m, CK_SLOT_ID slot, const CK_TOKEN_INFO *info,
-                               provhsm_p11_token **out)
+static provhsm_err token_entry(p11_module *m, const token_choice *c, provhsm_p11_token **out)
 {
     for (provhsm_p11_token *t = tokens; t != NULL; t = t->next)
-        if (t->module == m && same_token(&t->info, info)) {
+        if (t->module == m && t->fl == c->fl && same_token(&t->info, &c->info)) {
             *out = t;
             return PROVHSM_OK;
         }
@@ -386,8 +472,10 @@ static provhsm_err token_entry(p11_module *m, CK_SLOT_ID slot, const CK_TOKEN_IN
         return PROVHSM_E_NOMEM;
     }
     t->module = m;
-    t->slot = slot;
-    t->info = *info;
+    t->fl = c->fl;
+    t->slot = c->slot;
+    t->info = c->info;
+    const CK_TOKEN_INFO *info = &c->info;
     copy_padded(t->label, sizeof(t->label), info->label, sizeof(info->label));
     t->next = tokens;
     tokens = t;
@@ -466,8 +554,7 @@ static provhsm_err login_with(provhsm_p11_token *t, const uint8_t *pin, size_t l
         return PROVHSM_E_WRONG_KEY;
     }
     atomic_fetch_add(&logins_total, 1);
-    CK_RV rv =
-        CALL(t->module->fl, C_Login, t->session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)len);
+    CK_RV rv = CALL(t->fl, C_Login, t->session, CKU_USER, (CK_UTF8CHAR_PTR)pin, (CK_ULONG)len);
     provhsm_err err = PROVHSM_OK;
     if (rv == CKR_PIN_INCORRECT) {
         memcpy(t->refused_pin, hash, sizeof(hash));
@@ -498,7 +585,7 @@ static provhsm_err login(provhsm_p11_token *t)
     if (err == PROVHSM_E_NOT_FOUND && (t->info.flags & CKF_PROTECTED_AUTHENTICATION_PATH)) {
         /* the PIN is entered on the device itself */
         atomic_fetch_add(&logins_total, 1);
-        CK_RV rv = CALL(t->module->fl, C_Login, t->session, CKU_USER, NULL, 0);
+        CK_RV rv = CALL(t->fl, C_Login, t->session, CKU_USER, NULL, 0);
         if (rv == CKR_OK || rv == CKR_USER_ALREADY_LOGGED_IN)
             return PROVHSM_OK;
         log_rv(t, "C_Login", rv);
@@ -519,14 +606,14 @@ static void session_drop(provhsm_p11_token *t)
 {
     if (!t->have_session)
         return;
-    (void)CALL(t->module->fl, C_CloseSession, t->session);
+    (void)CALL(t->fl, C_CloseSession, t->session);
     t->have_session = 0;
 }
 
 /* Finds the token again (it may be in another slot after being put back). */
 static provhsm_err slot_refind(provhsm_p11_token *t)
 {
-    CK_FUNCTION_LIST *fl = t->module->fl;
+    CK_FUNCTION_LIST *fl = t->fl;
     CK_SLOT_ID *slots = NULL;
     CK_ULONG n = 0;
     provhsm_err err = slot_list(fl, &slots, &n);
@@ -548,7 +635,7 @@ static provhsm_err slot_refind(provhsm_p11_token *t)
 
 static CK_RV open_session(provhsm_p11_token *t)
 {
-    CK_FUNCTION_LIST *fl = t->module->fl;
+    CK_FUNCTION_LIST *fl = t->fl;
     atomic_fetch_add(&sessions_opened_total, 1);
     CK_RV rv = CALL(fl, C_OpenSession, t->slot, CKF_SERIAL_SESSION | CKF_RW_SESSION, NULL, NULL,
                     &t->session);
@@ -600,18 +687,17 @@ provhsm_err provhsm_p11_token_get(const provhsm_config *cfg, const char *object_
     char shown[1100];
     snprintf(shown, sizeof(shown), "%.300s%s%.300s in module %.400s", cfg->pkcs11_token,
              object_uri != NULL ? " and " : "", object_uri != NULL ? object_uri : "",
-             cfg->pkcs11_module[0] != '\0' ? cfg->pkcs11_module : PROXY_MODULE);
+             cfg->pkcs11_module[0] != '\0' ? cfg->pkcs11_module : "(every module p11-kit knows)");
 
     provhsm_p11_token *t = NULL;
     pthread_mutex_lock(&registry_lock);
     p11_module *m = NULL;
-    CK_SLOT_ID slot = 0;
-    CK_TOKEN_INFO info;
+    token_choice choice;
     err = module_get(cfg->pkcs11_module, &m);
     if (err == PROVHSM_OK)
-        err = select_token(m->fl, uris, shown, &slot, &info);
+        err = select_token(m, uris, shown, &choice);
     if (err == PROVHSM_OK)
-        err = token_entry(m, slot, &info, &t);
+        err = token_entry(m, &choice, &t);
     pthread_mutex_unlock(&registry_lock);
     p11_kit_uri_free(uris[0]);
     p11_kit_uri_free(uris[1]);
@@ -619,7 +705,7 @@ provhsm_err provhsm_p11_token_get(const provhsm_config *cfg, const char *object_
         return err;
 
     pthread_mutex_lock(&t->lock);
-    t->slot = slot;
+    t->slot = choice.slot;
     /* where the PIN is read from at the next login: the configuration of the latest caller */
     snprintf(t->pin_file, sizeof(t->pin_file), "%s", cfg->pkcs11_pin_file);
     snprintf(t->pin_env, sizeof(t->pin_env), "%s", cfg->pkcs11_pin_env);
@@ -685,7 +771,7 @@ static provhsm_err run(provhsm_p11_token *t, p11_op op, void *arg)
 static CK_RV find(provhsm_p11_token *t, CK_ATTRIBUTE *tmpl, CK_ULONG n, CK_OBJECT_HANDLE *found,
                   CK_ULONG max, CK_ULONG *count, const char **call)
 {
-    CK_FUNCTION_LIST *fl = t->module->fl;
+    CK_FUNCTION_LIST *fl = t->fl;
     *count = 0;
     CK_RV rv = CALL(fl, C_FindObjectsInit, t->session, tmpl, n);
     if (rv != CKR_OK) {
@@ -737,7 +823,7 @@ static void name_describe(const provhsm_p11_keyname *name, char *buf, size_t len
 static int token_present(provhsm_p11_token *t)
 {
     CK_TOKEN_INFO info;
-    return CALL(t->module->fl, C_GetTokenInfo, t->slot, &info) == CKR_OK &&
+    return CALL(t->fl, C_GetTokenInfo, t->slot, &info) == CKR_OK &&
            (info.flags & CKF_TOKEN_INITIALIZED) && same_token(&info, &t->info);
 }
 
@@ -746,7 +832,7 @@ static int logged_out(provhsm_p11_token *t)
 {
     CK_SESSION_INFO info;
     if (!(t->info.flags & CKF_LOGIN_REQUIRED) ||
-        CALL(t->module->fl, C_GetSessionInfo, t->session, &info) != CKR_OK)
+        CALL(t->fl, C_GetSessionInfo, t->session, &info) != CKR_OK)
         return 0;
     return info.state == CKS_RO_PUBLIC_SESSION || info.state == CKS_RW_PUBLIC_SESSION;
 }
@@ -795,7 +881,7 @@ static CK_RV find_private(provhsm_p11_token *t, const provhsm_p11_keyname *name,
 static CK_RV get_var_attr(provhsm_p11_token *t, CK_OBJECT_HANDLE obj, CK_ATTRIBUTE_TYPE type,
                           uint8_t **out, size_t *len_out)
 {
-    CK_FUNCTION_LIST *fl = t->module->fl;
+    CK_FUNCTION_LIST *fl = t->fl;
     CK_ATTRIBUTE a = {type, NULL, 0};
     CK_RV rv = CALL(fl, C_GetAttributeValue, t->session, obj, &a, 1);
     if (rv != CKR_OK)
@@ -838,8 +924,7 @@ static CK_RV read_private_facts(provhsm_p11_token *t, CK_OBJECT_HANDLE obj,
         {CKA_ID, id, sizeof(id)},
         {CKA_LABEL, label, sizeof(label)},
     };
-    CK_RV rv =
-        CALL(t->module->fl, C_GetAttributeValue, t->session, obj, a, sizeof(a) / sizeof(a[0]));
+    CK_RV rv = CALL(t->fl, C_GetAttributeValue, t->session, obj, a, sizeof(a) / sizeof(a[0]));
     /* these two say only that some attribute is missing or too long: each is checked */
     if (rv != CKR_OK && rv != CKR_ATTRIBUTE_TYPE_INVALID && rv != CKR_BUFFER_TOO_SMALL &&
         rv != CKR_ATTRIBUTE_SENSITIVE) {
@@ -990,9 +1075,8 @@ static CK_RV generate_op(provhsm_p11_token *t, void *p, const char **call, provh
     };
     CK_MECHANISM mech = {CKM_EC_KEY_PAIR_GEN, NULL, 0};
     CK_OBJECT_HANDLE pub_obj, priv_obj;
-    CK_RV rv =
-        CALL(t->module->fl, C_GenerateKeyPair, t->session, &mech, pub, sizeof(pub) / sizeof(pub[0]),
-             priv, sizeof(priv) / sizeof(priv[0]), &pub_obj, &priv_obj);
+    CK_RV rv = CALL(t->fl, C_GenerateKeyPair, t->session, &mech, pub, sizeof(pub) / sizeof(pub[0]),
+                    priv, sizeof(priv) / sizeof(priv[0]), &pub_obj, &priv_obj);
     if (rv != CKR_OK)
         *call = "C_GenerateKeyPair (EC)";
     return rv;
@@ -1069,7 +1153,7 @@ static CK_RV key_handle(provhsm_p11_token *t, provhsm_p11_key *key, int force, c
 static CK_RV sign_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
 {
     sign_arg *a = p;
-    CK_FUNCTION_LIST *fl = t->module->fl;
+    CK_FUNCTION_LIST *fl = t->fl;
     CK_MECHANISM mech = {CKM_ECDSA, NULL, 0};
     CK_RV rv = key_handle(t, a->key, 0, call, err);
     if (rv != CKR_OK || *err != PROVHSM_OK)
@@ -1120,7 +1204,7 @@ provhsm_err provhsm_p11_sign(provhsm_p11_key *key, const uint8_t *digest, size_t
 static CK_RV destroy_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
 {
     const provhsm_p11_keyname *name = p;
-    CK_FUNCTION_LIST *fl = t->module->fl;
+    CK_FUNCTION_LIST *fl = t->fl;
     CK_OBJECT_HANDLE priv = CK_INVALID_HANDLE;
     CK_RV rv = find_private(t, name, 1, &priv, call, err);
     if (rv != CKR_OK || *err != PROVHSM_OK)
@@ -1262,8 +1346,7 @@ void provhsm_p11_shutdown(void)
     while (modules != NULL) {
         p11_module *m = modules;
         modules = m->next;
-        (void)CALL(m->fl, C_Finalize, NULL);
-        p11_kit_module_release(m->fl);
+        modules_finalize(m->list);
         free(m);
     }
     pthread_mutex_unlock(&registry_lock);

@@ -65,7 +65,8 @@ void provhsm_p11_key_facts_clear(provhsm_p11_key_facts *f);
 
 /*
  * The token that cfg->pkcs11_token selects among the initialised tokens of
- * cfg->pkcs11_module ("" = p11-kit's proxy module) and that, when object_uri is not
+ * cfg->pkcs11_module ("" = every module registered with p11-kit, what p11-kit's proxy
+ * module would offer) and that, when object_uri is not
  * NULL, the token attributes of that URI select too. Loads and initialises the module,
  * opens the session and logs in on first use; later calls return the same token.
  * Errors: PROVHSM_E_CONFIG (bad URI, no PIN configured), PROVHSM_E_NO_DEVICE (module

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include <openssl/bn.h>
@@ -645,6 +646,31 @@ static void test_module_and_token_selection(void **state)
     assert_null(key);
 }
 
+/*
+ * module = "": the token is looked for in every module registered with p11-kit (what its
+ * proxy module offers); SoftHSM2's package registers its module.
+ */
+static void test_registered_modules(void **state)
+{
+    fixture *f = *state;
+    if (access("/usr/share/p11-kit/modules/softhsm2.module", R_OK) != 0) {
+        fprintf(stderr, "SoftHSM2 is not registered with p11-kit here: not checked\n");
+        return;
+    }
+    f->cfg.pkcs11_module[0] = '\0';
+    char *secret = NULL;
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &f->ref, &secret),
+                     PROVHSM_OK);
+    open_key(f);
+    uint8_t dg[32], rs[96];
+    size_t dg_len = 0, rs_len = 0;
+    digest("SHA256", "through p11-kit's registered modules", dg, &dg_len);
+    uint64_t calls = provhsm_p11_calls_total();
+    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_int_equal(provhsm_p11_calls_total() - calls, 2);
+    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+}
+
 typedef struct thread_arg {
     fixture *f;
     int failures;
@@ -709,6 +735,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_extractable_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),
         cmocka_unit_test_setup_teardown(test_module_and_token_selection, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_registered_modules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_four_threads, setup, teardown),
         cmocka_unit_test(test_config_token_must_be_uri),
     };

@@ -265,7 +265,12 @@ static void test_wrong_secret_cannot_sign(void **unused)
     assert_int_equal(be->key_open(&G.cfg, &G.ref, "hex:zz", &key), PROVHSM_E_CORRUPT);
     assert_null(key);
 
-    /* and the right one still signs (noDA: wrong values did not lock the key out) */
+    /* more wrong values than the TPM's dictionary-attack limit... */
+    assert_int_equal(be->key_open(&G.cfg, &G.ref, wrong, &key), PROVHSM_OK);
+    for (int i = 0; i < 10; i++)
+        assert_int_equal(sign_and_verify(key, &G.ref, "guess"), PROVHSM_E_TPM);
+    be->key_close(key);
+    /* ...and the right one still signs: the key is noDA, nobody can lock it out */
     assert_int_equal(be->key_open(&G.cfg, &G.ref, G.secret, &key), PROVHSM_OK);
     assert_int_equal(sign_and_verify(key, &G.ref, "right"), PROVHSM_OK);
     be->key_close(key);
@@ -457,10 +462,15 @@ static void test_p384_key(void **unused)
     assert_int_equal(be->key_sign(key, digest, digest_len, rs, &rs_len), PROVHSM_OK);
     assert_int_equal(rs_len, 96);
     assert_true(verifies(&ref, digest, digest_len, rs, rs_len));
-    be->key_close(key);
 
-    /* destroy evicts it; a second time there is nothing */
+    /* destroy evicts it, also under an open key, whose next signature says so */
     assert_int_equal(be->key_destroy(&cfg, &ref, secret), PROVHSM_OK);
+    provhsm_test_log_clear();
+    rs_len = sizeof(rs);
+    assert_int_equal(be->key_sign(key, digest, digest_len, rs, &rs_len), PROVHSM_E_NOT_FOUND);
+    assert_true(provhsm_test_log_seen("no key at TPM persistent handle 0x81000111 any more"));
+    be->key_close(key);
+    /* a second time there is nothing to destroy */
     assert_int_equal(be->key_destroy(&cfg, &ref, secret), PROVHSM_E_NOT_FOUND);
     provhsm_secure_free(secret);
     provhsm_keyref_clear(&ref);

@@ -6,8 +6,8 @@
  * hsm_client_x509_init) for TLS 1.3 and 1.2 handshakes with client authentication
  * against a server that requires and verifies the certificate.
  * Counted: PKCS#11 calls per handshake (two: C_SignInit + C_Sign), no new session over
- * 1,000 handshakes, 4 threads at once; the token removed mid-run fails the handshake
- * with a logged reason, in bounded time.
+ * 1,000 handshakes, 4 threads at once; the key deleted from the token, then the token
+ * removed mid-run, fail the handshake with a logged reason, in bounded time.
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -22,6 +22,8 @@
 #include <cmocka.h>
 
 #include <openssl/ssl.h>
+
+#include <p11-kit/uri.h>
 
 #include "hsm_client_data.h"
 #include "keyref.h"
@@ -235,22 +237,59 @@ static void test_four_threads_handshaking(void **unused)
     assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
 }
 
-/* The token's files deleted: the next handshake fails, says why, and does not hang. */
-static void test_token_removed_fails_handshake(void **unused)
+/* The CKA_ID of the identity's key, from the alias key's URI (read with p11-kit). */
+static size_t key_id(uint8_t *id, size_t room)
 {
-    (void)unused;
+    provhsm_keyref ref = {0};
+    assert_int_equal(provhsm_keyref_from_pem(G.key_pem, strlen(G.key_pem), &ref), PROVHSM_OK);
+    P11KitUri *uri = p11_kit_uri_new();
+    assert_int_equal(p11_kit_uri_parse(ref.locator, P11_KIT_URI_FOR_ANY, uri), P11_KIT_URI_OK);
+    CK_ATTRIBUTE *a = p11_kit_uri_get_attribute(uri, CKA_ID);
+    assert_non_null(a);
+    assert_true(a->ulValueLen <= room);
+    memcpy(id, a->pValue, a->ulValueLen);
+    size_t len = a->ulValueLen;
+    p11_kit_uri_free(uri);
+    provhsm_keyref_clear(&ref);
+    return len;
+}
+
+/* One handshake that must fail within bounded time, the log saying `why`. */
+static void handshake_fails(tls_client *cl, const char *why)
+{
     char err[512] = "";
-    tls_client *cl = tls_client_new(G.srv, G.cert_pem, G.key_pem, TLS1_3_VERSION, err, sizeof(err));
-    assert_non_null(cl);
-    assert_int_equal(tls_client_handshake(cl, err, sizeof(err)), 0);
-    assert_int_equal(provhsm_test_softhsm_remove_tokens(&G.hsm), 0);
     provhsm_test_p11_log_clear();
     unsigned long before = tls_server_verified_handshakes(G.srv);
     double t0 = now_s();
     assert_int_not_equal(tls_client_handshake(cl, err, sizeof(err)), 0);
     assert_true(now_s() - t0 < 15.0);
     assert_int_equal(tls_server_verified_handshakes(G.srv), before);
-    assert_true(provhsm_test_p11_log_seen("token not present"));
+    assert_true(provhsm_test_p11_log_seen(why));
+}
+
+/*
+ * The key deleted from the token, then the token's files deleted: each time the next
+ * handshake fails, says why, and does not hang. Last: nothing is left to sign with.
+ */
+static void test_key_deleted_then_token_removed(void **unused)
+{
+    (void)unused;
+    char err[512] = "";
+    tls_client *cl = tls_client_new(G.srv, G.cert_pem, G.key_pem, TLS1_3_VERSION, err, sizeof(err));
+    assert_non_null(cl);
+    assert_int_equal(tls_client_handshake(cl, err, sizeof(err)), 0);
+
+    uint8_t id[64];
+    size_t id_len = key_id(id, sizeof(id));
+    provhsm_test_p11 direct;
+    assert_int_equal(provhsm_test_p11_open(&G.hsm, &direct), 0);
+    CK_OBJECT_HANDLE priv = provhsm_test_p11_find(&direct, CKO_PRIVATE_KEY, id, id_len);
+    assert_int_equal(direct.fl->C_DestroyObject(direct.session, priv), CKR_OK);
+    provhsm_test_p11_close(&direct);
+    handshake_fails(cl, "no private key");
+
+    assert_int_equal(provhsm_test_softhsm_remove_tokens(&G.hsm), 0);
+    handshake_fails(cl, "token not present");
     tls_client_free(cl);
 }
 
@@ -265,7 +304,7 @@ int main(void)
         cmocka_unit_test(test_handshakes_tls13_and_tls12),
         cmocka_unit_test(test_two_calls_per_handshake_no_session_leak),
         cmocka_unit_test(test_four_threads_handshaking),
-        cmocka_unit_test(test_token_removed_fails_handshake), /* last: the token is gone */
+        cmocka_unit_test(test_key_deleted_then_token_removed), /* last: nothing left */
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

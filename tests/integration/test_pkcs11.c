@@ -199,8 +199,15 @@ static void test_generate_key_stays_on_token(void **state)
 static void test_sign_verifies_two_calls(void **state)
 {
     fixture *f = *state;
+    uint64_t start = provhsm_p11_calls_total();
     generate(f);
+    uint64_t opened = provhsm_p11_calls_total();
     open_key(f);
+    fprintf(stderr,
+            "PKCS#11 calls: key_generate %llu (module load and login included), "
+            "key_open %llu\n",
+            (unsigned long long)(opened - start),
+            (unsigned long long)(provhsm_p11_calls_total() - opened));
     const char *mds[] = {"SHA256", "SHA384"};
     for (size_t i = 0; i < 2; i++) {
         uint8_t dg[64], rs[96];

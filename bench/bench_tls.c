@@ -236,6 +236,8 @@ static void *serve_relay(void *arg)
     return NULL;
 }
 
+/* arg: NULL for the command port, anything else for the control port */
+// cppcheck-suppress constParameter ; a pthread start routine
 static void *accept_loop(void *arg)
 {
     int control = arg != NULL;
@@ -687,13 +689,14 @@ static int make_peer_key(row *r, char **key_out, char **cert_out)
     char *genpkey[] = {"openssl",  "genpkey",     "-provider",     "tpm2",       "-provider",
                        "default",  "-propquery",  "provider=tpm2", "-algorithm", "EC",
                        "-pkeyopt", "group:P-256", "-out",          key,          NULL};
-    char *pkey[] = {"openssl", "pkey", "-provider", "tpm2", "-provider", "default",
-                    "-in",     key,    "-pubout",   "-out", pub,         NULL};
     hw_counts t0;
     counts_now(&t0);
     int rc = run_logged(genpkey, log);
-    if (rc == 0)
+    if (rc == 0) {
+        char *pkey[] = {"openssl", "pkey", "-provider", "tpm2", "-provider", "default",
+                        "-in",     key,    "-pubout",   "-out", pub,         NULL};
         rc = run_logged(pkey, log);
+    }
     B.peer_keygen_frames = atomic_load(&counted->commands) - t0.frames;
     if (rc != 0) {
         snprintf(r->err, sizeof(r->err), "making the key with openssl genpkey/pkey failed");
@@ -723,7 +726,8 @@ static int tpm2_module_present(void)
              env != NULL && *env != '\0' ? env
              : dir != NULL               ? dir
                                          : "?");
-    return access(B.tpm2_module, R_OK) == 0 && provhsm_test_programs_available("openssl", NULL);
+    return access(B.tpm2_module, R_OK) == 0 &&
+           provhsm_test_programs_available("openssl", (const char *)NULL);
 }
 
 static void openssl_error(row *r, const char *what)

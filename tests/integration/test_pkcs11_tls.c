@@ -17,10 +17,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
 #include <time.h>
 #include <cmocka.h>
 
+#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include <p11-kit/uri.h>
@@ -237,6 +241,69 @@ static void test_four_threads_handshaking(void **unused)
     assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
 }
 
+/*
+ * The other side of test_wrong_pin_in_another_process, run as `itest_pkcs11_tls
+ * --wrong-pin` with a wrong PIN in the environment: the alias key is decoded the SDK's
+ * way and must fail, with "wrong PIN" logged and one login attempt, a second decode with
+ * none. Exit 0 when all that held.
+ */
+static int wrong_pin_child(void)
+{
+    provhsm_test_p11_log_capture();
+    if (hsm_client_x509_init() != 0)
+        return 10;
+    const HSM_CLIENT_X509_INTERFACE *x509 = hsm_client_x509_interface();
+    HSM_CLIENT_HANDLE h = x509->hsm_client_x509_create();
+    char *key_pem = h != NULL ? x509->hsm_client_get_key(h) : NULL;
+    if (key_pem == NULL)
+        return 11;
+    int rc = 0;
+    for (int attempt = 0; attempt < 2 && rc == 0; attempt++) {
+        BIO *bio = BIO_new_mem_buf(key_pem, -1);
+        EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
+        BIO_free(bio);
+        if (key != NULL)
+            rc = 12; /* decoded, so the token accepted the PIN */
+        else if (!provhsm_test_p11_log_seen("wrong PIN"))
+            rc = 13;
+        else if (provhsm_p11_logins_total() != 1)
+            rc = 14; /* the refused PIN was sent again */
+        EVP_PKEY_free(key);
+    }
+    free(key_pem);
+    x509->hsm_client_x509_destroy(h);
+    hsm_client_x509_deinit();
+    return rc;
+}
+
+/* A device process with a wrong PIN: the SDK's decode of the alias key fails, clearly. */
+static void test_wrong_pin_in_another_process(void **unused)
+{
+    (void)unused;
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        setenv(PROVHSM_TEST_PIN_ENV, "00000000", 1);
+        execl("/proc/self/exe", "itest_pkcs11_tls", "--wrong-pin", (char *)NULL);
+        _exit(127);
+    }
+    int status = 0;
+    double t0 = now_s();
+    while (waitpid(pid, &status, WNOHANG) == 0 && now_s() - t0 < 30.0)
+        nanosleep(&(struct timespec){0, 10 * 1000 * 1000}, NULL);
+    if (now_s() - t0 >= 30.0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &status, 0);
+        fail_msg("the process with a wrong PIN hung");
+    }
+    assert_true(WIFEXITED(status));
+    assert_int_equal(WEXITSTATUS(status), 0);
+    /* this process's session is untouched */
+    char err[512] = "";
+    assert_int_equal(tls_handshake(G.srv, G.cert_pem, G.key_pem, TLS1_3_VERSION, err, sizeof(err)),
+                     0);
+}
+
 /* The CKA_ID of the identity's key, from the alias key's URI (read with p11-kit). */
 static size_t key_id(uint8_t *id, size_t room)
 {
@@ -293,8 +360,10 @@ static void test_key_deleted_then_token_removed(void **unused)
     tls_client_free(cl);
 }
 
-int main(void)
+int main(int argc, char **argv)
 {
+    if (argc == 2 && strcmp(argv[1], "--wrong-pin") == 0)
+        return wrong_pin_child();
     if (!provhsm_test_softhsm_available()) {
         fprintf(stderr, "SoftHSM2 (module and softhsm2-util) not installed: skipped\n");
         return PROVHSM_TEST_SKIP;
@@ -304,6 +373,7 @@ int main(void)
         cmocka_unit_test(test_handshakes_tls13_and_tls12),
         cmocka_unit_test(test_two_calls_per_handshake_no_session_leak),
         cmocka_unit_test(test_four_threads_handshaking),
+        cmocka_unit_test(test_wrong_pin_in_another_process),
         cmocka_unit_test(test_key_deleted_then_token_removed), /* last: nothing left */
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

@@ -17,14 +17,20 @@
  *         decodes to a key of ours;
  *   (d)   a TLS server and client with software EC keys still handshake (1.2 and 1.3).
  *
- * What belongs to tpm2-openssl and not to us: loaded before the default provider, it
- * answers unqualified EC fetches itself (key generation, ECDH, ECDSA), so TLS's ephemeral
- * keys and any EC key made without a property query go to the TPM, where a TPM without a
- * resource manager has three transient object slots. The test keeps its own software keys
- * on the default provider ("provider=default") and reports, rather than fails on, a
- * handshake that tpm2-openssl itself cannot serve for lack of TPM object memory: the same
- * handshake is tried without our provider's key in play first (software keys only), so a
- * failure of ours is never mistaken for one of tpm2-openssl.
+ * What belongs to tpm2-openssl and not to us (measured with tpm2-openssl 1.1.1 on OpenSSL
+ * 3.0 and swtpm): loaded before the default provider, it answers unqualified EC fetches
+ * itself (key generation, ECDH, ECDSA). A software EC key then cannot sign: OpenSSL hands
+ * it to tpm2-openssl's ECDSA, which loads its public half into the TPM and fails with
+ * TPM_RC_AUTH_UNAVAILABLE; every key it verifies with takes one of the three transient
+ * object slots a TPM without a resource manager has ("out of memory for object
+ * contexts"). So TLS with software keys in such a process fails whether our provider is
+ * there or not. The test measures that before our provider is loaded (the "baseline":
+ * does a default-provider EC key sign with no property query?), and when the baseline
+ * already fails, a handshake that fails is reported and skipped, not failed. The checks
+ * that do not need a TLS peer (our key signs in our provider, the TSS2 key decodes and
+ * signs, the software ECDSA is still whoever served it before us) run in both orders.
+ * The test's own peers (CA, server and software client keys) are made on the default
+ * provider, so they hold no TPM object.
  *
  * Skips (77) when swtpm or the tpm2-openssl module is not installed.
  */
@@ -67,6 +73,10 @@ static struct {
     char tpm2_key_path[128];
     OSSL_PROVIDER *tpm2, *dflt;
     int x509_initialised;
+    /* without our provider: which provider signs with a software EC key, and whether */
+    int baseline_measured, baseline_signs;
+    const char *baseline_signer;
+    char baseline_error[512];
     char *cert_pem, *key_pem; /* what the SDK's X.509 table hands the SDK */
     char *leaf_pem;           /* the device certificate re-issued by the test CA */
     tls_ca *ca;
@@ -234,10 +244,54 @@ static int sdk_strings(void)
     return G.cert_pem != NULL && G.key_pem != NULL ? 0 : -1;
 }
 
+/* OpenSSL's error queue as text (the queue is emptied). */
+static void errors_to_text(char *buf, size_t len)
+{
+    unsigned long code;
+    size_t used = 0;
+    buf[0] = '\0';
+    const char *data = NULL;
+    int flags = 0;
+    while ((code = ERR_get_error_all(NULL, NULL, NULL, &data, &flags)) != 0 && used + 2 < len) {
+        char line[256];
+        ERR_error_string_n(code, line, sizeof(line));
+        int n = snprintf(buf + used, len - used, "%s%s%s%s", used > 0 ? "; " : "", line,
+                         (flags & ERR_TXT_STRING) != 0 ? ": " : "",
+                         (flags & ERR_TXT_STRING) != 0 ? data : "");
+        used = n > 0 && (size_t)n < len - used ? used + (size_t)n : len - 1;
+    }
+}
+
+/* Signs with a fresh default-provider EC key, no property query (as libssl does): which
+ * provider's ECDSA got it, and did it sign. */
+static int software_ec_signs(const char **signer, char *why, size_t whylen)
+{
+    EVP_PKEY *key = software_key();
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    EVP_PKEY_CTX *pctx = NULL;
+    unsigned char sig[128];
+    size_t sig_len = sizeof(sig);
+    int ok = key != NULL && md != NULL &&
+             EVP_DigestSignInit_ex(md, &pctx, "SHA2-256", NULL, NULL, key, NULL) == 1;
+    *signer = ok ? OSSL_PROVIDER_get0_name(EVP_PKEY_CTX_get0_provider(pctx)) : "(none)";
+    ok = ok && EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)"baseline", 8) == 1;
+    errors_to_text(why, whylen);
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(key);
+    return ok;
+}
+
 static int load_in_order_under_test(void)
 {
-    if (!G.provhsm_first && application_loads_tpm2() != 0)
-        return -1;
+    if (!G.provhsm_first) {
+        if (application_loads_tpm2() != 0)
+            return -1;
+        G.baseline_measured = 1;
+        G.baseline_signs =
+            software_ec_signs(&G.baseline_signer, G.baseline_error, sizeof(G.baseline_error));
+        printf("# without our provider, a software EC key is signed by %s: %s%s\n",
+               G.baseline_signer, G.baseline_signs ? "ok" : "failed: ", G.baseline_error);
+    }
     if (hsm_client_x509_init() != 0) {
         fprintf(stderr, "setup: hsm_client_x509_init failed\n");
         return -1;
@@ -324,24 +378,41 @@ static int group_setup(void **unused)
 
 /* ---- tests ---------------------------------------------------------------------------- */
 
-/* tpm2-openssl's reason when the TPM has no free transient object slot (TPM_RC_OBJECT_MEMORY) */
-#define TPM_OUT_OF_OBJECTS "out of memory for object contexts"
-
 /*
- * A handshake that failed because tpm2-openssl ran out of TPM object slots is reported and
- * the test skipped: that is tpm2-openssl without a resource manager (its ECDSA, ahead of
- * the default provider's, loads every key it verifies or signs with into the TPM), not
- * something our provider can change. Any other failure fails the test.
+ * A handshake failed. When tpm2-openssl already broke software EC signatures before our
+ * provider was loaded (the baseline), and the handshake failed inside tpm2-openssl, it is
+ * reported and the test skipped: no provider loaded after it can change that. Any other
+ * failure fails the test.
  */
-static void fail_unless_tpm2_out_of_objects(const char *what, int version, const char *err)
+static void fail_unless_tpm2_broke_it_first(const char *what, int version, const char *err)
 {
-    if (strstr(err, TPM_OUT_OF_OBJECTS) != NULL && strstr(err, "tpm2::") != NULL) {
-        printf("# SKIPPED %s (TLS %x): tpm2-openssl ran out of TPM object slots (no resource "
-               "manager on this TPM): %s\n",
-               what, version, err);
+    if (G.baseline_measured && !G.baseline_signs && strstr(err, "tpm2::") != NULL) {
+        printf("# SKIPPED %s (TLS %x): tpm2-openssl, loaded ahead of the default provider, "
+               "serves ECDSA for software EC keys and cannot sign with them even without our "
+               "provider (%s: %s); here: %s\n",
+               what, version, G.baseline_signer, G.baseline_error, err);
         skip();
     }
     fail_msg("%s (TLS %x): %s", what, version, err);
+}
+
+/* Our provider changed nothing for software EC keys: the same provider's ECDSA gets them
+ * as before it was loaded, with the same outcome; with the default provider ahead of
+ * tpm2-openssl, that is the default provider and it signs. */
+static void test_software_ec_signer_unchanged(void **unused)
+{
+    (void)unused;
+    const char *signer = NULL;
+    char why[512];
+    int signs = software_ec_signs(&signer, why, sizeof(why));
+    if (G.baseline_measured) {
+        assert_string_equal(signer, G.baseline_signer);
+        assert_int_equal(signs, G.baseline_signs);
+    } else {
+        assert_string_equal(signer, "default");
+        if (!signs)
+            fail_msg("a software EC key does not sign: %s", why);
+    }
 }
 
 static void test_three_providers_loaded(void **unused)
@@ -413,7 +484,7 @@ static void test_sdk_identity_handshakes(void **unused)
         unsigned long verified = tls_server_verified_handshakes(G.srv);
         if (tls_client_handshakes(cl, 2, err, sizeof(err)) != 0) {
             tls_client_free(cl);
-            fail_unless_tpm2_out_of_objects("the SDK identity's handshake", version, err);
+            fail_unless_tpm2_broke_it_first("the SDK identity's handshake", version, err);
         }
         assert_int_equal(provhsm_testkey_test_signs(), signs + 2);
         assert_int_equal(tls_server_verified_handshakes(G.srv), verified + 2);
@@ -502,7 +573,7 @@ static void test_software_tls_still_works(void **unused)
         unsigned long signs = provhsm_testkey_test_signs();
         unsigned long verified = tls_server_verified_handshakes(G.srv);
         if (tls_handshake(G.srv, G.sw_leaf_pem, G.sw_key_pem, version, err, sizeof(err)) != 0)
-            fail_unless_tpm2_out_of_objects("the software keys' handshake", version, err);
+            fail_unless_tpm2_broke_it_first("the software keys' handshake", version, err);
         assert_int_equal(tls_server_verified_handshakes(G.srv), verified + 1);
         assert_int_equal(provhsm_testkey_test_signs(), signs);
         tls_server_last_client_cn(G.srv, cn, sizeof(cn));
@@ -527,6 +598,7 @@ int main(int argc, char **argv)
         cmocka_unit_test(test_three_providers_loaded),
         cmocka_unit_test(test_tpm2_pem_key_still_decodes),
         cmocka_unit_test(test_sdk_alias_key_signs_in_our_provider),
+        cmocka_unit_test(test_software_ec_signer_unchanged),
         cmocka_unit_test(test_sdk_identity_handshakes),
         cmocka_unit_test(test_software_tls_still_works),
     };

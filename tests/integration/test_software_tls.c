@@ -6,8 +6,10 @@
  * handshakes (tls_harness.h: the client loads certificate and key as the SDK's OpenSSL TLS
  * layer does) are verified by a server that requires the client certificate. Our provider
  * must not claim the key nor take part in its signatures.
- * The identity is made both ways the tool makes one: `x509 generate` with a CSR then
- * `x509 import --cert`, and `x509 import --cert --key` of a key made elsewhere.
+ * The identity is made the ways the tool makes one: `x509 generate --self-signed` (in
+ * another process, so that hsm_client_x509_init is the test process's first use of
+ * OpenSSL, as in an application that starts the SDK first), `x509 generate` with a CSR
+ * then `x509 import --cert`, and `x509 import --cert --key` of a key made elsewhere.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -17,6 +19,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -51,18 +54,47 @@ static int write_config(void)
     chmod(path, 0600);
     setenv("PROVHSM_CONFIG", path, 1);
     unsetenv("PROVHSM_STORE");
-    return provhsm_store_init() == PROVHSM_OK ? 0 : -1;
+    return 0;
+}
+
+/* The store and a self-signed software identity, made by another process as the tool
+ * would: this process has not used OpenSSL yet when the first test starts. */
+static int provision_in_another_process(void)
+{
+    pid_t pid = fork();
+    if (pid < 0)
+        return -1;
+    if (pid == 0) {
+        char *self_signed = NULL;
+        int ok = provhsm_store_init() == PROVHSM_OK &&
+                 provhsm_x509_generate("first-device", PROVHSM_KEY_EC_P256, 30, 1, &self_signed) ==
+                     PROVHSM_OK;
+        free(self_signed);
+        _exit(ok ? 0 : 1);
+    }
+    int status = 0;
+    return waitpid(pid, &status, 0) == pid && WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0
+                                                                                            : -1;
 }
 
 static int group_setup(void **unused)
 {
     (void)unused;
     snprintf(G.dir, sizeof(G.dir), "/tmp/provhsm-swtls-XXXXXX");
-    if (mkdtemp(G.dir) == NULL || write_config() != 0)
+    if (mkdtemp(G.dir) == NULL || write_config() != 0 || provision_in_another_process() != 0)
         return -1;
-    G.ca = tls_ca_new("software identity test CA");
-    G.srv = tls_server_start(G.ca);
-    return G.ca != NULL && G.srv != NULL ? 0 : -1;
+    return 0;
+}
+
+/* The test CA and the server that verifies client certificates, made on first need. */
+static void peers(void)
+{
+    if (G.ca == NULL)
+        G.ca = tls_ca_new("software identity test CA");
+    assert_non_null(G.ca);
+    if (G.srv == NULL)
+        G.srv = tls_server_start(G.ca);
+    assert_non_null(G.srv);
 }
 
 static int group_teardown(void **unused)
@@ -97,15 +129,22 @@ static void sdk_strings(char **cert_pem, char **key_pem)
 }
 
 /* TLS 1.3 and 1.2 with the SDK's strings: the key on the default provider, the client
- * certificate verified by the server, no signature through our provider's device path. */
-static void handshakes_on_the_default_provider(const char *cn)
+ * certificate verified by the server, no signature through our provider's device path.
+ * With reissue, the stored (self-signed) certificate is re-issued by the test CA. */
+static void handshakes_on_the_default_provider(const char *cn, int reissue)
 {
-    char *cert_pem = NULL, *key_pem = NULL, err[1024], seen_cn[64];
+    char *cert_pem = NULL, *key_pem = NULL, *leaf = NULL, err[1024], seen_cn[64];
     assert_int_equal(hsm_client_x509_init(), 0);
     assert_int_equal(OSSL_PROVIDER_available(NULL, PROVHSM_PROVIDER_NAME), 1);
     sdk_strings(&cert_pem, &key_pem);
     assert_non_null(strstr(key_pem, "-----BEGIN PRIVATE KEY-----"));
     assert_null(strstr(key_pem, PROVHSM_KEYREF_PEM_LABEL));
+    peers();
+    if (reissue) {
+        assert_int_equal(tls_ca_issue_from_cert(G.ca, cert_pem, &leaf), 0);
+        free(cert_pem);
+        cert_pem = leaf;
+    }
     for (int version = TLS1_3_VERSION; version >= TLS1_2_VERSION; version--) {
         tls_client *cl = tls_client_new(G.srv, cert_pem, key_pem, version, err, sizeof(err));
         if (cl == NULL)
@@ -126,10 +165,18 @@ static void handshakes_on_the_default_provider(const char *cn)
     free(key_pem);
 }
 
+/* `x509 generate --self-signed` by another process; here the SDK starts first */
+static void test_self_signed_identity_sdk_first(void **unused)
+{
+    (void)unused;
+    handshakes_on_the_default_provider("first-device", 1);
+}
+
 /* `x509 generate --csr` in the store, the CA's certificate imported */
 static void test_generated_identity(void **unused)
 {
     (void)unused;
+    peers();
     char *csr = NULL, *leaf = NULL;
     int expired = 1;
     assert_int_equal(provhsm_x509_generate("software-device", PROVHSM_KEY_EC_P256, 0, 1, &csr),
@@ -137,7 +184,7 @@ static void test_generated_identity(void **unused)
     assert_int_equal(tls_ca_issue_from_csr(G.ca, csr, &leaf), 0);
     assert_int_equal(provhsm_x509_import(leaf, NULL, &expired), PROVHSM_OK);
     assert_int_equal(expired, 0);
-    handshakes_on_the_default_provider("software-device");
+    handshakes_on_the_default_provider("software-device", 0);
     free(csr);
     free(leaf);
 }
@@ -146,6 +193,7 @@ static void test_generated_identity(void **unused)
 static void test_imported_identity(void **unused)
 {
     (void)unused;
+    peers();
     EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
     assert_non_null(key);
     assert_string_equal(key_provider(key), "default");
@@ -161,7 +209,7 @@ static void test_imported_identity(void **unused)
     int expired = 1;
     assert_int_equal(provhsm_x509_import(leaf, key_pem, &expired), PROVHSM_OK);
     assert_int_equal(expired, 0);
-    handshakes_on_the_default_provider("imported-device");
+    handshakes_on_the_default_provider("imported-device", 0);
     free(key_pem);
     free(leaf);
     EVP_PKEY_free(key);
@@ -170,6 +218,7 @@ static void test_imported_identity(void **unused)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_self_signed_identity_sdk_first),
         cmocka_unit_test(test_generated_identity),
         cmocka_unit_test(test_imported_identity),
     };

@@ -3,10 +3,11 @@
  * which counts it; every failing CK_RV is logged by name once, by the function that
  * decides what it means.
  *
- * Static state: a list of loaded modules (one per path) and a list of tokens (one per
- * module and token identity), both under registry_lock and kept until
- * provhsm_p11_shutdown(). Each token has its own mutex, held for every operation on its
- * session; the registry lock is never taken while a token's mutex is held.
+ * Static state: a list of loaded modules (one entry per configured path; "" is the set
+ * of modules registered with p11-kit) and a list of tokens (one per module and token
+ * identity), both under registry_lock and kept until provhsm_p11_shutdown(). Each token
+ * has its own mutex, held for every operation on its session; the registry lock is
+ * never taken while a token's mutex is held.
  */
 #include <pthread.h>
 #include <stdatomic.h>
@@ -547,9 +548,9 @@ static provhsm_err login_with(provhsm_p11_token *t, const uint8_t *pin, size_t l
     if (t->pin_refused && CRYPTO_memcmp(hash, t->refused_pin, sizeof(hash)) == 0) {
         PH_ERR(MOD,
                "wrong PIN for token \"%s\": the token refused this PIN before and it is not "
-               "sent again (tokens lock after a few wrong PINs); correct $%s or [pkcs11] "
-               "pin_file",
-               t->label, t->pin_env);
+               "sent again (tokens lock after a few wrong PINs); correct %s%s",
+               t->label, t->pin_file[0] != '\0' ? "[pkcs11] pin_file " : "$",
+               t->pin_file[0] != '\0' ? t->pin_file : t->pin_env);
         provhsm_wipe(hash, sizeof(hash));
         return PROVHSM_E_WRONG_KEY;
     }

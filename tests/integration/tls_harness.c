@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -272,11 +273,18 @@ int tls_ca_issue_from_cert(tls_ca *ca, const char *cert_pem, char **leaf_pem_out
 
 /* ---- the server ------------------------------------------------------------------ */
 
+/*
+ * Timeouts so that nothing hangs, and TCP_NODELAY: a handshake is a few small writes,
+ * and Nagle's algorithm against delayed acknowledgements would add tens of milliseconds
+ * to TLS 1.2 handshakes, which would hide what the key's device costs.
+ */
 static void set_timeouts(int fd)
 {
     struct timeval tv = {.tv_sec = IO_TIMEOUT_SECONDS};
+    int one = 1;
     (void)setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
     (void)setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+    (void)setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
 static SSL_CTX *server_ctx(tls_ca *ca)

@@ -203,7 +203,7 @@ static provhsm_err p11_key_generate(const provhsm_config *cfg, provhsm_key_type 
     err = provhsm_p11_generate_ec(tok, bits, &name);
     if (err != PROVHSM_OK)
         return err;
-    provhsm_p11_key_facts f;
+    provhsm_p11_key_facts f = {0};
     err = provhsm_p11_key_facts_get(tok, &name, &f);
     if (err == PROVHSM_OK)
         err = make_ref(tok, &name, &f, ref_out);
@@ -257,7 +257,7 @@ static provhsm_err p11_key_adopt(const provhsm_config *cfg, const char *locator,
     provhsm_err err = resolve(cfg, locator, &tok, &name);
     if (err != PROVHSM_OK)
         return err;
-    provhsm_p11_key_facts f;
+    provhsm_p11_key_facts f = {0};
     err = provhsm_p11_key_facts_get(tok, &name, &f);
     if (err == PROVHSM_OK)
         err = check_adoptable(&f, locator);
@@ -289,7 +289,7 @@ static provhsm_err p11_key_open(const provhsm_config *cfg, const provhsm_keyref 
     provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
     if (err != PROVHSM_OK)
         return err;
-    provhsm_p11_key_facts f;
+    provhsm_p11_key_facts f = {0};
     err = provhsm_p11_key_facts_get(tok, &name, &f);
     uint8_t *spki = NULL;
     size_t spki_len = 0;
@@ -352,7 +352,7 @@ static provhsm_err p11_key_describe(const provhsm_config *cfg, const provhsm_key
     provhsm_p11_token *tok = NULL;
     provhsm_p11_keyname name;
     provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
-    provhsm_p11_key_facts f;
+    provhsm_p11_key_facts f = {0};
     if (err == PROVHSM_OK)
         err = provhsm_p11_key_facts_get(tok, &name, &f);
     if (err != PROVHSM_OK)

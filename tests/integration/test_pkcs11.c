@@ -605,6 +605,39 @@ static void test_bad_uris(void **state)
     assert_true(provhsm_test_p11_log_seen("token not present"));
 }
 
+/* NULL or foreign arguments to every slot: an error, never a crash. */
+static void test_bad_arguments(void **state)
+{
+    fixture *f = *state;
+    provhsm_keyref ref = {0}, foreign = {0};
+    char *secret = NULL, *line = NULL;
+    void *key = NULL;
+    uint8_t dg[32] = {0}, rs[96];
+    size_t rs_len = sizeof(rs);
+    assert_int_equal(be->key_generate(NULL, PROVHSM_KEY_EC_P256, 0, &ref, &secret),
+                     PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, NULL, &secret),
+                     PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_adopt(&f->cfg, NULL, &ref, &secret), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_adopt(NULL, "pkcs11:object=x", &ref, &secret), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_open(&f->cfg, NULL, NULL, &key), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_open(&f->cfg, &foreign, NULL, &key), PROVHSM_E_INVALID_ARG);
+    snprintf(foreign.backend, sizeof(foreign.backend), "tpm");
+    foreign.locator = (char *)"0x81000110";
+    assert_int_equal(be->key_open(&f->cfg, &foreign, NULL, &key), PROVHSM_E_INVALID_ARG);
+    assert_null(key);
+    assert_int_equal(be->key_sign(NULL, dg, sizeof(dg), rs, &rs_len), PROVHSM_E_INVALID_ARG);
+    be->key_close(NULL);
+    assert_int_equal(be->key_destroy(NULL, &foreign, NULL), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_destroy(&f->cfg, NULL, NULL), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_describe(&f->cfg, NULL, &line), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_describe(&f->cfg, &foreign, NULL), PROVHSM_E_INVALID_ARG);
+    assert_null(line);
+    void *st = NULL;
+    assert_int_equal(be->open(&f->cfg, PROVHSM_KIND_TPM, &st), PROVHSM_E_UNSUPPORTED);
+    assert_null(st);
+}
+
 /* The configuration refuses a token that is not named by a PKCS#11 URI, naming the line. */
 static void test_config_token_must_be_uri(void **state)
 {
@@ -744,6 +777,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_module_and_token_selection, setup, teardown),
         cmocka_unit_test_setup_teardown(test_registered_modules, setup, teardown),
         cmocka_unit_test_setup_teardown(test_four_threads, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
         cmocka_unit_test(test_config_token_must_be_uri),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

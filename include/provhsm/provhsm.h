@@ -34,7 +34,8 @@ typedef enum provhsm_err {
     PROVHSM_E_PERMISSION,  /* a trusted file is accessible to others, a link, or not ours */
     PROVHSM_E_NOT_FOUND,   /* no such identity / store / file */
     PROVHSM_E_EXISTS,      /* would overwrite something that exists */
-    PROVHSM_E_WRONG_KEY,   /* the store key or passphrase does not open this store */
+    PROVHSM_E_WRONG_KEY,   /* the store key or passphrase does not open this store, or the
+                              PKCS#11 token refused the PIN */
     PROVHSM_E_TAMPERED,    /* an entry failed authentication */
     PROVHSM_E_CORRUPT,     /* a file or blob is structurally malformed */
     PROVHSM_E_CRYPTO,      /* a cryptographic library call failed */

@@ -5,11 +5,11 @@
  * Why the key management is named "EC": libssl accepts a key for a certificate only when
  * EVP_PKEY_is_a(key, "EC"), and names are shared process-wide. An unqualified fetch of
  * "EC" (a key generation, an ECDHE key in TLS) takes the first implementation OpenSSL
- * holds, and OpenSSL keeps providers sorted by name, so "default" comes before
- * "provhsm" whichever was loaded first (tests/integration/test_provider.c checks both
- * orders). Our key management has no key generation, no key exchange goes with it, and
- * it refuses to export a private half, so even a fetch that reached it could not take a
- * software key over.
+ * registered, so the loader makes sure the default provider's come first
+ * (default_first() below; tests/integration/test_provider.c checks both load orders).
+ * Our key management has no key generation, no key exchange goes with it, and it refuses
+ * to export a private half, so even a fetch that reached it could not take a software
+ * key over.
  */
 #include <pthread.h>
 #include <stdlib.h>

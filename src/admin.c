@@ -461,6 +461,19 @@ static provhsm_err check_adopted_key_signs(const provhsm_keyref *ref, const char
     return err;
 }
 
+/* The chain the device holds for the adopted key, when none was given. */
+static provhsm_err chain_from_device(const provhsm_backend *be, const provhsm_config *cfg,
+                                     const provhsm_keyref *ref, STACK_OF(X509) **chain,
+                                     char **cn_out)
+{
+    char *pem = NULL;
+    provhsm_err err = be->key_certificates(cfg, ref, &pem); /* logs why */
+    if (err == PROVHSM_OK)
+        err = checked_chain(pem, chain, cn_out);
+    free(pem);
+    return err;
+}
+
 provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem, int replace)
 {
     provhsm_config *cfg = NULL;
@@ -471,9 +484,9 @@ provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem, int r
     char *cn = NULL, *ref_pem = NULL;
     const provhsm_backend *be = NULL;
 
-    if (locator == NULL || *locator == '\0' || chain_pem == NULL)
+    if (locator == NULL || *locator == '\0')
         return PROVHSM_E_INVALID_ARG;
-    provhsm_err err = checked_chain(chain_pem, &chain, &cn);
+    provhsm_err err = chain_pem != NULL ? checked_chain(chain_pem, &chain, &cn) : PROVHSM_OK;
     if (err == PROVHSM_OK)
         err = config_load(&cfg);
     if (err != PROVHSM_OK)
@@ -482,6 +495,14 @@ provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem, int r
     if (be == NULL || be->key_adopt == NULL) {
         PH_ERR(MOD, "adopting a key needs [x509] backend = tpm or pkcs11 (now: %s)",
                cfg->x509_backend);
+        err = PROVHSM_E_UNSUPPORTED;
+        goto out;
+    }
+    if (chain_pem == NULL && be->key_certificates == NULL) {
+        PH_ERR(MOD,
+               "the %s backend cannot read the key's certificate from the device: give "
+               "the certificate chain (x509 adopt --cert)",
+               be->name);
         err = PROVHSM_E_UNSUPPORTED;
         goto out;
     }
@@ -494,6 +515,8 @@ provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem, int r
         goto out;
     }
     err = be->key_adopt(cfg, locator, &ref, &id.key_secret); /* logs why */
+    if (err == PROVHSM_OK && chain == NULL)
+        err = chain_from_device(be, cfg, &ref, &chain, &cn);
     if (err == PROVHSM_OK)
         err = provhsm_keyref_to_pem(&ref, &ref_pem);
     if (err != PROVHSM_OK)

@@ -95,6 +95,12 @@ typedef struct provhsm_backend {
      *    a replaced pending request); PROVHSM_E_NOT_FOUND when it was already gone.
      *  - key_describe (optional): one line for `provhsm info` (where the key is, that it
      *    cannot be extracted), malloc'd.
+     *  - key_certificates (optional): the certificate chain the device itself holds for
+     *    the key (a secure element ships with its certificate and often the
+     *    intermediate), as PEM, leaf first, malloc'd: the leaf carries the reference's
+     *    public key, each next certificate issued the one before, up to a self-signed
+     *    root or the last one the device has. PROVHSM_E_NOT_FOUND (logged, saying the
+     *    chain must then be given) when the device holds no certificate for the key.
      */
     provhsm_err (*key_generate)(const provhsm_config *cfg, provhsm_key_type type, int replace,
                                 provhsm_keyref *ref_out, char **secret_out);
@@ -109,6 +115,8 @@ typedef struct provhsm_backend {
                                const char *secret);
     provhsm_err (*key_describe)(const provhsm_config *cfg, const provhsm_keyref *ref,
                                 char **line_out);
+    provhsm_err (*key_certificates)(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                    char **chain_pem_out);
 } provhsm_backend;
 
 /* Compiled-in backends, NULL-terminated (backend_registry.c). */

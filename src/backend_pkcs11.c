@@ -14,9 +14,11 @@
 #include <string.h>
 
 #include <openssl/asn1.h>
+#include <openssl/evp.h>
 #include <openssl/objects.h>
 #include <openssl/rand.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 
 #include <p11-kit/pkcs11.h>
 
@@ -25,6 +27,7 @@
 #include "log.h"
 #include "p11_wrap.h"
 #include "x509_stored.h"
+#include "x509util.h"
 
 #define MOD "pkcs11"
 
@@ -371,6 +374,169 @@ static provhsm_err p11_key_describe(const provhsm_config *cfg, const provhsm_key
     return *line_out != NULL ? PROVHSM_OK : PROVHSM_E_NOMEM;
 }
 
+/* ---- the chain the token holds -------------------------------------------------------- */
+
+/* One certificate object of the token, parsed. */
+typedef struct token_cert {
+    X509 *x509;
+    int same_id; /* its CKA_ID is the key's */
+    int used;    /* already in the chain */
+} token_cert;
+
+typedef struct token_certs {
+    token_cert *certs;
+    size_t count;
+} token_certs;
+
+static void token_certs_free(token_certs *tc)
+{
+    for (size_t i = 0; i < tc->count; i++)
+        X509_free(tc->certs[i].x509);
+    free(tc->certs);
+    tc->certs = NULL;
+    tc->count = 0;
+}
+
+/* The token's certificates, parsed; one that is not DER of a certificate is left out. */
+static provhsm_err read_token_certs(provhsm_p11_token *tok, const provhsm_p11_keyname *name,
+                                    token_certs *out)
+{
+    provhsm_p11_cert *objs = NULL;
+    size_t n = 0;
+    provhsm_err err = provhsm_p11_certificates(tok, &objs, &n);
+    if (err != PROVHSM_OK || n == 0)
+        return err;
+    out->certs = calloc(n, sizeof(*out->certs));
+    if (out->certs == NULL) {
+        provhsm_p11_certs_free(objs, n);
+        return PROVHSM_E_NOMEM;
+    }
+    for (size_t i = 0; i < n; i++) {
+        const unsigned char *p = objs[i].der;
+        X509 *x = d2i_X509(NULL, &p, (long)objs[i].der_len);
+        if (x == NULL || p != objs[i].der + objs[i].der_len) {
+            PH_WARN(MOD, "a certificate object on the token is not a DER certificate: ignored");
+            X509_free(x);
+            continue;
+        }
+        token_cert *c = &out->certs[out->count++];
+        c->x509 = x;
+        c->same_id = name->id_len > 0 && objs[i].id_len == name->id_len &&
+                     memcmp(objs[i].id, name->id, name->id_len) == 0;
+    }
+    provhsm_p11_certs_free(objs, n);
+    return PROVHSM_OK;
+}
+
+/*
+ * Which of two leaf candidates to take: the one with the key's CKA_ID (how a token ties
+ * a certificate to its key), then the newer one (a renewed certificate left next to the
+ * old one).
+ */
+static int better_leaf(const token_cert *a, const token_cert *b)
+{
+    if (a->same_id != b->same_id)
+        return a->same_id;
+    return ASN1_TIME_compare(X509_get0_notBefore(a->x509), X509_get0_notBefore(b->x509)) > 0;
+}
+
+/* The certificate that carries the key's public key, or NULL (logged why). */
+static token_cert *find_leaf(token_certs *tc, EVP_PKEY *key, const char *locator, const char *token,
+                             provhsm_err *err)
+{
+    token_cert *leaf = NULL;
+    int id_matches = 0;
+    for (size_t i = 0; i < tc->count; i++) {
+        token_cert *c = &tc->certs[i];
+        id_matches += c->same_id;
+        if (EVP_PKEY_eq(X509_get0_pubkey(c->x509), key) == 1 &&
+            (leaf == NULL || better_leaf(c, leaf)))
+            leaf = c;
+    }
+    if (leaf != NULL)
+        return leaf;
+    if (id_matches > 0) {
+        PH_ERR(MOD,
+               "token %s: the certificate with the id of the key %s carries another public "
+               "key: give the key's certificate chain (x509 adopt --cert)",
+               token, locator);
+        *err = PROVHSM_E_MISMATCH;
+    } else {
+        PH_ERR(MOD,
+               "token %s holds no certificate for the key %s (none with its id or its public "
+               "key): give the certificate chain (x509 adopt --cert)",
+               token, locator);
+        *err = PROVHSM_E_NOT_FOUND;
+    }
+    return NULL;
+}
+
+/* The token's certificate that issued `cert` (names and key identifiers, signature), or NULL. */
+static token_cert *find_issuer(token_certs *tc, X509 *cert)
+{
+    for (size_t i = 0; i < tc->count; i++) {
+        token_cert *c = &tc->certs[i];
+        if (!c->used && X509_check_issued(c->x509, cert) == X509_V_OK &&
+            X509_verify(cert, X509_get0_pubkey(c->x509)) == 1)
+            return c;
+    }
+    return NULL;
+}
+
+/* Leaf first, then each issuer the token holds, up to a self-signed certificate. */
+static provhsm_err build_chain(token_certs *tc, token_cert *leaf, STACK_OF(X509) *chain)
+{
+    token_cert *cur = leaf;
+    while (cur != NULL) {
+        if (!X509_up_ref(cur->x509))
+            return PROVHSM_E_CRYPTO;
+        if (!sk_X509_push(chain, cur->x509)) {
+            X509_free(cur->x509);
+            return PROVHSM_E_NOMEM;
+        }
+        cur->used = 1;
+        cur = X509_self_signed(cur->x509, 1) == 1 ? NULL : find_issuer(tc, cur->x509);
+    }
+    return PROVHSM_OK;
+}
+
+static provhsm_err p11_key_certificates(const provhsm_config *cfg, const provhsm_keyref *ref,
+                                        char **chain_pem_out)
+{
+    if (ref == NULL || chain_pem_out == NULL || strcmp(ref->backend, "pkcs11") != 0)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_p11_token *tok = NULL;
+    provhsm_p11_keyname name;
+    provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
+    if (err != PROVHSM_OK)
+        return err;
+    const unsigned char *p = ref->spki;
+    EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)ref->spki_len);
+    if (key == NULL) {
+        provhsm_log_openssl(MOD, "d2i_PUBKEY (the reference's public key)");
+        return PROVHSM_E_CORRUPT;
+    }
+    char token[128];
+    provhsm_p11_token_describe(tok, token, sizeof(token));
+    token_certs tc = {NULL, 0};
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    err = chain != NULL ? read_token_certs(tok, &name, &tc) : PROVHSM_E_NOMEM;
+    token_cert *leaf = NULL;
+    if (err == PROVHSM_OK)
+        leaf = find_leaf(&tc, key, ref->locator, token, &err);
+    if (leaf != NULL)
+        err = build_chain(&tc, leaf, chain);
+    if (leaf != NULL && err == PROVHSM_OK)
+        err = provhsm_x509_chain_to_pem(chain, chain_pem_out);
+    if (leaf != NULL && err == PROVHSM_OK)
+        PH_INFO(MOD, "read %d certificate(s) for the key %s from token %s", sk_X509_num(chain),
+                ref->locator, token);
+    sk_X509_pop_free(chain, X509_free);
+    token_certs_free(&tc);
+    EVP_PKEY_free(key);
+    return err;
+}
+
 /* ---- the X.509 group: the chain and the reference are in the store ------------------ */
 
 static provhsm_err p11_open(const provhsm_config *cfg, provhsm_kind kind, void **state)
@@ -397,4 +563,5 @@ const provhsm_backend provhsm_backend_pkcs11 = {
     .key_close = p11_key_close,
     .key_destroy = p11_key_destroy,
     .key_describe = p11_key_describe,
+    .key_certificates = p11_key_certificates,
 };

@@ -1035,6 +1035,89 @@ provhsm_err provhsm_p11_key_facts_get(provhsm_p11_token *token, const provhsm_p1
     return err;
 }
 
+/* ---- certificates ------------------------------------------------------------------- */
+
+typedef struct certs_arg {
+    provhsm_p11_cert *certs;
+    size_t count;
+} certs_arg;
+
+static void certs_release(certs_arg *a)
+{
+    provhsm_p11_certs_free(a->certs, a->count);
+    a->certs = NULL;
+    a->count = 0;
+}
+
+/* CKA_ID of one certificate; none (or one too long to keep) leaves id_len 0. */
+static CK_RV read_cert_id(provhsm_p11_token *t, CK_OBJECT_HANDLE obj, provhsm_p11_cert *c)
+{
+    CK_ATTRIBUTE a = {CKA_ID, c->id, sizeof(c->id)};
+    CK_RV rv = CALL(t->fl, C_GetAttributeValue, t->session, obj, &a, 1);
+    if (rv == CKR_ATTRIBUTE_TYPE_INVALID || rv == CKR_BUFFER_TOO_SMALL)
+        return CKR_OK;
+    if (rv == CKR_OK && a.ulValueLen <= sizeof(c->id))
+        c->id_len = a.ulValueLen;
+    return rv;
+}
+
+static CK_RV certs_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
+{
+    (void)err;
+    certs_arg *a = p;
+    certs_release(a); /* a second run, on a new session, starts again */
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE type = CKC_X_509;
+    CK_ATTRIBUTE tmpl[2] = {{CKA_CLASS, &cls, sizeof(cls)},
+                            {CKA_CERTIFICATE_TYPE, &type, sizeof(type)}};
+    CK_OBJECT_HANDLE found[PROVHSM_P11_CERTS_MAX];
+    CK_ULONG count = 0;
+    CK_RV rv = find(t, tmpl, 2, found, PROVHSM_P11_CERTS_MAX, &count, call);
+    if (rv != CKR_OK || count == 0)
+        return rv;
+    if (count == PROVHSM_P11_CERTS_MAX)
+        PH_WARN(MOD, "token \"%s\" holds %d certificates or more: only those are looked at",
+                t->label, PROVHSM_P11_CERTS_MAX);
+    a->certs = calloc(count, sizeof(*a->certs));
+    if (a->certs == NULL)
+        return CKR_HOST_MEMORY;
+    a->count = count;
+    for (CK_ULONG i = 0; i < count && rv == CKR_OK; i++) {
+        provhsm_p11_cert *c = &a->certs[i];
+        rv = get_var_attr(t, found[i], CKA_VALUE, &c->der, &c->der_len);
+        if (rv == CKR_OK)
+            rv = read_cert_id(t, found[i], c);
+        if (rv != CKR_OK)
+            *call = "C_GetAttributeValue (certificate)";
+    }
+    return rv;
+}
+
+void provhsm_p11_certs_free(provhsm_p11_cert *certs, size_t count)
+{
+    if (certs == NULL)
+        return;
+    for (size_t i = 0; i < count; i++)
+        free(certs[i].der);
+    free(certs);
+}
+
+provhsm_err provhsm_p11_certificates(provhsm_p11_token *token, provhsm_p11_cert **certs_out,
+                                     size_t *count_out)
+{
+    if (token == NULL || certs_out == NULL || count_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    certs_arg a = {NULL, 0};
+    provhsm_err err = run(token, certs_op, &a);
+    if (err != PROVHSM_OK) {
+        certs_release(&a);
+        return err;
+    }
+    *certs_out = a.certs;
+    *count_out = a.count;
+    return PROVHSM_OK;
+}
+
 /* ---- generation --------------------------------------------------------------------- */
 
 typedef struct gen_arg {

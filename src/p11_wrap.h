@@ -110,6 +110,27 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_p11_key_facts_get(provhsm_p11_token *toke
                                                          const provhsm_p11_keyname *name,
                                                          provhsm_p11_key_facts *out);
 
+/* An X.509 certificate object on the token. */
+typedef struct provhsm_p11_cert {
+    uint8_t id[PROVHSM_P11_ID_MAX]; /* its CKA_ID; id_len 0 when it has none (or a longer one) */
+    size_t id_len;
+    uint8_t *der; /* CKA_VALUE, the certificate's DER, malloc'd */
+    size_t der_len;
+} provhsm_p11_cert;
+
+#define PROVHSM_P11_CERTS_MAX 64 /* certificate objects read from one token */
+
+/*
+ * Every X.509 certificate object on the token (CKO_CERTIFICATE, CKC_X_509), up to
+ * PROVHSM_P11_CERTS_MAX, as the token gives them; the caller decides which belong to a
+ * key. *certs_out is NULL and *count_out 0 when there is none. Free with
+ * provhsm_p11_certs_free().
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_p11_certificates(provhsm_p11_token *token,
+                                                        provhsm_p11_cert **certs_out,
+                                                        size_t *count_out);
+void provhsm_p11_certs_free(provhsm_p11_cert *certs, size_t count);
+
 /* Opens the private key `name` selects (its handle is kept in *key). */
 PROVHSM_MUST_CHECK provhsm_err provhsm_p11_key_open(provhsm_p11_token *token,
                                                     const provhsm_p11_keyname *name, int curve_bits,

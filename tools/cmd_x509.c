@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "cli.h"
+#include "hsm_client_data.h"
 
 #define PEM_FILE_MAX (1024 * 1024)
 #define DAYS_MAX     36500
@@ -366,6 +367,34 @@ cleanup:
 
 enum { A_KEY, A_CERT, A_FORCE, A_JSON, A__N };
 
+/* The chain just stored, as the SDK's X.509 table gives it (malloc'd), or NULL. */
+static char *stored_chain(void)
+{
+    const HSM_CLIENT_X509_INTERFACE *t = NULL;
+    HSM_CLIENT_HANDLE h = NULL;
+    char *pem = NULL;
+
+    if (provhsm_cli_sdk_init() != 0 || (t = hsm_client_x509_interface()) == NULL)
+        return NULL;
+    h = t->hsm_client_x509_create();
+    if (h != NULL) {
+        pem = t->hsm_client_get_cert(h);
+        t->hsm_client_x509_destroy(h);
+    }
+    return pem;
+}
+
+/* Reads the --cert file; without --cert *chain stays NULL: the device's chain is used. */
+static int read_adopt_chain(const provhsm_cli_opt *cert, char **chain, size_t *chain_len)
+{
+    if (!cert->seen)
+        return 0;
+    int rc = provhsm_cli_read_file(cert->value, PEM_FILE_MAX, chain, chain_len);
+    if (rc == 0 && strlen(*chain) != *chain_len)
+        rc = provhsm_cli_error("%s is not a PEM file", cert->value);
+    return rc;
+}
+
 int provhsm_cli_cmd_x509_adopt(const provhsm_cli_cmd *cmd, int argc, char **argv)
 {
     provhsm_cli_opt opts[A__N] = {
@@ -386,25 +415,28 @@ int provhsm_cli_cmd_x509_adopt(const provhsm_cli_cmd *cmd, int argc, char **argv
         return rc;
     if (!opts[A_KEY].seen || opts[A_KEY].value[0] == '\0')
         return provhsm_cli_usage_error(cmd, "--key is required (a TPM handle or a PKCS#11 URI)");
-    if (!opts[A_CERT].seen || opts[A_CERT].value[0] == '\0')
-        return provhsm_cli_usage_error(cmd, "--cert is required");
-    rc = provhsm_cli_read_file(opts[A_CERT].value, PEM_FILE_MAX, &chain, &chain_len);
+    if (opts[A_CERT].seen && opts[A_CERT].value[0] == '\0')
+        return provhsm_cli_usage_error(cmd, "--cert needs a file (or leave it out to read the "
+                                            "certificate from the token)");
+    rc = read_adopt_chain(&opts[A_CERT], &chain, &chain_len);
     if (rc != 0)
         goto cleanup;
-    if (strlen(chain) != chain_len) {
-        rc = provhsm_cli_error("%s is not a PEM file", opts[A_CERT].value);
-        goto cleanup;
-    }
     err = provhsm_x509_adopt(opts[A_KEY].value, chain, opts[A_FORCE].seen);
     if (err == PROVHSM_E_EXISTS) {
         rc = provhsm_cli_fail(err, "an X.509 identity exists already; add --force to replace it");
         goto cleanup;
     }
     if (err != PROVHSM_OK) {
-        rc = provhsm_cli_fail(err, "cannot adopt the key %s", opts[A_KEY].value);
+        rc = provhsm_cli_fail(err, "cannot adopt the key %s%s", opts[A_KEY].value,
+                              chain == NULL ? " with the certificate on the device (or give "
+                                              "the chain with --cert)"
+                                            : "");
         goto cleanup;
     }
-    if (provhsm_cli_cert_summary(chain, &ci) != 0 || provhsm_x509_key_location(&where) != 0) {
+    if (chain == NULL)
+        chain = stored_chain();
+    if (chain == NULL || provhsm_cli_cert_summary(chain, &ci) != 0 ||
+        provhsm_x509_key_location(&where) != 0) {
         rc = provhsm_cli_error("the key was adopted, but the identity cannot be summarised");
         goto cleanup;
     }

@@ -70,18 +70,21 @@ static const char usage_x509_generate[] =
     "  --help           print this help\n";
 
 static const char usage_x509_adopt[] =
-    "Usage: provhsm x509 adopt --key LOCATOR --cert CHAIN.pem [--force] [--json]\n"
+    "Usage: provhsm x509 adopt --key LOCATOR [--cert CHAIN.pem] [--force] [--json]\n"
     "\n"
     "Takes a key that is already in the TPM or on the PKCS#11 token ([x509] backend = tpm\n"
     "or pkcs11), made at the factory or with other tools, with its certificate chain, as\n"
     "the X.509 identity. The key is checked (EC P-256/P-384, a signing key, the leaf\n"
     "carries its public key) and signs once before anything is stored; RSA keys are\n"
     "refused (the SDK's TLS layer cannot sign with them in hardware).\n"
+    "Without --cert (pkcs11 only) the chain is read from the token, as a secure element\n"
+    "ships it: the certificate with the key's id (or public key), then the certificates\n"
+    "on the token that issued it, up to a self-signed root.\n"
     "\n"
     "Options:\n"
     "  --key LOCATOR  TPM persistent handle (0x81000110) or PKCS#11 URI\n"
     "                 (pkcs11:token=...;id=%01;type=private)\n"
-    "  --cert FILE    PEM certificate chain, leaf first ('-' = stdin)\n"
+    "  --cert FILE    PEM certificate chain, leaf first ('-' = stdin); required for tpm\n"
     "  --force        replace an existing X.509 identity\n"
     "  --json         print the result as JSON\n"
     "  --help         print this help\n";

@@ -140,10 +140,14 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_import(const char *chain_pem, const 
  * X.509 with a key that stays in hardware ([x509] backend = tpm or pkcs11): takes a key
  * that is already in the device, named by `locator` (a TPM persistent handle such as
  * "0x81000110", or a PKCS#11 URI "pkcs11:token=...;id=...;type=private"), with its
- * certificate chain (leaf first), as the X.509 identity. The leaf must carry the key's
- * public key; RSA keys are refused (the SDK's TLS layer cannot sign with them in
- * hardware). Replaces an existing identity only when `replace` is non-zero. The key is
- * never deleted by provhsm later (it was made by someone else).
+ * certificate chain (leaf first), as the X.509 identity. With chain_pem == NULL the chain
+ * is read from the device (pkcs11: the token's certificate with the key's CKA_ID or
+ * public key, then the certificates on the token that issued it; PROVHSM_E_NOT_FOUND
+ * when the token holds none for the key; PROVHSM_E_UNSUPPORTED where the device keeps
+ * no certificate, as with tpm).
+ * The leaf must carry the key's public key; RSA keys are refused (the SDK's TLS layer
+ * cannot sign with them in hardware). Replaces an existing identity only when `replace`
+ * is non-zero. The key is never deleted by provhsm later (it was made by someone else).
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem,
                                                   int replace);

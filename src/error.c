@@ -12,8 +12,7 @@ static const char *const error_text[PROVHSM_E__COUNT] = {
     [PROVHSM_E_PERMISSION] = "a file provhsm trusts has unsafe permissions or owner",
     [PROVHSM_E_NOT_FOUND] = "not found",
     [PROVHSM_E_EXISTS] = "already exists",
-    [PROVHSM_E_WRONG_KEY] = "wrong key: the store key or passphrase does not open this store, or "
-                            "the token refused the PIN",
+    [PROVHSM_E_WRONG_KEY] = "wrong store key, passphrase or token PIN",
     [PROVHSM_E_TAMPERED] = "store entry failed authentication (tampered or corrupted)",
     [PROVHSM_E_CORRUPT] = "malformed data",
     [PROVHSM_E_CRYPTO] = "cryptographic operation failed",

@@ -12,6 +12,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <p11-kit/p11-kit.h>
 
 #include "provhsm/provhsm.h"
@@ -276,6 +280,106 @@ int provhsm_test_p11_make_key(provhsm_test_p11 *p, int rsa, int extractable, con
                                         sizeof(priv) / sizeof(priv[0]), &a, &b);
     if (rv != CKR_OK)
         fprintf(stderr, "softhsm fixture: C_GenerateKeyPair: CK_RV 0x%lx\n", rv);
+    return rv == CKR_OK ? 0 : -1;
+}
+
+/* ---- certificates ------------------------------------------------------------------- */
+
+EVP_PKEY *provhsm_test_p11_public_key(provhsm_test_p11 *p, const uint8_t *id, size_t id_len)
+{
+    CK_OBJECT_HANDLE pub = provhsm_test_p11_find(p, CKO_PUBLIC_KEY, id, id_len);
+    uint8_t attr[160];
+    CK_ATTRIBUTE a = {CKA_EC_POINT, attr, sizeof(attr)};
+    if (pub == CK_INVALID_HANDLE || p->fl->C_GetAttributeValue(p->session, pub, &a, 1) != CKR_OK) {
+        fprintf(stderr, "softhsm fixture: no EC public key with that id\n");
+        return NULL;
+    }
+    /* CKA_EC_POINT is the DER of an OCTET STRING holding the point */
+    const unsigned char *q = attr;
+    ASN1_OCTET_STRING *point = d2i_ASN1_OCTET_STRING(NULL, &q, (long)a.ulValueLen);
+    EVP_PKEY *key = NULL;
+    EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", NULL);
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_PKEY_PARAM_GROUP_NAME, (char *)"P-256", 0),
+        OSSL_PARAM_construct_octet_string(
+            OSSL_PKEY_PARAM_PUB_KEY, point != NULL ? (void *)ASN1_STRING_get0_data(point) : NULL,
+            point != NULL ? (size_t)ASN1_STRING_length(point) : 0),
+        OSSL_PARAM_construct_end()};
+    if (point == NULL || ctx == NULL || EVP_PKEY_fromdata_init(ctx) != 1 ||
+        EVP_PKEY_fromdata(ctx, &key, EVP_PKEY_PUBLIC_KEY, params) != 1)
+        fprintf(stderr, "softhsm fixture: the token's EC point is not a P-256 public key\n");
+    EVP_PKEY_CTX_free(ctx);
+    ASN1_OCTET_STRING_free(point);
+    return key;
+}
+
+static int add_ext(X509 *cert, X509 *issuer, int nid, const char *value)
+{
+    X509V3_CTX ctx;
+    X509V3_set_ctx(&ctx, issuer != NULL ? issuer : cert, cert, NULL, NULL, 0);
+    X509_EXTENSION *ext = X509V3_EXT_conf_nid(NULL, &ctx, nid, value);
+    int ok = ext != NULL && X509_add_ext(cert, ext, -1) == 1;
+    X509_EXTENSION_free(ext);
+    return ok;
+}
+
+X509 *provhsm_test_make_cert(const char *cn, EVP_PKEY *subject_key, int ca, X509 *issuer,
+                             EVP_PKEY *signer)
+{
+    static long serial = 1000;
+    X509 *cert = X509_new();
+    if (cert == NULL)
+        return NULL;
+    X509_NAME *name = X509_get_subject_name(cert);
+    int ok =
+        X509_set_version(cert, 2) == 1 &&
+        X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC, (const unsigned char *)cn, -1, -1,
+                                   0) == 1 &&
+        X509_set_issuer_name(cert, issuer != NULL ? X509_get_subject_name(issuer) : name) == 1 &&
+        ASN1_INTEGER_set(X509_get_serialNumber(cert), ++serial) == 1 &&
+        X509_gmtime_adj(X509_getm_notBefore(cert), 0) != NULL &&
+        X509_gmtime_adj(X509_getm_notAfter(cert), 86400) != NULL &&
+        X509_set_pubkey(cert, subject_key) == 1 &&
+        (!ca || add_ext(cert, issuer, NID_basic_constraints, "critical,CA:TRUE")) &&
+        X509_sign(cert, signer, EVP_sha256()) > 0;
+    if (!ok) {
+        fprintf(stderr, "softhsm fixture: cannot make the certificate CN=%s\n", cn);
+        X509_free(cert);
+        return NULL;
+    }
+    return cert;
+}
+
+int provhsm_test_p11_put_cert(provhsm_test_p11 *p, X509 *cert, const uint8_t *id, size_t id_len,
+                              const char *label)
+{
+    unsigned char *der = NULL, *subject = NULL, *issuer = NULL;
+    int der_len = i2d_X509(cert, &der);
+    int subject_len = i2d_X509_NAME(X509_get_subject_name(cert), &subject);
+    int issuer_len = i2d_X509_NAME(X509_get_issuer_name(cert), &issuer);
+    CK_OBJECT_CLASS cls = CKO_CERTIFICATE;
+    CK_CERTIFICATE_TYPE type = CKC_X_509;
+    CK_BBOOL yes = CK_TRUE;
+    CK_ATTRIBUTE tmpl[] = {
+        {CKA_CLASS, &cls, sizeof(cls)},
+        {CKA_CERTIFICATE_TYPE, &type, sizeof(type)},
+        {CKA_TOKEN, &yes, sizeof(yes)},
+        {CKA_LABEL, (void *)label, strlen(label)},
+        {CKA_SUBJECT, subject, (CK_ULONG)subject_len},
+        {CKA_ISSUER, issuer, (CK_ULONG)issuer_len},
+        {CKA_VALUE, der, (CK_ULONG)der_len},
+        {CKA_ID, (void *)id, id_len}, /* left out without an id */
+    };
+    CK_ULONG n = sizeof(tmpl) / sizeof(tmpl[0]) - (id == NULL ? 1 : 0);
+    CK_OBJECT_HANDLE obj;
+    CK_RV rv = CKR_ARGUMENTS_BAD;
+    if (der_len > 0 && subject_len > 0 && issuer_len > 0)
+        rv = p->fl->C_CreateObject(p->session, tmpl, n, &obj);
+    if (rv != CKR_OK)
+        fprintf(stderr, "softhsm fixture: C_CreateObject (certificate): CK_RV 0x%lx\n", rv);
+    OPENSSL_free(der);
+    OPENSSL_free(subject);
+    OPENSSL_free(issuer);
     return rv == CKR_OK ? 0 : -1;
 }
 

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <openssl/evp.h>
+#include <openssl/x509.h>
 #include <p11-kit/pkcs11.h>
 
 #include "config.h"
@@ -81,6 +83,24 @@ CK_OBJECT_HANDLE provhsm_test_p11_find(provhsm_test_p11 *p, CK_OBJECT_CLASS cls,
  */
 int provhsm_test_p11_make_key(provhsm_test_p11 *p, int rsa, int extractable, const uint8_t *id,
                               size_t id_len, const char *label);
+
+/* The EC P-256 public key of the pair with this id, read from its public key object. */
+EVP_PKEY *provhsm_test_p11_public_key(provhsm_test_p11 *p, const uint8_t *id, size_t id_len);
+
+/*
+ * A certificate CN=cn for `subject_key` (its public half), valid for a day, signed by
+ * `signer` in the name of `issuer` (issuer NULL: self-signed, signer is then the
+ * subject's own private key). `ca` adds basicConstraints CA:TRUE. NULL on failure.
+ */
+X509 *provhsm_test_make_cert(const char *cn, EVP_PKEY *subject_key, int ca, X509 *issuer,
+                             EVP_PKEY *signer);
+
+/*
+ * Puts `cert` on the token as a CKO_CERTIFICATE (CKC_X_509) token object with its
+ * CKA_SUBJECT, CKA_ISSUER, CKA_VALUE, a label, and CKA_ID when id is not NULL.
+ */
+int provhsm_test_p11_put_cert(provhsm_test_p11 *p, X509 *cert, const uint8_t *id, size_t id_len,
+                              const char *label);
 
 /* Log capture, as in the TPM fixture. */
 void provhsm_test_p11_log_capture(void);

@@ -3,8 +3,9 @@
  * token cannot be read out (checked through the module, not through the library), its
  * signatures verify against the reference's public key, a signature is two PKCS#11 calls
  * on the one session of the process (1,000 signatures open no other, 4 threads share it),
- * and the failure paths (wrong PIN not retried, token removed, key deleted, RSA and
- * extractable keys) end in a clear error, without a hang.
+ * the failure paths (wrong PIN not retried, token removed, key deleted, RSA and
+ * extractable keys) end in a clear error, without a hang, and the certificate chain a
+ * token holds for a key is found (by id or public key, then up through its issuers).
  */
 #include <pthread.h>
 #include <setjmp.h>
@@ -21,7 +22,9 @@
 
 #include <openssl/bn.h>
 #include <openssl/ec.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 
 #include <p11-kit/p11-kit.h>
@@ -552,6 +555,189 @@ static void test_adopt_public_key_from_certificate(void **state)
                          CK_INVALID_HANDLE);
 }
 
+/* ---- the chain a token holds for a key (key_certificates) ---------------------------- */
+
+static EVP_PKEY *software_key(void)
+{
+    EVP_PKEY *key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+    assert_non_null(key);
+    return key;
+}
+
+/* A key pair made on the token by "the factory", adopted into *ref; its public key. */
+static EVP_PKEY *factory_key(fixture *f, const uint8_t *id, size_t id_len, const char *label,
+                             provhsm_keyref *ref)
+{
+    char uri[128];
+    char *secret = NULL;
+    assert_int_equal(provhsm_test_p11_make_key(&f->direct, 0, 0, id, id_len, label), 0);
+    snprintf(uri, sizeof(uri), "pkcs11:object=%s;type=private", label);
+    assert_int_equal(be->key_adopt(&f->cfg, uri, ref, &secret), PROVHSM_OK);
+    EVP_PKEY *pub = provhsm_test_p11_public_key(&f->direct, id, id_len);
+    assert_non_null(pub);
+    return pub;
+}
+
+static X509 *cert_for(const char *cn, EVP_PKEY *key, int ca, X509 *issuer, EVP_PKEY *signer)
+{
+    X509 *cert = provhsm_test_make_cert(cn, key, ca, issuer, signer);
+    assert_non_null(cert);
+    return cert;
+}
+
+/* The certificates of a PEM chain, in order. */
+static STACK_OF(X509) *chain_of(const char *pem)
+{
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    X509 *x;
+    assert_non_null(bio);
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
+        assert_true(sk_X509_push(chain, x) > 0);
+    ERR_clear_error();
+    BIO_free(bio);
+    return chain;
+}
+
+/* key_certificates: the chain as PEM, parsed. */
+static STACK_OF(X509) *token_chain(fixture *f, const provhsm_keyref *ref)
+{
+    char *pem = NULL;
+    assert_int_equal(be->key_certificates(&f->cfg, ref, &pem), PROVHSM_OK);
+    assert_non_null(pem);
+    STACK_OF(X509) *chain = chain_of(pem);
+    free(pem);
+    return chain;
+}
+
+/*
+ * Leaf, intermediate and root on the token in another order, next to a certificate of
+ * another key and a second "intermediate" of the same name that did not sign the leaf:
+ * the chain is leaf, intermediate, root.
+ */
+static void test_key_certificates_chain_in_order(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t id[] = {0x5e, 0x01};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    EVP_PKEY *pub = factory_key(f, id, sizeof(id), "se", &f->ref);
+    EVP_PKEY *root_key = software_key(), *inter_key = software_key(), *twin_key = software_key();
+    EVP_PKEY *other_key = software_key();
+    X509 *root = cert_for("Test Root CA", root_key, 1, NULL, root_key);
+    X509 *inter = cert_for("Test Intermediate CA", inter_key, 1, root, root_key);
+    X509 *twin = cert_for("Test Intermediate CA", twin_key, 1, root, root_key);
+    X509 *leaf = cert_for("se-device", pub, 0, inter, inter_key);
+    X509 *other = cert_for("other-device", other_key, 0, NULL, other_key);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, root, NULL, 0, "root"), 0);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, twin, NULL, 0, "twin"), 0);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, other, NULL, 0, "other"), 0);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, leaf, id, sizeof(id), "se"), 0);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, inter, NULL, 0, "intermediate"), 0);
+
+    STACK_OF(X509) *chain = token_chain(f, &f->ref);
+    assert_int_equal(sk_X509_num(chain), 3);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 0), leaf), 0);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 1), inter), 0);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 2), root), 0);
+    sk_X509_pop_free(chain, X509_free);
+    X509_free(root);
+    X509_free(inter);
+    X509_free(twin);
+    X509_free(leaf);
+    X509_free(other);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(root_key);
+    EVP_PKEY_free(inter_key);
+    EVP_PKEY_free(twin_key);
+    EVP_PKEY_free(other_key);
+}
+
+/*
+ * A certificate without the key's id is found by its public key (its issuer is not on
+ * the token: a chain of one); one with the key's id is then preferred to it.
+ */
+static void test_key_certificates_by_public_key(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t id[] = {0x5e, 0x02};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    EVP_PKEY *pub = factory_key(f, id, sizeof(id), "se", &f->ref);
+    EVP_PKEY *ca_key = software_key();
+    X509 *ca = cert_for("Test CA", ca_key, 1, NULL, ca_key);
+    X509 *by_key = cert_for("by-public-key", pub, 0, ca, ca_key);
+    X509 *by_id = cert_for("by-id", pub, 0, ca, ca_key);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, by_key, NULL, 0, "no id"), 0);
+
+    STACK_OF(X509) *chain = token_chain(f, &f->ref);
+    assert_int_equal(sk_X509_num(chain), 1);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 0), by_key), 0);
+    sk_X509_pop_free(chain, X509_free);
+
+    static const uint8_t other_id[] = {0x77};
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, by_id, other_id, 1, "other id"), 0);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, by_id, id, sizeof(id), "se"), 0);
+    chain = token_chain(f, &f->ref);
+    assert_int_equal(sk_X509_num(chain), 1);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 0), by_id), 0);
+    sk_X509_pop_free(chain, X509_free);
+    X509_free(ca);
+    X509_free(by_key);
+    X509_free(by_id);
+    EVP_PKEY_free(pub);
+    EVP_PKEY_free(ca_key);
+}
+
+/*
+ * No certificate for the key: PROVHSM_E_NOT_FOUND, saying so. Another key's certificate
+ * is not taken, not even when it carries this key's id (then: another public key).
+ */
+static void test_key_certificates_none_for_the_key(void **state)
+{
+    fixture *f = *state;
+    static const uint8_t id_a[] = {0xa0}, id_b[] = {0xb0};
+    assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
+    EVP_PKEY *pub_a = factory_key(f, id_a, 1, "key-a", &f->ref);
+    provhsm_keyref ref_b = {0};
+    EVP_PKEY *pub_b = factory_key(f, id_b, 1, "key-b", &ref_b);
+    char *pem = NULL;
+    provhsm_test_p11_log_clear();
+    assert_int_equal(be->key_certificates(&f->cfg, &f->ref, &pem), PROVHSM_E_NOT_FOUND);
+    assert_null(pem);
+    assert_true(provhsm_test_p11_log_seen("holds no certificate for the key"));
+    assert_true(provhsm_test_p11_log_seen("--cert"));
+
+    EVP_PKEY *ca_key = software_key();
+    X509 *cert_b = cert_for("device-b", pub_b, 0, NULL, ca_key);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, cert_b, id_b, 1, "key-b"), 0);
+    assert_int_equal(be->key_certificates(&f->cfg, &f->ref, &pem), PROVHSM_E_NOT_FOUND);
+    assert_null(pem);
+    assert_int_equal(provhsm_test_p11_put_cert(&f->direct, cert_b, id_a, 1, "key-a"), 0);
+    provhsm_test_p11_log_clear();
+    assert_int_equal(be->key_certificates(&f->cfg, &f->ref, &pem), PROVHSM_E_MISMATCH);
+    assert_null(pem);
+    assert_true(provhsm_test_p11_log_seen("carries another public key"));
+
+    STACK_OF(X509) *chain = token_chain(f, &ref_b); /* B's own certificate is found */
+    assert_int_equal(sk_X509_num(chain), 1);
+    assert_int_equal(X509_cmp(sk_X509_value(chain, 0), cert_b), 0);
+    sk_X509_pop_free(chain, X509_free);
+
+    /* bad arguments: an error, never a crash */
+    provhsm_keyref foreign = {0};
+    snprintf(foreign.backend, sizeof(foreign.backend), "tpm");
+    foreign.locator = (char *)"0x81000110";
+    assert_int_equal(be->key_certificates(&f->cfg, NULL, &pem), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_certificates(&f->cfg, &f->ref, NULL), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_certificates(&f->cfg, &foreign, &pem), PROVHSM_E_INVALID_ARG);
+    assert_int_equal(be->key_certificates(NULL, &f->ref, &pem), PROVHSM_E_INVALID_ARG);
+    assert_null(pem);
+    provhsm_keyref_clear(&ref_b);
+    X509_free(cert_b);
+    EVP_PKEY_free(pub_a);
+    EVP_PKEY_free(pub_b);
+    EVP_PKEY_free(ca_key);
+}
+
 /* RSA keys are refused at generate and adopt, with why and what instead. */
 static void test_rsa_refused(void **state)
 {
@@ -771,6 +957,9 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_destroy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_adopt_by_uri, setup, teardown),
         cmocka_unit_test_setup_teardown(test_adopt_public_key_from_certificate, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_certificates_chain_in_order, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_certificates_by_public_key, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_key_certificates_none_for_the_key, setup, teardown),
         cmocka_unit_test_setup_teardown(test_rsa_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_extractable_refused, setup, teardown),
         cmocka_unit_test_setup_teardown(test_bad_uris, setup, teardown),

@@ -10,7 +10,8 @@
 #   t_x509_pkcs11_tool  [x509] backend = pkcs11 on a fresh SoftHSM2 token: RSA refused;
 #                       generate --self-signed; info says where the key is and that it is
 #                       not extractable; a PIN file others can read refused; a wrong PIN is a
-#                       clear error
+#                       clear error; adopt without --cert of a key whose certificate and CA
+#                       are on the token (put there with p11tool), and of one without
 # Added to CASES by test_tool.sh when swtpm + tpm2-tools, and SoftHSM2, are installed.
 
 SOFTHSM_MODULE=${SOFTHSM_MODULE:-/usr/lib/softhsm/libsofthsm2.so}
@@ -184,4 +185,42 @@ pin_file = $CASE/pin"
     printf '123456' >"$CASE/pin"
     info_json
     expect_eq "identity kept" "$(jget "$CASE/info.json" x509.registration_id)" p11-dev
+
+    # a secure element as shipped: key pair, its certificate and the CA's on the token
+    # (put there with GnuTLS's p11tool), adopted without a chain file
+    if ! command -v p11tool >/dev/null 2>&1; then
+        echo "    (p11tool not installed: adopting with the token's certificates not checked)"
+        return 0
+    fi
+    p11tool_on_token --generate-privkey ecdsa --curve secp256r1 --label se-key --id 5e01 \
+        --outfile "$CASE/se-pub.pem" || fail "p11tool could not make a key"
+    p11tool_on_token --generate-privkey ecdsa --curve secp256r1 --label bare-key --id 5e02 ||
+        fail "p11tool could not make a key"
+    make_ca
+    openssl x509 -new -subj /CN=se-tool -force_pubkey "$CASE/se-pub.pem" -CA "$CASE/ca.pem" \
+        -CAkey "$CASE/ca.key" -days 1 -out "$CASE/se.pem" 2>/dev/null ||
+        fail "openssl could not issue the token key's certificate"
+    p11tool_on_token --write --load-certificate "$CASE/ca.pem" --label tool-ca ||
+        fail "p11tool could not write the CA's certificate"
+    p11tool_on_token --write --load-certificate "$CASE/se.pem" --label se-key --id 5e01 ||
+        fail "p11tool could not write the key's certificate"
+    # no certificate for the key on the token: refused, asking for the chain
+    expect_error 1 x509 adopt --key "pkcs11:token=tooltest;object=bare-key;type=private" --force
+    expect_grep "--cert" "$CASE/err"
+    info_json
+    expect_eq "identity kept" "$(jget "$CASE/info.json" x509.registration_id)" p11-dev
+    expect_ok x509 adopt --key "pkcs11:token=tooltest;object=se-key;type=private" --force --json
+    expect_json
+    expect_eq "adopted chain length" "$(jget "$CASE/out" chain_length)" 2
+    expect_eq "adopted leaf" "$(jget "$CASE/out" fingerprint_sha256)" "$(fingerprint "$CASE/se.pem")"
+    info_json
+    expect_eq "adopted id" "$(jget "$CASE/info.json" x509.registration_id)" se-tool
+    jget "$CASE/info.json" x509.private_key | grep -q "se-key" ||
+        fail "info does not name the adopted key: $(jget "$CASE/info.json" x509.private_key)"
+}
+
+# p11tool_on_token ARGS...: GnuTLS's p11tool, logged in, on the case's SoftHSM2 token.
+p11tool_on_token() {
+    GNUTLS_PIN=123456 p11tool --provider "$SOFTHSM_MODULE" --login "$@" pkcs11:token=tooltest \
+        >/dev/null 2>&1
 }

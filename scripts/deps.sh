@@ -9,7 +9,7 @@ packages=(
     libssl-dev openssl
     libcmocka-dev
     libtss2-dev swtpm swtpm-tools tpm2-tools
-    libp11-kit-dev softhsm2 tpm2-openssl
+    libp11-kit-dev softhsm2 tpm2-openssl gnutls-bin
     clang libclang-rt-14-dev
     valgrind python3 cppcheck clang-format
 )

@@ -1199,15 +1199,18 @@ static void ec_signing_template(TPM2B_PUBLIC *t, TPM2_ECC_CURVE curve)
     p->parameters.eccDetail.kdf.scheme = TPM2_ALG_NULL;
 }
 
-provhsm_err provhsm_tpm_create_ec_signing_key(provhsm_tpm *tpm, ESYS_TR parent,
-                                              TPM2_ECC_CURVE curve, const TPM2B_AUTH *auth,
-                                              TPM2B_PRIVATE **private_out,
-                                              TPM2B_PUBLIC **public_out)
+/*
+ * TPM2_Create of `tmpl` under `parent` (password session). The sensitive part, which
+ * holds a secret, is wiped and freed here whatever the outcome; the creation data, which
+ * nothing here uses, is dropped. `what` names the object in the error.
+ */
+static provhsm_err create_object(provhsm_tpm *tpm, ESYS_TR parent,
+                                 TPM2B_SENSITIVE_CREATE *sensitive, const TPM2B_PUBLIC *tmpl,
+                                 const char *what, TPM2B_PRIVATE **private_out,
+                                 TPM2B_PUBLIC **public_out)
 {
     static const TPM2B_DATA no_outside_info = {.size = 0};
     static const TPML_PCR_SELECTION no_pcrs = {.count = 0};
-    TPM2B_SENSITIVE_CREATE *sensitive = NULL;
-    TPM2B_PUBLIC tmpl;
     TPM2B_PRIVATE *priv = NULL;
     TPM2B_PUBLIC *pub = NULL;
     TPM2B_CREATION_DATA *creation_data = NULL;
@@ -1215,28 +1218,39 @@ provhsm_err provhsm_tpm_create_ec_signing_key(provhsm_tpm *tpm, ESYS_TR parent,
     TPMT_TK_CREATION *ticket = NULL;
     TSS2_RC rc;
 
-    if (tpm == NULL || auth == NULL || auth->size > sizeof(auth->buffer) || private_out == NULL ||
-        public_out == NULL)
-        return PROVHSM_E_INVALID_ARG;
-    TPM_REQUIRE_LIVE(tpm, "Create");
-    sensitive = provhsm_secure_alloc(sizeof(*sensitive));
-    if (sensitive == NULL)
-        return PROVHSM_E_NOMEM;
-    sensitive->sensitive.userAuth = *auth;
-    ec_signing_template(&tmpl, curve);
     TPM_RUN(tpm, rc,
             Esys_Create_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                              sensitive, &tmpl, &no_outside_info, &no_pcrs),
+                              sensitive, tmpl, &no_outside_info, &no_pcrs),
             Esys_Create_Finish(tpm->esys, &priv, &pub, &creation_data, &creation_hash, &ticket));
     provhsm_secure_free(sensitive);
     Esys_Free(creation_data);
     Esys_Free(creation_hash);
     Esys_Free(ticket);
     if (rc != TSS2_RC_SUCCESS)
-        return fail(tpm, rc, "Create (EC signing key)");
+        return fail(tpm, rc, what);
     *private_out = priv;
     *public_out = pub;
     return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_create_ec_signing_key(provhsm_tpm *tpm, ESYS_TR parent,
+                                              TPM2_ECC_CURVE curve, const TPM2B_AUTH *auth,
+                                              TPM2B_PRIVATE **private_out,
+                                              TPM2B_PUBLIC **public_out)
+{
+    TPM2B_PUBLIC tmpl;
+
+    if (tpm == NULL || auth == NULL || auth->size > sizeof(auth->buffer) || private_out == NULL ||
+        public_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "Create");
+    TPM2B_SENSITIVE_CREATE *sensitive = provhsm_secure_alloc(sizeof(*sensitive));
+    if (sensitive == NULL)
+        return PROVHSM_E_NOMEM;
+    sensitive->sensitive.userAuth = *auth;
+    ec_signing_template(&tmpl, curve);
+    return create_object(tpm, parent, sensitive, &tmpl, "Create (EC signing key)", private_out,
+                         public_out);
 }
 
 provhsm_err provhsm_tpm_set_object_auth(provhsm_tpm *tpm, ESYS_TR object, const TPM2B_AUTH *auth)
@@ -1479,40 +1493,20 @@ provhsm_err provhsm_tpm_create_sealed(provhsm_tpm *tpm, ESYS_TR parent, const ui
                                       size_t len, const TPM2B_DIGEST *policy,
                                       TPM2B_PRIVATE **private_out, TPM2B_PUBLIC **public_out)
 {
-    static const TPM2B_DATA no_outside_info = {.size = 0};
-    static const TPML_PCR_SELECTION no_pcrs = {.count = 0};
-    TPM2B_SENSITIVE_CREATE *sensitive = NULL;
     TPM2B_PUBLIC tmpl;
-    TPM2B_PRIVATE *priv = NULL;
-    TPM2B_PUBLIC *pub = NULL;
-    TPM2B_CREATION_DATA *creation_data = NULL;
-    TPM2B_DIGEST *creation_hash = NULL;
-    TPMT_TK_CREATION *ticket = NULL;
-    TSS2_RC rc;
 
     if (tpm == NULL || data == NULL || len == 0 || len > SEALED_MAX || private_out == NULL ||
         public_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "Create");
-    sensitive = provhsm_secure_alloc(sizeof(*sensitive));
+    TPM2B_SENSITIVE_CREATE *sensitive = provhsm_secure_alloc(sizeof(*sensitive));
     if (sensitive == NULL)
         return PROVHSM_E_NOMEM;
     sensitive->sensitive.data.size = (UINT16)len;
     memcpy(sensitive->sensitive.data.buffer, data, len);
     sealed_template(&tmpl, policy);
-    TPM_RUN(tpm, rc,
-            Esys_Create_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                              sensitive, &tmpl, &no_outside_info, &no_pcrs),
-            Esys_Create_Finish(tpm->esys, &priv, &pub, &creation_data, &creation_hash, &ticket));
-    provhsm_secure_free(sensitive);
-    Esys_Free(creation_data);
-    Esys_Free(creation_hash);
-    Esys_Free(ticket);
-    if (rc != TSS2_RC_SUCCESS)
-        return fail(tpm, rc, "Create (sealed data object)");
-    *private_out = priv;
-    *public_out = pub;
-    return PROVHSM_OK;
+    return create_object(tpm, parent, sensitive, &tmpl, "Create (sealed data object)", private_out,
+                         public_out);
 }
 
 /* What Load answers for a private area whose integrity key (the parent's seed) differs. */

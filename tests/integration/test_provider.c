@@ -37,6 +37,7 @@
 #include "backend.h"
 #include "backend_testkey.h"
 #include "hwkey.h"
+#include "identity_fixture.h"
 #include "keyref.h"
 #include "provider/provider.h"
 #include "secmem.h"
@@ -81,80 +82,25 @@ static const char *provider_name(const OSSL_PROVIDER *prov)
     return prov != NULL ? OSSL_PROVIDER_get0_name(prov) : "(none)";
 }
 
-static const char *key_provider(const EVP_PKEY *key)
-{
-    return key != NULL ? provider_name(EVP_PKEY_get0_provider(key)) : "(no key)";
-}
-
-static EVP_PKEY *pem_private_key(const char *pem)
-{
-    BIO *bio = BIO_new_mem_buf(pem, -1);
-    EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
-    BIO_free(bio);
-    return key;
-}
-
-static char *pkcs8_pem(EVP_PKEY *key)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *data = NULL, *pem = NULL;
-    if (PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) == 1) {
-        long n = BIO_get_mem_data(bio, &data);
-        pem = calloc(1, (size_t)n + 1);
-        memcpy(pem, data, (size_t)n);
-    }
-    BIO_free(bio);
-    return pem;
-}
-
 static EVP_PKEY *software_key(const char *group)
 {
     return EVP_PKEY_Q_keygen(NULL, NULL, "EC", group);
 }
 
 /* A hardware-style key: made by the testkey backend, opened and held for the program. */
-typedef struct device_key {
-    provhsm_keyref ref;
-    provhsm_hwkey *held;
-    char *alias_pem; /* the key reference, as x509_alias_key returns it */
-    EVP_PKEY *pub;   /* its public half, default provider */
-    char *leaf_pem;  /* certificate issued by the test CA */
-} device_key;
-
-static int device_key_make(device_key *dk, provhsm_key_type type, tls_ca *ca, const char *cn)
+static int testkey_device_key_make(identity_hw_key *dk, provhsm_key_type type, tls_ca *ca,
+                                   const char *cn)
 {
-    char *secret = NULL;
-    memset(dk, 0, sizeof(*dk));
-    if (provhsm_backend_testkey.key_generate(NULL, type, 0, &dk->ref, &secret) != PROVHSM_OK)
-        return -1;
-    provhsm_err err = provhsm_hwkey_register(&dk->ref, secret, &dk->held);
-    provhsm_secure_free(secret);
-    if (err != PROVHSM_OK || provhsm_keyref_to_pem(&dk->ref, &dk->alias_pem) != PROVHSM_OK)
-        return -1;
-    const unsigned char *p = dk->ref.spki;
-    dk->pub = d2i_PUBKEY(NULL, &p, (long)dk->ref.spki_len);
-    if (dk->pub == NULL || tls_ca_issue(ca, dk->pub, cn, &dk->leaf_pem) != 0)
-        return -1;
-    return 0;
-}
-
-static void device_key_clear(device_key *dk)
-{
-    provhsm_hwkey_release(dk->held);
-    provhsm_keyref_clear(&dk->ref);
-    free(dk->alias_pem);
-    EVP_PKEY_free(dk->pub);
-    free(dk->leaf_pem);
-    memset(dk, 0, sizeof(*dk));
+    return identity_hw_key_make(dk, &provhsm_backend_testkey, NULL, type, ca, cn);
 }
 
 typedef struct fixture {
     tls_ca *ca;
     tls_server *srv;
-    device_key dk;     /* P-256 */
-    EVP_PKEY *sw_key;  /* a software client key */
-    char *sw_key_pem;  /* its PKCS#8 PEM */
-    char *sw_leaf_pem; /* its certificate */
+    identity_hw_key dk; /* P-256 */
+    EVP_PKEY *sw_key;   /* a software client key */
+    char *sw_key_pem;   /* its PKCS#8 PEM */
+    char *sw_leaf_pem;  /* its certificate */
     char tmpdir[64];
 } fixture;
 
@@ -181,7 +127,7 @@ static void use_openssl_first(void)
     tls_ca *ca = tls_ca_new("before the provider");
     tls_server *srv = tls_server_start(ca);
     EVP_PKEY *key = software_key("P-256");
-    char *key_pem = pkcs8_pem(key), *leaf = NULL, err[512];
+    char *key_pem = tls_key_to_pkcs8_pem(key), *leaf = NULL, err[512];
     if (tls_ca_issue(ca, key, "early", &leaf) != 0 ||
         tls_handshake(srv, leaf, key_pem, TLS1_3_VERSION, err, sizeof(err)) != 0)
         fprintf(stderr, "software handshake before the provider failed: %s\n", err);
@@ -210,10 +156,10 @@ static int group_setup(void **state)
     fx->ca = tls_ca_new("provider test CA");
     fx->srv = tls_server_start(fx->ca);
     if (fx->ca == NULL || fx->srv == NULL ||
-        device_key_make(&fx->dk, PROVHSM_KEY_EC_P256, fx->ca, "testkey-device") != 0)
+        testkey_device_key_make(&fx->dk, PROVHSM_KEY_EC_P256, fx->ca, "testkey-device") != 0)
         return -1;
     fx->sw_key = software_key("P-256");
-    fx->sw_key_pem = pkcs8_pem(fx->sw_key);
+    fx->sw_key_pem = tls_key_to_pkcs8_pem(fx->sw_key);
     if (fx->sw_key_pem == NULL || tls_ca_issue(fx->ca, fx->sw_key, "software", &fx->sw_leaf_pem))
         return -1;
     return 0;
@@ -226,7 +172,7 @@ static int group_teardown(void **state)
         return 0;
     tls_server_stop(fx->srv);
     tls_ca_free(fx->ca);
-    device_key_clear(&fx->dk);
+    identity_hw_key_clear(&fx->dk);
     EVP_PKEY_free(fx->sw_key);
     free(fx->sw_key_pem);
     free(fx->sw_leaf_pem);
@@ -243,9 +189,9 @@ static int group_teardown(void **state)
 static void test_decode_gives_a_key_of_our_provider(void **state)
 {
     (void)state;
-    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->dk.alias_pem);
     assert_non_null(key);
-    assert_string_equal(key_provider(key), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(key), PROVHSM_PROVIDER_NAME);
     assert_true(EVP_PKEY_is_a(key, "EC"));
     assert_int_equal(EVP_PKEY_get_bits(key), 256);
     assert_int_equal(EVP_PKEY_get_security_bits(key), 128);
@@ -295,7 +241,7 @@ static void test_private_import_refused(void **state)
     assert_null(imported);
     /* a public key comes in, matches, and cannot sign */
     assert_int_equal(EVP_PKEY_fromdata(ctx, &imported, EVP_PKEY_PUBLIC_KEY, public_only), 1);
-    assert_string_equal(key_provider(imported), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(imported), PROVHSM_PROVIDER_NAME);
     assert_int_equal(EVP_PKEY_eq(imported, fx->sw_key), 1);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     unsigned char sig[128];
@@ -327,7 +273,7 @@ static void test_key_reference_round_trip(void **state)
 static void test_private_half_cannot_be_exported(void **state)
 {
     (void)state;
-    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->dk.alias_pem);
     assert_non_null(key);
     OSSL_PARAM *params = NULL;
     assert_int_not_equal(EVP_PKEY_todata(key, EVP_PKEY_KEYPAIR, &params), 1);
@@ -366,7 +312,7 @@ static void check_request_signed(EVP_PKEY *key, const EVP_MD *md)
 static void test_csr_signed_in_the_device_verifies(void **state)
 {
     (void)state;
-    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->dk.alias_pem);
     assert_non_null(key);
     check_request_signed(key, EVP_sha256());
     check_request_signed(key, EVP_sha384());
@@ -380,7 +326,7 @@ static void test_key_from_pem_api(void **state)
     (void)state;
     EVP_PKEY *key = NULL;
     assert_int_equal(provhsm_provider_key_from_pem(fx->dk.alias_pem, &key), PROVHSM_OK);
-    assert_string_equal(key_provider(key), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(key), PROVHSM_PROVIDER_NAME);
     /* a self-signed certificate as the admin API makes it */
     X509 *cert = X509_new();
     assert_int_equal(X509_set_pubkey(cert, key), 1);
@@ -395,7 +341,7 @@ static void test_key_from_pem_api(void **state)
 static void test_signature_context_served_by_our_provider(void **state)
 {
     (void)state;
-    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->dk.alias_pem);
     EVP_MD_CTX *md = EVP_MD_CTX_new();
     EVP_PKEY_CTX *pctx = NULL;
     assert_int_equal(EVP_DigestSignInit_ex(md, &pctx, "SHA2-384", NULL, NULL, key, NULL), 1);
@@ -430,7 +376,7 @@ static void test_signature_context_served_by_our_provider(void **state)
 static void test_copied_context_and_prehashed_sign(void **state)
 {
     (void)state;
-    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->dk.alias_pem);
     assert_non_null(key);
     EVP_MD_CTX *md = EVP_MD_CTX_new(), *copy = EVP_MD_CTX_new();
     assert_int_equal(EVP_DigestSignInit_ex(md, NULL, "SHA2-256", NULL, NULL, key, NULL), 1);
@@ -480,7 +426,7 @@ static void test_copied_context_and_prehashed_sign(void **state)
 
 /* ---- TLS ---------------------------------------------------------------------- */
 
-static void handshake_costs_one_signature(const device_key *dk, int version)
+static void handshake_costs_one_signature(const identity_hw_key *dk, int version)
 {
     char err[1024];
     unsigned long signs = provhsm_testkey_test_signs();
@@ -513,7 +459,7 @@ static void test_client_context_holds_our_key(void **state)
     assert_non_null(cl);
     EVP_PKEY *held = SSL_CTX_get0_privatekey(tls_client_ctx(cl));
     assert_non_null(held); /* the certificate set after the key matched it */
-    assert_string_equal(key_provider(held), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(held), PROVHSM_PROVIDER_NAME);
     assert_int_equal(SSL_CTX_check_private_key(tls_client_ctx(cl)), 1);
     unsigned long signs = provhsm_testkey_test_signs();
     assert_int_equal(tls_client_handshakes(cl, 10, err, sizeof(err)), 0);
@@ -524,15 +470,15 @@ static void test_client_context_holds_our_key(void **state)
 static void test_p384_key(void **state)
 {
     (void)state;
-    device_key dk;
-    assert_int_equal(device_key_make(&dk, PROVHSM_KEY_EC_P384, fx->ca, "p384-device"), 0);
-    EVP_PKEY *key = pem_private_key(dk.alias_pem);
+    identity_hw_key dk;
+    assert_int_equal(testkey_device_key_make(&dk, PROVHSM_KEY_EC_P384, fx->ca, "p384-device"), 0);
+    EVP_PKEY *key = tls_key_from_pem(dk.alias_pem);
     assert_non_null(key);
     assert_int_equal(EVP_PKEY_get_bits(key), 384);
     EVP_PKEY_free(key);
     handshake_costs_one_signature(&dk, TLS1_3_VERSION);
     handshake_costs_one_signature(&dk, TLS1_2_VERSION);
-    device_key_clear(&dk);
+    identity_hw_key_clear(&dk);
 }
 
 typedef struct worker {
@@ -585,8 +531,8 @@ static void test_software_tls_unaffected(void **state)
         if (tls_handshake(fx->srv, fx->sw_leaf_pem, fx->sw_key_pem, version, err, sizeof(err)) != 0)
             fail_msg("software-key handshake (version %x) failed: %s", version, err);
     assert_int_equal(provhsm_testkey_test_signs(), signs);
-    EVP_PKEY *key = pem_private_key(fx->sw_key_pem);
-    assert_string_equal(key_provider(key), "default");
+    EVP_PKEY *key = tls_key_from_pem(fx->sw_key_pem);
+    assert_string_equal(tls_key_provider_name(key), "default");
     EVP_PKEY_free(key);
 }
 
@@ -613,8 +559,8 @@ static void test_unqualified_fetches_served_by_default(void **state)
     EVP_KEYMGMT_free(km);
     /* EC key generation */
     EVP_PKEY *a = software_key("P-256"), *b = software_key("P-384"), *c = software_key("P-256");
-    assert_string_equal(key_provider(a), "default");
-    assert_string_equal(key_provider(b), "default");
+    assert_string_equal(tls_key_provider_name(a), "default");
+    assert_string_equal(tls_key_provider_name(b), "default");
     /* ECDH */
     EVP_PKEY_CTX *ctx = EVP_PKEY_CTX_new_from_pkey(NULL, a, NULL);
     unsigned char secret[32];
@@ -697,9 +643,9 @@ static void test_other_pem_keys_still_decode(void **state)
 {
     (void)state;
     /* PKCS#8 */
-    EVP_PKEY *key = pem_private_key(fx->sw_key_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->sw_key_pem);
     assert_non_null(key);
-    assert_string_equal(key_provider(key), "default");
+    assert_string_equal(tls_key_provider_name(key), "default");
     assert_int_equal(EVP_PKEY_eq(key, fx->sw_key), 1);
     EVP_PKEY_free(key);
     /* traditional "EC PRIVATE KEY" */
@@ -720,8 +666,8 @@ static void test_other_pem_keys_still_decode(void **state)
     EVP_PKEY *second = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     assert_non_null(first);
     assert_non_null(second);
-    assert_string_equal(key_provider(first), PROVHSM_PROVIDER_NAME);
-    assert_string_equal(key_provider(second), "default");
+    assert_string_equal(tls_key_provider_name(first), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(second), "default");
     assert_int_equal(EVP_PKEY_eq(second, fx->sw_key), 1);
     EVP_PKEY_free(first);
     EVP_PKEY_free(second);
@@ -733,8 +679,8 @@ static void test_other_pem_keys_still_decode(void **state)
     second = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
     assert_non_null(first);
     assert_non_null(second);
-    assert_string_equal(key_provider(first), "default");
-    assert_string_equal(key_provider(second), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(first), "default");
+    assert_string_equal(tls_key_provider_name(second), PROVHSM_PROVIDER_NAME);
     EVP_PKEY_free(first);
     EVP_PKEY_free(second);
     BIO_free(bio);
@@ -744,7 +690,7 @@ static void test_other_pem_keys_still_decode(void **state)
     assert_int_equal(PEM_write_bio_PUBKEY(bio, fx->sw_key), 1);
     key = PEM_read_bio_PUBKEY(bio, NULL, NULL, NULL);
     assert_non_null(key);
-    assert_string_equal(key_provider(key), "default");
+    assert_string_equal(tls_key_provider_name(key), "default");
     EVP_PKEY_free(key);
     BIO_free(bio);
 }
@@ -820,7 +766,7 @@ static void test_key_of_no_identity_is_refused(void **state)
         PROVHSM_OK);
     assert_int_equal(provhsm_keyref_to_pem(&ref, &pem), PROVHSM_OK);
     log_clear();
-    assert_null(pem_private_key(pem));
+    assert_null(tls_key_from_pem(pem));
     unsigned long code = ERR_peek_last_error();
     assert_int_not_equal(code, 0);
     ERR_clear_error();
@@ -835,7 +781,7 @@ static void test_key_of_no_identity_is_refused(void **state)
     assert_int_equal(provhsm_keyref_make("nosuch", "x", spki, (size_t)len, &other), PROVHSM_OK);
     assert_int_equal(provhsm_keyref_to_pem(&other, &other_pem), PROVHSM_OK);
     log_clear();
-    assert_null(pem_private_key(other_pem));
+    assert_null(tls_key_from_pem(other_pem));
     ERR_clear_error();
     assert_true(log_has("nosuch"));
     free(other_pem);
@@ -858,7 +804,7 @@ static void test_malformed_reference_is_refused(void **state)
              "-----\n",
              (int)(end - body), body);
     log_clear();
-    assert_null(pem_private_key(pem));
+    assert_null(tls_key_from_pem(pem));
     ERR_clear_error();
     assert_true(log_has("malformed " PROVHSM_KEYREF_PEM_LABEL));
 }
@@ -872,7 +818,7 @@ static void test_load_is_counted(void **state)
     provhsm_provider_unload();
     /* still loaded: the group's count remains */
     assert_int_equal(OSSL_PROVIDER_available(NULL, PROVHSM_PROVIDER_NAME), 1);
-    EVP_PKEY *key = pem_private_key(fx->dk.alias_pem);
+    EVP_PKEY *key = tls_key_from_pem(fx->dk.alias_pem);
     assert_non_null(key);
     EVP_PKEY_free(key);
 }

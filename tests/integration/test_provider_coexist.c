@@ -41,8 +41,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
-#include <sys/wait.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -56,6 +54,7 @@
 
 #include "backend_testkey.h"
 #include "hsm_client_data.h"
+#include "identity_fixture.h"
 #include "keyref.h"
 #include "provider/provider.h"
 #include "swtpm_fixture.h"
@@ -85,20 +84,6 @@ static struct {
 } G;
 
 /* ---- helpers --------------------------------------------------------------------- */
-
-static const char *key_provider(const EVP_PKEY *key)
-{
-    const OSSL_PROVIDER *prov = key != NULL ? EVP_PKEY_get0_provider(key) : NULL;
-    return prov != NULL ? OSSL_PROVIDER_get0_name(prov) : "(none)";
-}
-
-static EVP_PKEY *pem_private_key(const char *pem)
-{
-    BIO *bio = BIO_new_mem_buf(pem, -1);
-    EVP_PKEY *key = PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL);
-    BIO_free(bio);
-    return key;
-}
 
 static char *read_text_file(const char *path)
 {
@@ -139,60 +124,7 @@ static EVP_PKEY *software_key(void)
     return key;
 }
 
-static char *pkcs8_pem(EVP_PKEY *key)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *data = NULL, *pem = NULL;
-    if (PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) == 1) {
-        long n = BIO_get_mem_data(bio, &data);
-        pem = calloc(1, (size_t)n + 1);
-        if (pem != NULL)
-            memcpy(pem, data, (size_t)n);
-    }
-    BIO_free(bio);
-    return pem;
-}
-
 /* ---- what happens before the test process touches OpenSSL ---------------------------- */
-
-static int write_config(void)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "%s/provhsm.conf", G.dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "[store]\npath = %s/store\n[x509]\nbackend = testkey\n", G.dir);
-    fclose(f);
-    chmod(path, 0600);
-    setenv("PROVHSM_CONFIG", path, 1);
-    unsetenv("PROVHSM_STORE");
-    return 0;
-}
-
-/* The device's identity, made by the store in a process of its own (as `provhsm x509
- * generate --self-signed` would), so that the test process's OpenSSL is untouched until
- * it loads its providers in the order under test. */
-static int provision_in_another_process(void)
-{
-    pid_t pid = fork();
-    if (pid < 0)
-        return -1;
-    if (pid == 0) {
-        char *self_signed = NULL;
-        int ok = provhsm_store_init() == PROVHSM_OK &&
-                 provhsm_x509_generate(DEVICE_CN, PROVHSM_KEY_EC_P256, 30, 1, &self_signed) ==
-                     PROVHSM_OK;
-        free(self_signed);
-        _exit(ok ? 0 : 1);
-    }
-    int status = 0;
-    if (waitpid(pid, &status, 0) != pid || !WIFEXITED(status) || WEXITSTATUS(status) != 0) {
-        fprintf(stderr, "setup: provisioning the testkey identity failed\n");
-        return -1;
-    }
-    return 0;
-}
 
 /* A TSS2 key made by tpm2-openssl's own command line, in another process (the swtpm
  * serves one client at a time: this runs before the test process connects to it). */
@@ -229,19 +161,6 @@ static int application_loads_tpm2(void)
     if (EVP_set_default_properties(NULL, TPM2_APP_PROPERTIES) != 1)
         return -1;
     return 0;
-}
-
-/* The certificate and alias key as the SDK gets them from the X.509 table. */
-static int sdk_strings(void)
-{
-    const HSM_CLIENT_X509_INTERFACE *x509 = hsm_client_x509_interface();
-    HSM_CLIENT_HANDLE handle = x509->hsm_client_x509_create();
-    if (handle == NULL)
-        return -1;
-    G.cert_pem = x509->hsm_client_get_cert(handle);
-    G.key_pem = x509->hsm_client_get_key(handle);
-    x509->hsm_client_x509_destroy(handle);
-    return G.cert_pem != NULL && G.key_pem != NULL ? 0 : -1;
 }
 
 /* OpenSSL's error queue as text (the queue is emptied). */
@@ -299,7 +218,7 @@ static int load_in_order_under_test(void)
     G.x509_initialised = 1;
     if (G.provhsm_first && application_loads_tpm2() != 0)
         return -1;
-    return sdk_strings();
+    return identity_sdk_strings(&G.cert_pem, &G.key_pem);
 }
 
 static int make_peers_on_default(void)
@@ -309,7 +228,7 @@ static int make_peers_on_default(void)
         return -1;
     G.srv = tls_server_start(G.ca);
     EVP_PKEY *sw = software_key();
-    int ok = G.srv != NULL && sw != NULL && (G.sw_key_pem = pkcs8_pem(sw)) != NULL &&
+    int ok = G.srv != NULL && sw != NULL && (G.sw_key_pem = tls_key_to_pkcs8_pem(sw)) != NULL &&
              tls_ca_issue(G.ca, sw, SOFTWARE_CN, &G.sw_leaf_pem) == 0;
     EVP_PKEY_free(sw);
     return ok ? 0 : -1;
@@ -329,8 +248,12 @@ static int make_peers(void)
 
 static int prepare(void)
 {
-    snprintf(G.dir, sizeof(G.dir), "/tmp/provhsm-coexist-XXXXXX");
-    if (mkdtemp(G.dir) == NULL || write_config() != 0 || provision_in_another_process() != 0)
+    /* the device's identity made by the store in a process of its own (as `provhsm x509
+     * generate --self-signed` would), so that the test process's OpenSSL is untouched
+     * until it loads its providers in the order under test */
+    if (identity_workdir_make(G.dir, sizeof(G.dir), "coexist") != 0 ||
+        identity_config_write(G.dir, "testkey", NULL) != 0 ||
+        identity_generate_in_another_process(DEVICE_CN) != 0)
         return -1;
     if (provhsm_test_swtpm_start(&G.swtpm, NULL) != 0)
         return -1;
@@ -358,12 +281,7 @@ static int group_teardown(void **unused)
     if (G.x509_initialised)
         hsm_client_x509_deinit();
     provhsm_test_swtpm_stop(&G.swtpm);
-    if (G.dir[0] != '\0') {
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", G.dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", G.dir);
-    }
+    identity_workdir_remove(G.dir);
     return 0;
 }
 
@@ -433,9 +351,9 @@ static void test_three_providers_loaded(void **unused)
 static void test_sdk_alias_key_signs_in_our_provider(void **unused)
 {
     (void)unused;
-    EVP_PKEY *key = pem_private_key(G.key_pem);
+    EVP_PKEY *key = tls_key_from_pem(G.key_pem);
     assert_non_null(key);
-    assert_string_equal(key_provider(key), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(key), PROVHSM_PROVIDER_NAME);
     unsigned char sig[128];
     size_t sig_len = sizeof(sig);
     unsigned long signs = provhsm_testkey_test_signs();
@@ -478,7 +396,7 @@ static void test_sdk_identity_handshakes(void **unused)
         tls_client *cl = tls_client_new(G.srv, G.leaf_pem, G.key_pem, version, err, sizeof(err));
         if (cl == NULL)
             fail_msg("TLS %x client: %s", version, err);
-        assert_string_equal(key_provider(SSL_CTX_get0_privatekey(tls_client_ctx(cl))),
+        assert_string_equal(tls_key_provider_name(SSL_CTX_get0_privatekey(tls_client_ctx(cl))),
                             PROVHSM_PROVIDER_NAME);
         unsigned long signs = provhsm_testkey_test_signs();
         unsigned long verified = tls_server_verified_handshakes(G.srv);
@@ -516,12 +434,12 @@ static void test_tpm2_pem_key_still_decodes(void **unused)
     char *pem = read_text_file(G.tpm2_key_path);
     assert_non_null(pem);
     assert_non_null(strstr(pem, "-----BEGIN TSS2 PRIVATE KEY-----"));
-    EVP_PKEY *tpm_key = pem_private_key(pem);
+    EVP_PKEY *tpm_key = tls_key_from_pem(pem);
     if (tpm_key == NULL) {
         ERR_print_errors_fp(stderr);
         fail_msg("PEM_read_bio_PrivateKey gave no key for tpm2-openssl's PEM");
     }
-    assert_string_equal(key_provider(tpm_key), TPM2_PROVIDER);
+    assert_string_equal(tls_key_provider_name(tpm_key), TPM2_PROVIDER);
     /* it signs (in the TPM) and the signature verifies with its public half */
     unsigned long signs = provhsm_testkey_test_signs();
     unsigned char sig[128];
@@ -553,14 +471,14 @@ static void test_tpm2_pem_key_still_decodes(void **unused)
     EVP_PKEY_free(tpm_key);
     free(pem);
 
-    EVP_PKEY *ours = pem_private_key(G.key_pem);
+    EVP_PKEY *ours = tls_key_from_pem(G.key_pem);
     assert_non_null(ours);
-    assert_string_equal(key_provider(ours), PROVHSM_PROVIDER_NAME);
+    assert_string_equal(tls_key_provider_name(ours), PROVHSM_PROVIDER_NAME);
     EVP_PKEY_free(ours);
     /* and a software PKCS#8 key still goes to the default provider */
-    EVP_PKEY *sw = pem_private_key(G.sw_key_pem);
+    EVP_PKEY *sw = tls_key_from_pem(G.sw_key_pem);
     assert_non_null(sw);
-    assert_string_equal(key_provider(sw), "default");
+    assert_string_equal(tls_key_provider_name(sw), "default");
     EVP_PKEY_free(sw);
 }
 

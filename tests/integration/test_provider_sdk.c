@@ -14,7 +14,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -24,6 +23,7 @@
 
 #include "backend_testkey.h"
 #include "hsm_client_data.h"
+#include "identity_fixture.h"
 #include "keyref.h"
 #include "provhsm/provhsm.h"
 #include "tls_harness.h"
@@ -34,26 +34,11 @@ static struct {
     tls_server *srv;
 } G;
 
-static int write_config(void)
-{
-    char path[128];
-    snprintf(path, sizeof(path), "%s/provhsm.conf", G.dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "[store]\npath = %s/store\n[x509]\nbackend = testkey\n", G.dir);
-    fclose(f);
-    chmod(path, 0600);
-    setenv("PROVHSM_CONFIG", path, 1);
-    unsetenv("PROVHSM_STORE");
-    return provhsm_store_init() == PROVHSM_OK ? 0 : -1;
-}
-
 static int group_setup(void **unused)
 {
     (void)unused;
-    snprintf(G.dir, sizeof(G.dir), "/tmp/provhsm-provsdk-XXXXXX");
-    if (mkdtemp(G.dir) == NULL || write_config() != 0)
+    if (identity_workdir_make(G.dir, sizeof(G.dir), "provsdk") != 0 ||
+        identity_config_write(G.dir, "testkey", NULL) != 0 || provhsm_store_init() != PROVHSM_OK)
         return -1;
     G.ca = tls_ca_new("provider SDK test CA");
     G.srv = tls_server_start(G.ca);
@@ -65,24 +50,8 @@ static int group_teardown(void **unused)
     (void)unused;
     tls_server_stop(G.srv);
     tls_ca_free(G.ca);
-    char cmd[128];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", G.dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", G.dir);
+    identity_workdir_remove(G.dir);
     return 0;
-}
-
-/* The certificate and alias key as the SDK gets them, after hsm_client_x509_init. */
-static void sdk_strings(char **cert_pem, char **key_pem)
-{
-    const HSM_CLIENT_X509_INTERFACE *x509 = hsm_client_x509_interface();
-    HSM_CLIENT_HANDLE handle = x509->hsm_client_x509_create();
-    assert_non_null(handle);
-    *cert_pem = x509->hsm_client_get_cert(handle);
-    *key_pem = x509->hsm_client_get_key(handle);
-    assert_non_null(*cert_pem);
-    assert_non_null(*key_pem);
-    x509->hsm_client_x509_destroy(handle);
 }
 
 static void handshakes_sign_in_the_backend(const char *cert_pem, const char *key_pem)
@@ -99,18 +68,15 @@ static void handshakes_sign_in_the_backend(const char *cert_pem, const char *key
 static void test_csr_flow(void **unused)
 {
     (void)unused;
-    char *csr = NULL, *leaf = NULL, *cert_pem = NULL, *key_pem = NULL;
-    int expired = 1;
+    char *csr = NULL, *cert_pem = NULL, *key_pem = NULL;
     unsigned long signs = provhsm_testkey_test_signs();
     assert_int_equal(provhsm_x509_generate("sdk-device", PROVHSM_KEY_EC_P256, 0, 1, &csr),
                      PROVHSM_OK);
     assert_int_equal(provhsm_testkey_test_signs(), signs + 1); /* the CSR, through us */
-    assert_int_equal(tls_ca_issue_from_csr(G.ca, csr, &leaf), 0);
-    assert_int_equal(provhsm_x509_import(leaf, NULL, &expired), PROVHSM_OK);
-    assert_int_equal(expired, 0);
+    assert_int_equal(identity_import_cert_for_csr(G.ca, csr), 0);
 
     assert_int_equal(hsm_client_x509_init(), 0);
-    sdk_strings(&cert_pem, &key_pem);
+    assert_int_equal(identity_sdk_strings(&cert_pem, &key_pem), 0);
     assert_null(strstr(key_pem, "PRIVATE KEY"));
     assert_non_null(strstr(key_pem, PROVHSM_KEYREF_PEM_LABEL));
     handshakes_sign_in_the_backend(cert_pem, key_pem);
@@ -127,7 +93,6 @@ static void test_csr_flow(void **unused)
     free(cert_pem);
     free(key_pem);
     free(csr);
-    free(leaf);
 }
 
 static void test_self_signed_flow_p384(void **unused)
@@ -148,7 +113,7 @@ static void test_self_signed_flow_p384(void **unused)
     X509_free(cert);
 
     assert_int_equal(hsm_client_x509_init(), 0);
-    sdk_strings(&cert_pem, &key_pem);
+    assert_int_equal(identity_sdk_strings(&cert_pem, &key_pem), 0);
     /* the stored chain is the self-signed certificate: the test CA re-issues it */
     assert_int_equal(tls_ca_issue_from_cert(G.ca, cert_pem, &leaf), 0);
     handshakes_sign_in_the_backend(leaf, key_pem);

@@ -13,7 +13,6 @@
 #include <cmocka.h>
 
 #include <openssl/evp.h>
-#include <openssl/pem.h>
 #include <openssl/ssl.h>
 
 #include "tls_harness.h"
@@ -26,26 +25,13 @@ typedef struct fixture {
     char *leaf_pem;
 } fixture;
 
-static char *pkcs8_pem(EVP_PKEY *key)
-{
-    BIO *bio = BIO_new(BIO_s_mem());
-    char *data = NULL, *pem = NULL;
-    if (PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) == 1) {
-        long n = BIO_get_mem_data(bio, &data);
-        pem = calloc(1, (size_t)n + 1);
-        memcpy(pem, data, (size_t)n);
-    }
-    BIO_free(bio);
-    return pem;
-}
-
 static int setup(void **state)
 {
     fixture *f = calloc(1, sizeof(*f));
     f->ca = tls_ca_new("harness CA");
     f->srv = tls_server_start(f->ca);
     f->key = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    f->key_pem = pkcs8_pem(f->key);
+    f->key_pem = tls_key_to_pkcs8_pem(f->key);
     if (f->ca == NULL || f->srv == NULL || f->key_pem == NULL ||
         tls_ca_issue(f->ca, f->key, "harness-device", &f->leaf_pem) != 0)
         return -1;
@@ -116,7 +102,7 @@ static void test_key_not_matching_certificate_refused(void **state)
     fixture *f = *state;
     char err[1024];
     EVP_PKEY *other = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
-    char *other_pem = pkcs8_pem(other);
+    char *other_pem = tls_key_to_pkcs8_pem(other);
     /* SSL_CTX_use_certificate after the key drops the key that does not match */
     assert_int_not_equal(
         tls_handshake(f->srv, f->leaf_pem, other_pem, TLS1_3_VERSION, err, sizeof(err)), 0);

@@ -15,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <cmocka.h>
 
@@ -25,6 +24,7 @@
 
 #include "backend.h"
 #include "hsm_client_data.h"
+#include "identity_fixture.h"
 #include "keyref.h"
 #include "provhsm/provhsm.h"
 #include "swtpm_fixture.h"
@@ -40,17 +40,10 @@ static struct {
 
 static int write_config(void)
 {
-    char path[128];
-    snprintf(path, sizeof(path), "%s/provhsm.conf", G.dir);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
+    char tpm_section[256];
+    snprintf(tpm_section, sizeof(tpm_section), "[tpm]\ntcti = %s\n", G.swtpm.tcti);
+    if (identity_config_write(G.dir, "tpm", tpm_section) != 0)
         return -1;
-    fprintf(f, "[store]\npath = %s/store\n[x509]\nbackend = tpm\n[tpm]\ntcti = %s\n", G.dir,
-            G.swtpm.tcti);
-    fclose(f);
-    chmod(path, 0600);
-    setenv("PROVHSM_CONFIG", path, 1);
-    unsetenv("PROVHSM_STORE");
     unsetenv("PROVHSM_TCTI");
     return provhsm_store_init() == PROVHSM_OK ? 0 : -1;
 }
@@ -61,43 +54,21 @@ static int group_teardown(void **unused)
     tls_server_stop(G.srv);
     tls_ca_free(G.ca);
     provhsm_test_swtpm_stop(&G.swtpm);
-    if (G.dir[0] != '\0') {
-        char cmd[128];
-        snprintf(cmd, sizeof(cmd), "rm -rf '%s'", G.dir);
-        if (system(cmd) != 0)
-            fprintf(stderr, "could not remove %s\n", G.dir);
-    }
+    identity_workdir_remove(G.dir);
     return 0;
 }
 
 /* A setup that fails is not followed by the teardown: clean up here. */
 static int group_setup(void **unused)
 {
-    snprintf(G.dir, sizeof(G.dir), "/tmp/provhsm-tpmsdk-XXXXXX");
     provhsm_test_log_capture();
-    if (provhsm_test_swtpm_start(&G.swtpm, NULL) == 0 && mkdtemp(G.dir) != NULL &&
-        write_config() == 0 && (G.ca = tls_ca_new("TPM SDK test CA")) != NULL &&
-        (G.srv = tls_server_start(G.ca)) != NULL)
+    if (provhsm_test_swtpm_start(&G.swtpm, NULL) == 0 &&
+        identity_workdir_make(G.dir, sizeof(G.dir), "tpmsdk") == 0 && write_config() == 0 &&
+        (G.ca = tls_ca_new("TPM SDK test CA")) != NULL && (G.srv = tls_server_start(G.ca)) != NULL)
         return 0;
     fprintf(stderr, "setup failed\n");
     (void)group_teardown(unused);
     return -1;
-}
-
-/* The certificate and alias key as the SDK gets them, after hsm_client_x509_init. */
-static void sdk_strings(char **cert_pem, char **key_pem)
-{
-    const HSM_CLIENT_X509_INTERFACE *x509 = hsm_client_x509_interface();
-    HSM_CLIENT_HANDLE handle = x509->hsm_client_x509_create();
-    assert_non_null(handle);
-    *cert_pem = x509->hsm_client_get_cert(handle);
-    *key_pem = x509->hsm_client_get_key(handle);
-    assert_non_null(*cert_pem);
-    assert_non_null(*key_pem);
-    x509->hsm_client_x509_destroy(handle);
-    /* what the SDK holds is a reference, not a key */
-    assert_null(strstr(*key_pem, "PRIVATE KEY"));
-    assert_non_null(strstr(*key_pem, PROVHSM_KEYREF_PEM_LABEL));
 }
 
 /* TLS 1.2 and 1.3, a client each: after the client's first handshake one command each. */
@@ -120,35 +91,41 @@ static void handshakes_sign_in_the_tpm(const char *cert_pem, const char *key_pem
     }
 }
 
+/* hsm_client_x509_init, then the SDK's certificate and alias key (a reference, not a
+ * key) sign TLS handshakes in the TPM; hsm_client_x509_deinit. */
+static void sdk_identity_handshakes_sign_in_the_tpm(void)
+{
+    char *cert_pem = NULL, *key_pem = NULL;
+    assert_int_equal(hsm_client_x509_init(), 0);
+    assert_int_equal(identity_sdk_strings(&cert_pem, &key_pem), 0);
+    assert_null(strstr(key_pem, "PRIVATE KEY"));
+    assert_non_null(strstr(key_pem, PROVHSM_KEYREF_PEM_LABEL));
+    handshakes_sign_in_the_tpm(cert_pem, key_pem);
+    hsm_client_x509_deinit();
+    free(cert_pem);
+    free(key_pem);
+}
+
 static void test_generate_import_handshake(void **unused)
 {
     (void)unused;
-    char *csr = NULL, *leaf = NULL, *cert_pem = NULL, *key_pem = NULL, *where = NULL;
-    int expired = 1;
+    char *csr = NULL, *where = NULL;
     uint64_t before = provhsm_tpm_commands_total();
     assert_int_equal(provhsm_x509_generate("tpm-device", PROVHSM_KEY_EC_P256, 0, 0, &csr),
                      PROVHSM_OK);
     printf("# x509 generate (SRK made, key made and persisted, CSR signed): %llu TPM commands\n",
            (unsigned long long)(provhsm_tpm_commands_total() - before));
     /* the CSR verifies with the key it carries (signed in the TPM) */
-    assert_int_equal(tls_ca_issue_from_csr(G.ca, csr, &leaf), 0);
-    assert_int_equal(provhsm_x509_import(leaf, NULL, &expired), PROVHSM_OK);
-    assert_int_equal(expired, 0);
+    assert_int_equal(identity_import_cert_for_csr(G.ca, csr), 0);
 
     assert_int_equal(provhsm_x509_key_location(&where), PROVHSM_OK);
     printf("# key location: %s\n", where);
     assert_non_null(strstr(where, "0x81000110"));
     assert_non_null(strstr(where, "fixedTPM: cannot leave this TPM"));
 
-    assert_int_equal(hsm_client_x509_init(), 0);
-    sdk_strings(&cert_pem, &key_pem);
-    handshakes_sign_in_the_tpm(cert_pem, key_pem);
-    hsm_client_x509_deinit();
+    sdk_identity_handshakes_sign_in_the_tpm();
     free(where);
-    free(cert_pem);
-    free(key_pem);
     free(csr);
-    free(leaf);
 }
 
 static void test_adopt_tools_key(void **unused)
@@ -172,13 +149,9 @@ static void test_adopt_tools_key(void **unused)
     provhsm_config cfg;
     provhsm_test_tpm_config(&cfg, G.swtpm.tcti);
     provhsm_keyref ref = {0};
-    char *secret = NULL, *leaf = NULL, *cert_pem = NULL, *key_pem = NULL, *where = NULL;
+    char *secret = NULL, *leaf = NULL, *where = NULL;
     assert_int_equal(provhsm_backend_tpm.key_adopt(&cfg, "0x81000120", &ref, &secret), PROVHSM_OK);
-    const unsigned char *p = ref.spki;
-    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)ref.spki_len);
-    assert_non_null(pub);
-    assert_int_equal(tls_ca_issue(G.ca, pub, "factory-device", &leaf), 0);
-    EVP_PKEY_free(pub);
+    assert_int_equal(identity_issue_for_keyref(G.ca, &ref, "factory-device", &leaf), 0);
     provhsm_keyref_clear(&ref);
 
     assert_int_equal(provhsm_x509_adopt("0x81000120", leaf, 1), PROVHSM_OK);
@@ -186,13 +159,8 @@ static void test_adopt_tools_key(void **unused)
     printf("# key location: %s\n", where);
     assert_non_null(strstr(where, "0x81000120"));
 
-    assert_int_equal(hsm_client_x509_init(), 0);
-    sdk_strings(&cert_pem, &key_pem);
-    handshakes_sign_in_the_tpm(cert_pem, key_pem);
-    hsm_client_x509_deinit();
+    sdk_identity_handshakes_sign_in_the_tpm();
     free(where);
-    free(cert_pem);
-    free(key_pem);
     free(leaf);
 }
 

@@ -25,9 +25,9 @@
 
 #include "backend.h"
 #include "hwkey.h"
+#include "identity_fixture.h"
 #include "keyref.h"
 #include "provider/provider.h"
-#include "secmem.h"
 #include "swtpm_fixture.h"
 #include "tls_harness.h"
 #include "tpm_esys.h"
@@ -40,17 +40,13 @@ static struct {
     provhsm_test_swtpm swtpm;
     provhsm_config cfg;
     char store_dir[64];
-    provhsm_keyref ref;
-    provhsm_hwkey *held; /* the open key, as the admin API holds it after generate */
-    char *alias_pem;     /* what x509_alias_key hands the SDK */
-    char *leaf_pem;
+    identity_hw_key key; /* held open, as the admin API holds it after generate */
     tls_ca *ca;
     tls_server *srv;
 } G;
 
 static int prepare(void)
 {
-    char *secret = NULL;
     if (provhsm_test_swtpm_start(&G.swtpm, NULL) != 0)
         return -1;
     provhsm_test_tpm_config(&G.cfg, G.swtpm.tcti);
@@ -63,22 +59,11 @@ static int prepare(void)
     unsetenv("PROVHSM_CONFIG");
     if (provhsm_provider_load() != PROVHSM_OK)
         return -1;
-    if (provhsm_backend_tpm.key_generate(&G.cfg, PROVHSM_KEY_EC_P256, 0, &G.ref, &secret) !=
-        PROVHSM_OK)
-        return -1;
-    provhsm_err err = provhsm_hwkey_register(&G.ref, secret, &G.held);
-    provhsm_secure_free(secret);
-    if (err != PROVHSM_OK || provhsm_keyref_to_pem(&G.ref, &G.alias_pem) != PROVHSM_OK)
-        return -1;
-    const unsigned char *p = G.ref.spki;
-    EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)G.ref.spki_len);
     G.ca = tls_ca_new("TPM test CA");
-    int issued =
-        pub != NULL && G.ca != NULL && tls_ca_issue(G.ca, pub, "tpm-device", &G.leaf_pem) == 0;
-    EVP_PKEY_free(pub);
-    if (!issued || (G.srv = tls_server_start(G.ca)) == NULL)
+    if (G.ca == NULL || identity_hw_key_make(&G.key, &provhsm_backend_tpm, &G.cfg,
+                                             PROVHSM_KEY_EC_P256, G.ca, "tpm-device") != 0)
         return -1;
-    return 0;
+    return (G.srv = tls_server_start(G.ca)) != NULL ? 0 : -1;
 }
 
 static int group_teardown(void **unused)
@@ -86,10 +71,7 @@ static int group_teardown(void **unused)
     (void)unused;
     tls_server_stop(G.srv);
     tls_ca_free(G.ca);
-    provhsm_hwkey_release(G.held);
-    provhsm_keyref_clear(&G.ref);
-    free(G.alias_pem);
-    free(G.leaf_pem);
+    identity_hw_key_clear(&G.key);
     provhsm_provider_unload();
     provhsm_test_swtpm_stop(&G.swtpm);
     if (G.store_dir[0] != '\0')
@@ -119,7 +101,8 @@ static double now_s(void)
 static void handshakes_cost_one_command(int version, const char *name)
 {
     char err[512] = "";
-    tls_client *cl = tls_client_new(G.srv, G.leaf_pem, G.alias_pem, version, err, sizeof(err));
+    tls_client *cl =
+        tls_client_new(G.srv, G.key.leaf_pem, G.key.alias_pem, version, err, sizeof(err));
     if (cl == NULL)
         fail_msg("%s client: %s", name, err);
     unsigned long verified = tls_server_verified_handshakes(G.srv);
@@ -160,7 +143,7 @@ static void test_many_handshakes(void **unused)
     static const int versions[2] = {TLS1_3_VERSION, TLS1_2_VERSION};
     for (int v = 0; v < 2; v++) {
         tls_client *cl =
-            tls_client_new(G.srv, G.leaf_pem, G.alias_pem, versions[v], err, sizeof(err));
+            tls_client_new(G.srv, G.key.leaf_pem, G.key.alias_pem, versions[v], err, sizeof(err));
         if (cl == NULL)
             fail_msg("client: %s", err);
         uint64_t before = provhsm_tpm_commands_total();
@@ -188,7 +171,7 @@ static void *handshake_thread(void *p)
 {
     job *j = p;
     tls_client *cl =
-        tls_client_new(G.srv, G.leaf_pem, G.alias_pem, j->version, j->err, sizeof(j->err));
+        tls_client_new(G.srv, G.key.leaf_pem, G.key.alias_pem, j->version, j->err, sizeof(j->err));
     j->failed = cl == NULL || tls_client_handshakes(cl, PER_THREAD, j->err, sizeof(j->err)) != 0;
     tls_client_free(cl);
     return NULL;
@@ -222,21 +205,22 @@ static void test_tpm_gone(void **unused)
     (void)unused;
     char err[512] = "";
     assert_int_equal(
-        tls_handshake(G.srv, G.leaf_pem, G.alias_pem, TLS1_3_VERSION, err, sizeof(err)), 0);
+        tls_handshake(G.srv, G.key.leaf_pem, G.key.alias_pem, TLS1_3_VERSION, err, sizeof(err)), 0);
     provhsm_test_swtpm_kill(&G.swtpm);
     provhsm_test_log_clear();
     double start = now_s();
     assert_int_not_equal(
-        tls_handshake(G.srv, G.leaf_pem, G.alias_pem, TLS1_3_VERSION, err, sizeof(err)), 0);
+        tls_handshake(G.srv, G.key.leaf_pem, G.key.alias_pem, TLS1_3_VERSION, err, sizeof(err)), 0);
     assert_int_not_equal(
-        tls_handshake(G.srv, G.leaf_pem, G.alias_pem, TLS1_2_VERSION, err, sizeof(err)), 0);
+        tls_handshake(G.srv, G.key.leaf_pem, G.key.alias_pem, TLS1_2_VERSION, err, sizeof(err)), 0);
     double took = now_s() - start;
     printf("# two handshakes without a TPM failed in %.3f s: %s\n", took, err);
     assert_true(took < 10.0);
     assert_true(provhsm_test_log_seen("the TPM cannot be reached"));
 
     assert_int_equal(provhsm_test_swtpm_restart(&G.swtpm), 0);
-    if (tls_handshake(G.srv, G.leaf_pem, G.alias_pem, TLS1_3_VERSION, err, sizeof(err)) != 0)
+    if (tls_handshake(G.srv, G.key.leaf_pem, G.key.alias_pem, TLS1_3_VERSION, err, sizeof(err)) !=
+        0)
         fail_msg("handshake after the TPM came back: %s", err);
 }
 

@@ -20,6 +20,7 @@
 #include <openssl/bio.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
+#include <openssl/provider.h>
 #include <openssl/rand.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
@@ -100,6 +101,32 @@ static char *cert_to_pem(X509 *cert)
         pem = bio_to_string(bio);
     BIO_free(bio);
     return pem;
+}
+
+char *tls_key_to_pkcs8_pem(EVP_PKEY *key)
+{
+    BIO *bio = BIO_new(BIO_s_mem());
+    char *pem = NULL;
+    if (bio != NULL && PEM_write_bio_PrivateKey(bio, key, NULL, NULL, 0, NULL, NULL) == 1)
+        pem = bio_to_string(bio);
+    BIO_free(bio);
+    return pem;
+}
+
+EVP_PKEY *tls_key_from_pem(const char *pem)
+{
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    EVP_PKEY *key = bio != NULL ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+    BIO_free(bio);
+    return key;
+}
+
+const char *tls_key_provider_name(const EVP_PKEY *key)
+{
+    if (key == NULL)
+        return "(no key)";
+    const OSSL_PROVIDER *prov = EVP_PKEY_get0_provider(key);
+    return prov != NULL ? OSSL_PROVIDER_get0_name(prov) : "(none)";
 }
 
 static EVP_PKEY *software_ec_key(void)

@@ -98,4 +98,15 @@ int tls_client_handshakes(tls_client *cl, unsigned n, char *err, size_t errlen);
 int tls_handshake(const tls_server *srv, const char *cert_chain_pem, const char *key_pem,
                   int tls_version, char *err, size_t errlen);
 
+/*
+ * Keys as the SDK's strings carry them. tls_key_to_pkcs8_pem: the key's PKCS#8 PEM
+ * (malloc'd; NULL on failure). tls_key_from_pem: PEM_read_bio_PrivateKey in the default
+ * library context, as the SDK decodes its alias key (NULL when no provider decodes it).
+ * tls_key_provider_name: the name of the provider that holds the key ("(no key)" for
+ * NULL, "(none)" when it has none), to check who serves it.
+ */
+char *tls_key_to_pkcs8_pem(EVP_PKEY *key);
+EVP_PKEY *tls_key_from_pem(const char *pem);
+const char *tls_key_provider_name(const EVP_PKEY *key);
+
 #endif

@@ -142,6 +142,25 @@ static provhsm_err sign_once(void *key, const uint8_t *dg, size_t dg_len, uint8_
     return be->key_sign(key, dg, dg_len, rs, rs_len);
 }
 
+/* A message's digest and the open key's r | s over it. */
+typedef struct signed_digest {
+    uint8_t dg[64], rs[96];
+    size_t dg_len, rs_len;
+} signed_digest;
+
+/* `msg` hashed with `md`, then signed once with the open key: PROVHSM_OK. */
+static void sign_message(fixture *f, const char *md, const char *msg, signed_digest *sd)
+{
+    digest(md, msg, sd->dg, &sd->dg_len);
+    assert_int_equal(sign_once(f->key, sd->dg, sd->dg_len, sd->rs, &sd->rs_len), PROVHSM_OK);
+}
+
+/* 1 when the signature verifies with the reference's public key. */
+static int signature_verifies(const fixture *f, const signed_digest *sd)
+{
+    return verifies(&f->ref, sd->dg, sd->dg_len, sd->rs, sd->rs_len);
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -236,14 +255,13 @@ static void test_one_session_for_1000_signs(void **state)
     fixture *f = *state;
     generate(f);
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "many", dg, &dg_len);
+    signed_digest sd = {0};
+    digest("SHA256", "many", sd.dg, &sd.dg_len);
     uint64_t sessions = provhsm_p11_sessions_opened_total();
     uint64_t logins = provhsm_p11_logins_total();
     uint64_t calls = provhsm_p11_calls_total();
     for (int i = 0; i < 1000; i++)
-        assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+        assert_int_equal(sign_once(f->key, sd.dg, sd.dg_len, sd.rs, &sd.rs_len), PROVHSM_OK);
     assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
     assert_int_equal(provhsm_p11_logins_total(), logins);
     assert_int_equal(provhsm_p11_calls_total() - calls, 2000);
@@ -252,7 +270,7 @@ static void test_one_session_for_1000_signs(void **state)
     assert_int_equal(be->key_open(&f->cfg, &f->ref, NULL, &again), PROVHSM_OK);
     be->key_close(again);
     assert_int_equal(provhsm_p11_sessions_opened_total(), sessions);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    assert_true(signature_verifies(f, &sd));
 }
 
 /*
@@ -264,23 +282,20 @@ static void test_session_recovered_after_logout(void **state)
     fixture *f = *state;
     generate(f);
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "before the logout", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    signed_digest sd = {0};
+    sign_message(f, "SHA256", "before the logout", &sd);
 
     assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
     assert_int_equal(f->direct.fl->C_Logout(f->direct.session), CKR_OK);
     uint64_t sessions = provhsm_p11_sessions_opened_total();
     uint64_t logins = provhsm_p11_logins_total();
-    digest("SHA256", "after the logout", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    sign_message(f, "SHA256", "after the logout", &sd);
+    assert_true(signature_verifies(f, &sd));
     assert_int_equal(provhsm_p11_sessions_opened_total() - sessions, 1);
     assert_int_equal(provhsm_p11_logins_total() - logins, 1);
     assert_true(provhsm_test_p11_log_seen("CKR_USER_NOT_LOGGED_IN; opening a new session"));
     uint64_t calls = provhsm_p11_calls_total();
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    assert_int_equal(sign_once(f->key, sd.dg, sd.dg_len, sd.rs, &sd.rs_len), PROVHSM_OK);
     assert_int_equal(provhsm_p11_calls_total() - calls, 2);
 }
 
@@ -294,10 +309,8 @@ static void test_session_recovered_after_close_all(void **state)
     fixture *f = *state;
     generate(f);
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "before", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    signed_digest sd = {0};
+    sign_message(f, "SHA256", "before", &sd);
 
     assert_int_equal(provhsm_test_p11_open(&f->hsm, &f->direct), 0);
     CK_FUNCTION_LIST *raw = p11_kit_module_load(f->hsm.module, P11_KIT_MODULE_UNMANAGED);
@@ -306,9 +319,8 @@ static void test_session_recovered_after_close_all(void **state)
     p11_kit_module_release(raw); /* not finalised: the process still uses the module */
 
     uint64_t sessions = provhsm_p11_sessions_opened_total();
-    digest("SHA256", "after", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    sign_message(f, "SHA256", "after", &sd);
+    assert_true(signature_verifies(f, &sd));
     assert_int_equal(provhsm_p11_sessions_opened_total() - sessions, 1);
     assert_true(provhsm_test_p11_log_seen("CKR_SESSION_HANDLE_INVALID; opening a new session"));
 }
@@ -322,12 +334,10 @@ static void test_p384_key(void **state)
                      PROVHSM_OK);
     assert_int_equal(f->ref.curve_bits, 384);
     open_key(f);
-    uint8_t dg[64], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA384", "on P-384", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
-    assert_int_equal(rs_len, 96);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    signed_digest sd = {0};
+    sign_message(f, "SHA384", "on P-384", &sd);
+    assert_int_equal(sd.rs_len, 96);
+    assert_true(signature_verifies(f, &sd));
 }
 
 /* A wrong PIN is named, sent once, never again; a corrected PIN is then tried and works. */
@@ -395,16 +405,15 @@ static void test_token_removed(void **state)
     fixture *f = *state;
     generate(f);
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "before", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    signed_digest sd = {0};
+    sign_message(f, "SHA256", "before", &sd);
 
     assert_int_equal(provhsm_test_softhsm_remove_tokens(&f->hsm), 0);
     provhsm_test_p11_log_clear();
     double t0 = now_s();
     for (int i = 0; i < 3; i++)
-        assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_E_NO_DEVICE);
+        assert_int_equal(sign_once(f->key, sd.dg, sd.dg_len, sd.rs, &sd.rs_len),
+                         PROVHSM_E_NO_DEVICE);
     assert_true(now_s() - t0 < 10.0);
     assert_true(provhsm_test_p11_log_seen("token not present"));
     void *again = NULL;
@@ -469,11 +478,9 @@ static void test_adopt_by_uri(void **state)
     assert_memory_equal(got, id, sizeof(id));
 
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "adopted", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    signed_digest sd = {0};
+    sign_message(f, "SHA256", "adopted", &sd);
+    assert_true(signature_verifies(f, &sd));
 
     /* by label alone too */
     provhsm_keyref by_label = {0};
@@ -544,11 +551,9 @@ static void test_adopt_public_key_from_certificate(void **state)
     assert_true(provhsm_keyref_equal(&first, &f->ref));
     provhsm_keyref_clear(&first);
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "from the certificate", dg, &dg_len);
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    signed_digest sd = {0};
+    sign_message(f, "SHA256", "from the certificate", &sd);
+    assert_true(signature_verifies(f, &sd));
     /* destroy takes the key pair and leaves the certificate */
     assert_int_equal(be->key_destroy(&f->cfg, &f->ref, NULL), PROVHSM_OK);
     assert_int_not_equal(provhsm_test_p11_find(&f->direct, CKO_CERTIFICATE, id, sizeof(id)),
@@ -888,13 +893,11 @@ static void test_registered_modules(void **state)
     assert_int_equal(be->key_generate(&f->cfg, PROVHSM_KEY_EC_P256, 0, &f->ref, &secret),
                      PROVHSM_OK);
     open_key(f);
-    uint8_t dg[32], rs[96];
-    size_t dg_len = 0, rs_len = 0;
-    digest("SHA256", "through p11-kit's registered modules", dg, &dg_len);
-    uint64_t calls = provhsm_p11_calls_total();
-    assert_int_equal(sign_once(f->key, dg, dg_len, rs, &rs_len), PROVHSM_OK);
+    signed_digest sd = {0};
+    uint64_t calls = provhsm_p11_calls_total(); /* a digest is no PKCS#11 call */
+    sign_message(f, "SHA256", "through p11-kit's registered modules", &sd);
     assert_int_equal(provhsm_p11_calls_total() - calls, 2);
-    assert_true(verifies(&f->ref, dg, dg_len, rs, rs_len));
+    assert_true(signature_verifies(f, &sd));
 }
 
 typedef struct thread_arg {

@@ -318,6 +318,19 @@ static int should_retry(provhsm_tpm *tpm, TSS2_RC rc, unsigned *attempt)
         }                                                                                          \
     } while (0)
 
+/* One TPM2_GetCapability: up to `count` values of `capability` from `property` on. */
+static provhsm_err get_capability(provhsm_tpm *tpm, TPM2_CAP capability, UINT32 property,
+                                  UINT32 count, TPMI_YES_NO *more, TPMS_CAPABILITY_DATA **data,
+                                  const char *what)
+{
+    TSS2_RC rc;
+    TPM_RUN(tpm, rc,
+            Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
+                                     capability, property, count),
+            Esys_GetCapability_Finish(tpm->esys, more, data));
+    return rc == TSS2_RC_SUCCESS ? PROVHSM_OK : fail(tpm, rc, what);
+}
+
 /* ---- connection --------------------------------------------------------------------- */
 
 provhsm_err provhsm_tpm_connect(const char *tcti, provhsm_tpm **out)
@@ -598,7 +611,6 @@ provhsm_err provhsm_tpm_persistent_present(provhsm_tpm *tpm, const TPM2_HANDLE *
 {
     TPM2_HANDLE lowest = UINT32_MAX, highest = 0;
     TPMI_YES_NO more = TPM2_YES;
-    TSS2_RC rc;
 
     if (tpm == NULL || handles == NULL || present == NULL || n == 0)
         return PROVHSM_E_INVALID_ARG;
@@ -612,12 +624,10 @@ provhsm_err provhsm_tpm_persistent_present(provhsm_tpm *tpm, const TPM2_HANDLE *
     TPM2_HANDLE next = lowest;
     while (more == TPM2_YES && next <= highest) {
         TPMS_CAPABILITY_DATA *data = NULL;
-        TPM_RUN(tpm, rc,
-                Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                         TPM2_CAP_HANDLES, next, HANDLES_PER_QUERY),
-                Esys_GetCapability_Finish(tpm->esys, &more, &data));
-        if (rc != TSS2_RC_SUCCESS)
-            return fail(tpm, rc, "GetCapability(TPM2_CAP_HANDLES)");
+        provhsm_err err = get_capability(tpm, TPM2_CAP_HANDLES, next, HANDLES_PER_QUERY, &more,
+                                         &data, "GetCapability(TPM2_CAP_HANDLES)");
+        if (err != PROVHSM_OK)
+            return err;
         const TPML_HANDLE *listed = &data->data.handles;
         for (uint32_t j = 0; j < listed->count; j++)
             for (size_t i = 0; i < n; i++)
@@ -993,15 +1003,12 @@ static provhsm_err input_buffer(provhsm_tpm *tpm, uint32_t *out)
 {
     TPMI_YES_NO more = TPM2_NO;
     TPMS_CAPABILITY_DATA *data = NULL;
-    TSS2_RC rc;
 
     if (tpm->input_buffer == 0) {
-        TPM_RUN(tpm, rc,
-                Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                         TPM2_CAP_TPM_PROPERTIES, TPM2_PT_INPUT_BUFFER, 1),
-                Esys_GetCapability_Finish(tpm->esys, &more, &data));
-        if (rc != TSS2_RC_SUCCESS)
-            return fail(tpm, rc, "GetCapability(TPM2_PT_INPUT_BUFFER)");
+        provhsm_err err = get_capability(tpm, TPM2_CAP_TPM_PROPERTIES, TPM2_PT_INPUT_BUFFER, 1,
+                                         &more, &data, "GetCapability(TPM2_PT_INPUT_BUFFER)");
+        if (err != PROVHSM_OK)
+            return err;
         const TPML_TAGGED_TPM_PROPERTY *props = &data->data.tpmProperties;
         if (props->count >= 1 && props->tpmProperty[0].property == TPM2_PT_INPUT_BUFFER &&
             props->tpmProperty[0].value > 0)
@@ -1168,18 +1175,15 @@ provhsm_err provhsm_tpm_has_curve(provhsm_tpm *tpm, TPM2_ECC_CURVE curve, int *h
 {
     TPMI_YES_NO more = TPM2_NO;
     TPMS_CAPABILITY_DATA *data = NULL;
-    TSS2_RC rc;
 
     if (tpm == NULL || has_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "GetCapability");
     /* the TPM lists its curves in order from `curve` on: the first one says it all */
-    TPM_RUN(tpm, rc,
-            Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                     TPM2_CAP_ECC_CURVES, curve, 1),
-            Esys_GetCapability_Finish(tpm->esys, &more, &data));
-    if (rc != TSS2_RC_SUCCESS)
-        return fail(tpm, rc, "GetCapability(TPM2_CAP_ECC_CURVES)");
+    provhsm_err err = get_capability(tpm, TPM2_CAP_ECC_CURVES, curve, 1, &more, &data,
+                                     "GetCapability(TPM2_CAP_ECC_CURVES)");
+    if (err != PROVHSM_OK)
+        return err;
     const TPML_ECC_CURVE *curves = &data->data.eccCurves;
     *has_out = curves->count >= 1 && curves->eccCurves[0] == curve;
     Esys_Free(data);
@@ -1441,19 +1445,16 @@ provhsm_err provhsm_tpm_count_handles(provhsm_tpm *tpm, TPM2_HANDLE first, uint3
     uint32_t count = 0;
     TPM2_HANDLE next = first;
     TPMI_YES_NO more = TPM2_YES;
-    TSS2_RC rc;
 
     if (tpm == NULL || count_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "GetCapability");
     while (more == TPM2_YES) {
         TPMS_CAPABILITY_DATA *data = NULL;
-        TPM_RUN(tpm, rc,
-                Esys_GetCapability_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                         TPM2_CAP_HANDLES, next, HANDLES_PER_QUERY),
-                Esys_GetCapability_Finish(tpm->esys, &more, &data));
-        if (rc != TSS2_RC_SUCCESS)
-            return fail(tpm, rc, "GetCapability(TPM2_CAP_HANDLES)");
+        provhsm_err err = get_capability(tpm, TPM2_CAP_HANDLES, next, HANDLES_PER_QUERY, &more,
+                                         &data, "GetCapability(TPM2_CAP_HANDLES)");
+        if (err != PROVHSM_OK)
+            return err;
         const TPML_HANDLE *h = &data->data.handles;
         for (uint32_t i = 0; i < h->count; i++)
             if ((h->handle[i] >> TPM2_HR_SHIFT) == (first >> TPM2_HR_SHIFT))

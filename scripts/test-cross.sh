@@ -198,10 +198,14 @@ stage_arch() { # ARCH
         return 1
     }
     echo "test-cross: not run under emulation: label lint (the same sources, checked by" \
-        "make test), label valgrind (valgrind runs only native programs):"
+        "make test), label valgrind (valgrind runs only native programs), the SoftHSM2" \
+        "tests (SoftHSM2's module is this machine's architecture and cannot be loaded into" \
+        "a $a program; Debian installs it outside the multiarch paths, so no $a copy can sit" \
+        "next to it):"
     ctest --test-dir "$dir" -N -L 'lint|valgrind' | sed -n 's/^ *Test *#[0-9]*: /  skipped: /p'
-    ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 600 -LE 'lint|valgrind' |
-        tee -a "$ctest_log"
+    ctest --test-dir "$dir" -N -R 'pkcs11' | sed -n 's/^ *Test *#[0-9]*: /  skipped: /p'
+    ctest --test-dir "$dir" --output-on-failure -j "$jobs" --timeout 600 -LE 'lint|valgrind' \
+        -E 'pkcs11' | tee -a "$ctest_log"
 }
 
 # ---- the store format across architectures -----------------------------------------------

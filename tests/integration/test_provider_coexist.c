@@ -346,6 +346,23 @@ static void test_three_providers_loaded(void **unused)
     EVP_MD_free(md);
 }
 
+/* The SHA-256 signature of `msg` verifies with the public key `spki` (DER), decoded and
+ * checked by the default provider (an unqualified decode could give tpm2-openssl's key). */
+static void verifies_on_default_provider(const unsigned char *spki, int spki_len,
+                                         const unsigned char *sig, size_t sig_len, const char *msg)
+{
+    const unsigned char *p = spki;
+    EVP_PKEY *pub = d2i_PUBKEY_ex(NULL, &p, spki_len, NULL, "provider=default");
+    assert_non_null(pub);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    assert_int_equal(
+        EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, "provider=default", pub, NULL), 1);
+    assert_int_equal(EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)msg, strlen(msg)),
+                     1);
+    EVP_MD_CTX_free(md);
+    EVP_PKEY_free(pub);
+}
+
 /* (a) and (b) without TLS: the SDK's alias key decodes to our provider and signs there,
  * unqualified as libssl asks, with tpm2-openssl's ECDSA in the process */
 static void test_sdk_alias_key_signs_in_our_provider(void **unused)
@@ -372,15 +389,7 @@ static void test_sdk_alias_key_signs_in_our_provider(void **unused)
     assert_non_null(cert);
     unsigned char *spki = NULL;
     int spki_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &spki);
-    const unsigned char *p = spki;
-    EVP_PKEY *pub = d2i_PUBKEY_ex(NULL, &p, spki_len, NULL, "provider=default");
-    assert_non_null(pub);
-    md = EVP_MD_CTX_new();
-    assert_int_equal(
-        EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, "provider=default", pub, NULL), 1);
-    assert_int_equal(EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)"sdk", 3), 1);
-    EVP_MD_CTX_free(md);
-    EVP_PKEY_free(pub);
+    verifies_on_default_provider(spki, spki_len, sig, sig_len, "sdk");
     OPENSSL_free(spki);
     X509_free(cert);
     EVP_PKEY_free(key);
@@ -458,15 +467,7 @@ static void test_tpm2_pem_key_still_decodes(void **unused)
     unsigned char *spki = NULL;
     int spki_len = i2d_PUBKEY(tpm_key, &spki);
     assert_true(spki_len > 0);
-    const unsigned char *p = spki;
-    EVP_PKEY *pub = d2i_PUBKEY_ex(NULL, &p, spki_len, NULL, "provider=default");
-    assert_non_null(pub);
-    md = EVP_MD_CTX_new();
-    assert_int_equal(
-        EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, "provider=default", pub, NULL), 1);
-    assert_int_equal(EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)"coexist", 7), 1);
-    EVP_MD_CTX_free(md);
-    EVP_PKEY_free(pub);
+    verifies_on_default_provider(spki, spki_len, sig, sig_len, "coexist");
     OPENSSL_free(spki);
     EVP_PKEY_free(tpm_key);
     free(pem);

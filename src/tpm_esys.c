@@ -1204,12 +1204,13 @@ static void ec_signing_template(TPM2B_PUBLIC *t, TPM2_ECC_CURVE curve)
 }
 
 /*
- * TPM2_Create of `tmpl` under `parent` (password session). The sensitive part, which
- * holds a secret, is wiped and freed here whatever the outcome; the creation data, which
- * nothing here uses, is dropped. `what` names the object in the error.
+ * TPM2_Create of `tmpl` under `parent` (password session). The sensitive part holds the
+ * authorisation value `auth` and the data `data` (`len` bytes), either NULL for none; it
+ * is built in secure memory and wiped after the call. The creation data, which nothing
+ * here uses, is dropped. `what` names the object in the error.
  */
-static provhsm_err create_object(provhsm_tpm *tpm, ESYS_TR parent,
-                                 TPM2B_SENSITIVE_CREATE *sensitive, const TPM2B_PUBLIC *tmpl,
+static provhsm_err create_object(provhsm_tpm *tpm, ESYS_TR parent, const TPM2B_PUBLIC *tmpl,
+                                 const TPM2B_AUTH *auth, const uint8_t *data, size_t len,
                                  const char *what, TPM2B_PRIVATE **private_out,
                                  TPM2B_PUBLIC **public_out)
 {
@@ -1222,6 +1223,16 @@ static provhsm_err create_object(provhsm_tpm *tpm, ESYS_TR parent,
     TPMT_TK_CREATION *ticket = NULL;
     TSS2_RC rc;
 
+    TPM_REQUIRE_LIVE(tpm, "Create");
+    TPM2B_SENSITIVE_CREATE *sensitive = provhsm_secure_alloc(sizeof(*sensitive));
+    if (sensitive == NULL)
+        return PROVHSM_E_NOMEM;
+    if (auth != NULL)
+        sensitive->sensitive.userAuth = *auth;
+    if (data != NULL) {
+        sensitive->sensitive.data.size = (UINT16)len;
+        memcpy(sensitive->sensitive.data.buffer, data, len);
+    }
     TPM_RUN(tpm, rc,
             Esys_Create_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
                               sensitive, tmpl, &no_outside_info, &no_pcrs),
@@ -1247,13 +1258,8 @@ provhsm_err provhsm_tpm_create_ec_signing_key(provhsm_tpm *tpm, ESYS_TR parent,
     if (tpm == NULL || auth == NULL || auth->size > sizeof(auth->buffer) || private_out == NULL ||
         public_out == NULL)
         return PROVHSM_E_INVALID_ARG;
-    TPM_REQUIRE_LIVE(tpm, "Create");
-    TPM2B_SENSITIVE_CREATE *sensitive = provhsm_secure_alloc(sizeof(*sensitive));
-    if (sensitive == NULL)
-        return PROVHSM_E_NOMEM;
-    sensitive->sensitive.userAuth = *auth;
     ec_signing_template(&tmpl, curve);
-    return create_object(tpm, parent, sensitive, &tmpl, "Create (EC signing key)", private_out,
+    return create_object(tpm, parent, &tmpl, auth, NULL, 0, "Create (EC signing key)", private_out,
                          public_out);
 }
 
@@ -1499,15 +1505,9 @@ provhsm_err provhsm_tpm_create_sealed(provhsm_tpm *tpm, ESYS_TR parent, const ui
     if (tpm == NULL || data == NULL || len == 0 || len > SEALED_MAX || private_out == NULL ||
         public_out == NULL)
         return PROVHSM_E_INVALID_ARG;
-    TPM_REQUIRE_LIVE(tpm, "Create");
-    TPM2B_SENSITIVE_CREATE *sensitive = provhsm_secure_alloc(sizeof(*sensitive));
-    if (sensitive == NULL)
-        return PROVHSM_E_NOMEM;
-    sensitive->sensitive.data.size = (UINT16)len;
-    memcpy(sensitive->sensitive.data.buffer, data, len);
     sealed_template(&tmpl, policy);
-    return create_object(tpm, parent, sensitive, &tmpl, "Create (sealed data object)", private_out,
-                         public_out);
+    return create_object(tpm, parent, &tmpl, NULL, data, len, "Create (sealed data object)",
+                         private_out, public_out);
 }
 
 /* What Load answers for a private area whose integrity key (the parent's seed) differs. */

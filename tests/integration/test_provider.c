@@ -338,6 +338,18 @@ static void test_key_from_pem_api(void **state)
     assert_int_equal(provhsm_provider_key_from_pem("not a key", &key), PROVHSM_E_CRYPTO);
 }
 
+/* The signature of `msg` under digest `md_name` verifies with the device key's public
+ * half, on the default provider. */
+static void verifies_with_device_public_key(const char *md_name, const unsigned char *sig,
+                                            size_t sig_len, const char *msg)
+{
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    assert_int_equal(EVP_DigestVerifyInit_ex(md, NULL, md_name, NULL, NULL, fx->dk.pub, NULL), 1);
+    assert_int_equal(EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)msg, strlen(msg)),
+                     1);
+    EVP_MD_CTX_free(md);
+}
+
 static void test_signature_context_served_by_our_provider(void **state)
 {
     (void)state;
@@ -364,11 +376,7 @@ static void test_signature_context_served_by_our_provider(void **state)
     assert_int_equal(EVP_DigestSign(md, sig, &sig_len, (const unsigned char *)"abc", 3), 1);
     EVP_MD_CTX_free(md);
     /* verified by the default provider with the certificate's key */
-    md = EVP_MD_CTX_new();
-    assert_int_equal(EVP_DigestVerifyInit_ex(md, NULL, "SHA2-384", NULL, NULL, fx->dk.pub, NULL),
-                     1);
-    assert_int_equal(EVP_DigestVerify(md, sig, sig_len, (const unsigned char *)"abc", 3), 1);
-    EVP_MD_CTX_free(md);
+    verifies_with_device_public_key("SHA2-384", sig, sig_len, "abc");
     EVP_PKEY_free(key);
 }
 
@@ -392,16 +400,8 @@ static void test_copied_context_and_prehashed_sign(void **state)
     assert_int_equal(EVP_DigestSignFinal(copy, sig2, &len2), 1);
     EVP_MD_CTX_free(md);
     EVP_MD_CTX_free(copy);
-    md = EVP_MD_CTX_new();
-    assert_int_equal(EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, NULL, fx->dk.pub, NULL),
-                     1);
-    assert_int_equal(EVP_DigestVerify(md, sig1, len1, (const unsigned char *)"hello world", 11), 1);
-    EVP_MD_CTX_free(md);
-    md = EVP_MD_CTX_new();
-    assert_int_equal(EVP_DigestVerifyInit_ex(md, NULL, "SHA2-256", NULL, NULL, fx->dk.pub, NULL),
-                     1);
-    assert_int_equal(EVP_DigestVerify(md, sig2, len2, (const unsigned char *)"hello there", 11), 1);
-    EVP_MD_CTX_free(md);
+    verifies_with_device_public_key("SHA2-256", sig1, len1, "hello world");
+    verifies_with_device_public_key("SHA2-256", sig2, len2, "hello there");
 
     /* pre-hashed: SHA-384 digest, signed as such, a digest of another size refused */
     unsigned char digest[48], sig[120];

@@ -34,6 +34,7 @@
  */
 #include <arpa/inet.h>
 #include <dirent.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -46,9 +47,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <openssl/crypto.h>
@@ -57,6 +61,7 @@
 #include <openssl/pem.h>
 #include <openssl/provider.h>
 #include <openssl/ssl.h>
+#include <tss2/tss2_tctildr.h>
 #include <tss2/tss2_tpm2_types.h>
 
 #include "bench_stats.h"
@@ -121,10 +126,15 @@ typedef struct relay {
     int control;
 } relay;
 
-/* Waits until fd is readable; -1 when the proxy stops or nothing comes for 10 s. */
-static int wait_readable(int fd)
+/*
+ * Waits until fd is readable; -1 when the proxy stops or, unless `patient`, nothing comes
+ * for 10 s. A client may stay idle between commands as long as it likes (tpm2-abrmd keeps
+ * one connection for its whole life); a frame once begun, or a response, must come.
+ */
+static int wait_readable(int fd, int patient)
 {
-    for (int waited = 0; waited < 10000 && !atomic_load(&proxy.stopping); waited += 100) {
+    for (int waited = 0; (patient || waited < 10000) && !atomic_load(&proxy.stopping);
+         waited += 100) {
         struct pollfd p = {.fd = fd, .events = POLLIN};
         int r = poll(&p, 1, 100);
         if (r > 0)
@@ -135,10 +145,10 @@ static int wait_readable(int fd)
     return -1;
 }
 
-static int read_full(int fd, uint8_t *buf, size_t len)
+static int read_full(int fd, uint8_t *buf, size_t len, int patient)
 {
     for (size_t got = 0; got < len;) {
-        if (wait_readable(fd) != 0)
+        if (wait_readable(fd, patient && got == 0) != 0)
             return -1;
         ssize_t n = read(fd, buf + got, len - got);
         if (n <= 0 && !(n < 0 && errno == EINTR))
@@ -164,14 +174,17 @@ static uint32_t be32(const uint8_t *p)
     return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
 }
 
-/* One TPM frame (command or response) from `from` to `to`; its code through *code. */
-static int pass_frame(int from, int to, uint32_t *code)
+/*
+ * One TPM frame (command or response) from `from` to `to`; its code through *code.
+ * patient: the first byte may take any time (a command; see wait_readable).
+ */
+static int pass_frame(int from, int to, uint32_t *code, int patient)
 {
     uint8_t frame[MAX_FRAME];
-    if (read_full(from, frame, 10) != 0)
+    if (read_full(from, frame, 10, patient) != 0)
         return -1;
     uint32_t size = be32(frame + 2);
-    if (size < 10 || size > sizeof(frame) || read_full(from, frame + 10, size - 10) != 0)
+    if (size < 10 || size > sizeof(frame) || read_full(from, frame + 10, size - 10, 0) != 0)
         return -1;
     *code = be32(frame + 6);
     return write_full(to, frame, size);
@@ -180,11 +193,11 @@ static int pass_frame(int from, int to, uint32_t *code)
 static void relay_commands(int client_fd, int tpm_fd)
 {
     uint32_t code, rc;
-    while (pass_frame(client_fd, tpm_fd, &code) == 0) {
+    while (pass_frame(client_fd, tpm_fd, &code, 1) == 0) {
         atomic_fetch_add(&counted->commands, 1);
         if (code >= CODE_BASE && code < CODE_BASE + CODE_SLOTS)
             atomic_fetch_add(&counted->by_code[code - CODE_BASE], 1);
-        if (pass_frame(tpm_fd, client_fd, &rc) != 0)
+        if (pass_frame(tpm_fd, client_fd, &rc, 0) != 0)
             return;
     }
 }
@@ -463,8 +476,10 @@ static struct {
     char tcti[128]; /* swtpm through the proxy */
     /* the software row's credentials, for the handshakes with tpm2-openssl in the process */
     char *software_cert, *software_key;
-    uint64_t peer_keygen_frames;
+    uint64_t peer_keygen_frames[2]; /* by peer_transport */
     char tpm2_module[512];
+    char abrmd_not_run[256];   /* why the rows behind tpm2-abrmd did not run */
+    pid_t dbus_pid, abrmd_pid; /* 0 when not running */
     int in_peer_process;
     int hsm_initialised;
     /* the software key and the SoftHSM2 key with their handshakes alternating */
@@ -480,17 +495,65 @@ static struct {
  * prefer it while keeping digests and ciphers in software; B, the query that only keeps
  * its digests, ciphers and random numbers out (the SDK contract's notes).
  */
-#define PEER_VARIANTS 2
-#define PEER_ROWS     3 /* its key with TLS 1.3, with TLS 1.2, our software key beside it */
-static const char *const peer_queries[PEER_VARIANTS] = {
-    "?provider=tpm2,tpm2.digest!=yes,tpm2.cipher!=yes",
-    "?tpm2.digest=no,?tpm2.cipher=no,?tpm2.rand=no",
-};
-static const char *const peer_names[PEER_VARIANTS][PEER_ROWS] = {
-    {"peer tpm2-openssl (query A)", "peer tpm2-openssl (query A)",
-     "software EC P-256 + tpm2-openssl (query A)"},
-    {"peer tpm2-openssl (query B)", "peer tpm2-openssl (query B)",
-     "software EC P-256 + tpm2-openssl (query B)"},
+#define PEER_QUERY_A "?provider=tpm2,tpm2.digest!=yes,tpm2.cipher!=yes"
+#define PEER_QUERY_B "?tpm2.digest=no,?tpm2.cipher=no,?tpm2.rand=no"
+#define PEER_ROWS    3 /* its key with TLS 1.3, with TLS 1.2, our software key beside it */
+#define TABRMD_TCTI  "tabrmd:bus_type=session"
+
+/*
+ * How the peer reaches swtpm: directly (through the proxy), or through tpm2-abrmd, the
+ * resource manager tpm2-openssl is made for, which itself talks to swtpm through the
+ * proxy, so its context saves and loads are counted too.
+ */
+typedef enum peer_transport { PEER_BARE, PEER_ABRMD } peer_transport;
+
+/*
+ * One way of running the peer: the providers are loaded into the default library context
+ * in this order, and then the default properties are set. The order decides which of two
+ * equally good implementations OpenSSL fetches (tpm2's ECDSA or the default provider's,
+ * which has only the public half of a TPM key), but only among providers not yet active:
+ * the peer's process is a fork of this one, whose default provider has served OpenSSL
+ * since it started. So loading tpm2 first means doing it in a new library context made
+ * the thread's default (what the SDK's calls with no library context then use), as in a
+ * process where OpenSSL has done nothing yet.
+ */
+typedef struct peer_variant {
+    peer_transport transport;
+    int tpm2_first; /* 1: a new default library context, tpm2 loaded before default */
+    const char *query;
+    const char *names[PEER_ROWS];
+} peer_variant;
+
+#define PEER_VARIANTS 5
+static const peer_variant peer_variants[PEER_VARIANTS] = {
+    {PEER_BARE,
+     0,
+     PEER_QUERY_A,
+     {"peer tpm2-openssl (query A)", "peer tpm2-openssl (query A)",
+      "software EC P-256 + tpm2-openssl (query A)"}},
+    {PEER_BARE,
+     0,
+     PEER_QUERY_B,
+     {"peer tpm2-openssl (query B)", "peer tpm2-openssl (query B)",
+      "software EC P-256 + tpm2-openssl (query B)"}},
+    {PEER_ABRMD,
+     0,
+     PEER_QUERY_A,
+     {"peer tpm2-openssl behind tpm2-abrmd (query A)",
+      "peer tpm2-openssl behind tpm2-abrmd (query A)",
+      "software EC P-256 + tpm2-openssl/abrmd (query A)"}},
+    {PEER_ABRMD,
+     0,
+     PEER_QUERY_B,
+     {"peer tpm2-openssl behind tpm2-abrmd (query B)",
+      "peer tpm2-openssl behind tpm2-abrmd (query B)",
+      "software EC P-256 + tpm2-openssl/abrmd (query B)"}},
+    {PEER_ABRMD,
+     1,
+     PEER_QUERY_B,
+     {"peer tpm2-openssl behind tpm2-abrmd (query B, tpm2 first)",
+      "peer tpm2-openssl behind tpm2-abrmd (query B, tpm2 first)",
+      "software EC P-256 + tpm2-openssl/abrmd (B, tpm2 first)"}},
 };
 
 /* Shared with the peer's processes (a file mapping in the temporary directory). */
@@ -498,6 +561,7 @@ typedef struct shared_state {
     proxy_counts counts;
     row peer[PEER_VARIANTS][PEER_ROWS];
     uint64_t load_frames[PEER_VARIANTS];
+    uint64_t abrmd_start_frames[PEER_VARIANTS]; /* tpm2-abrmd's start, before the process */
 } shared_state;
 
 static shared_state *shared;
@@ -678,22 +742,66 @@ static int run_ours(row *rows, int count, const char *name, const char *sections
 
 /* ---- the peer: tpm2-openssl on the same swtpm -------------------------------------- */
 
+static void sleep_ms(long ms)
+{
+    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
+        ;
+}
+
+/*
+ * Starts argv with its output appended to `log`; its pid, or -1. The child gets SIGKILL
+ * when this process dies, so no daemon of ours outlives a crashed benchmark.
+ */
+static pid_t spawn_logged(char *const argv[], const char *log)
+{
+    pid_t pid = fork();
+    if (pid != 0)
+        return pid;
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
+    if (fd >= 0) {
+        dup2(fd, STDOUT_FILENO);
+        dup2(fd, STDERR_FILENO);
+        close(fd);
+    }
+    execvp(argv[0], argv);
+    _exit(127);
+}
+
+/* 1 when pid has ended (and is reaped) within timeout_ms. */
+static int reaped_within(pid_t pid, long timeout_ms)
+{
+    int status;
+    for (long waited = 0;; waited += 20) {
+        pid_t r = waitpid(pid, &status, WNOHANG);
+        if (r == pid || (r < 0 && errno == ECHILD))
+            return 1;
+        if (waited >= timeout_ms)
+            return 0;
+        sleep_ms(20);
+    }
+}
+
+/* Stops a daemon of ours: SIGTERM, SIGKILL after 3 s; *pid becomes 0. */
+static void stop_child(pid_t *pid)
+{
+    if (*pid <= 0)
+        return;
+    kill(*pid, SIGTERM);
+    if (!reaped_within(*pid, 3000)) {
+        kill(*pid, SIGKILL);
+        (void)reaped_within(*pid, 3000);
+    }
+    *pid = 0;
+}
+
 /* Runs argv with output to `log`; 0 when it exits with 0. */
 static int run_logged(char *const argv[], const char *log)
 {
-    pid_t pid = fork();
+    pid_t pid = spawn_logged(argv, log);
     if (pid < 0)
         return -1;
-    if (pid == 0) {
-        int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-        if (fd >= 0) {
-            dup2(fd, STDOUT_FILENO);
-            dup2(fd, STDERR_FILENO);
-            close(fd);
-        }
-        execvp(argv[0], argv);
-        _exit(127);
-    }
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
@@ -712,29 +820,36 @@ static char *read_text(const char *path)
     return text;
 }
 
-static void append_log(row *r, const char *log)
+/* Appends ": <the start of log, on one line>" to err. */
+static void append_log(char *err, size_t len, const char *log)
 {
     char *text = read_text(log);
     if (text != NULL) {
         for (char *p = text; *p != '\0'; p++)
             if (*p == '\n')
                 *p = ' ';
-        snprintf(r->err + strlen(r->err), sizeof(r->err) - strlen(r->err), ": %.400s", text);
+        snprintf(err + strlen(err), len - strlen(err), ": %.400s", text);
     }
     free(text);
 }
 
+static const char *transport_name(peer_transport t)
+{
+    return t == PEER_BARE ? "bare" : "abrmd";
+}
+
 /*
  * The peer's key, made by the openssl command with the tpm2 provider (key generation
- * asked of tpm2 explicitly), its public half written out, and a certificate for it from
- * the CA. *key_out: the "TSS2 PRIVATE KEY" PEM, *cert_out: the leaf.
+ * asked of tpm2 explicitly) on the TCTI in TPM2OPENSSL_TCTI, its public half written out,
+ * and a certificate for it from the CA. *key_out: the "TSS2 PRIVATE KEY" PEM,
+ * *cert_out: the leaf.
  */
-static int make_peer_key(row *r, char **key_out, char **cert_out)
+static int make_peer_key(row *r, peer_transport t, char **key_out, char **cert_out)
 {
     char key[128], pub[128], log[128];
-    snprintf(key, sizeof(key), "%s/peer.key", B.dir);
-    snprintf(pub, sizeof(pub), "%s/peer.pub", B.dir);
-    snprintf(log, sizeof(log), "%s/openssl.log", B.dir);
+    snprintf(key, sizeof(key), "%s/peer-%s.key", B.dir, transport_name(t));
+    snprintf(pub, sizeof(pub), "%s/peer-%s.pub", B.dir, transport_name(t));
+    snprintf(log, sizeof(log), "%s/openssl-%s.log", B.dir, transport_name(t));
     char *genpkey[] = {"openssl",  "genpkey",     "-provider",     "tpm2",       "-provider",
                        "default",  "-propquery",  "provider=tpm2", "-algorithm", "EC",
                        "-pkeyopt", "group:P-256", "-out",          key,          NULL};
@@ -746,10 +861,10 @@ static int make_peer_key(row *r, char **key_out, char **cert_out)
                         "-in",     key,    "-pubout",   "-out", pub,         NULL};
         rc = run_logged(pkey, log);
     }
-    B.peer_keygen_frames = atomic_load(&counted->commands) - t0.frames;
+    B.peer_keygen_frames[t] = atomic_load(&counted->commands) - t0.frames;
     if (rc != 0) {
         snprintf(r->err, sizeof(r->err), "making the key with openssl genpkey/pkey failed");
-        append_log(r, log);
+        append_log(r->err, sizeof(r->err), log);
         return -1;
     }
     *key_out = read_text(key);
@@ -779,6 +894,159 @@ static int tpm2_module_present(void)
            provhsm_test_programs_available("openssl", (const char *)NULL);
 }
 
+/* ---- tpm2-abrmd on a D-Bus bus of our own -------------------------------------------- */
+
+#define TABRMD_LIBRARY "libtss2-tcti-tabrmd.so.0"
+
+/* What probe_tabrmd's process says. */
+enum { PROBE_CONNECTED = 0, PROBE_NO_LIBRARY = 3, PROBE_NO_CONNECTION = 4 };
+
+/*
+ * Whether the tabrmd TCTI's library loads and, with `connect`, whether it reaches
+ * tpm2-abrmd on the session bus. In a process of its own: the TCTI brings GLib and its
+ * threads, which this process (it forks the peer's processes) keeps out.
+ */
+static int probe_tabrmd(int connect)
+{
+    pid_t pid = fork();
+    if (pid == 0) {
+        alarm(10);
+        int devnull = open("/dev/null", O_WRONLY);
+        if (devnull >= 0)
+            dup2(devnull, STDERR_FILENO);
+        void *lib = dlopen(TABRMD_LIBRARY, RTLD_NOW);
+        if (lib == NULL)
+            _exit(PROBE_NO_LIBRARY);
+        TSS2_TCTI_CONTEXT *tcti = NULL;
+        if (connect && Tss2_TctiLdr_Initialize(TABRMD_TCTI, &tcti) != TSS2_RC_SUCCESS)
+            _exit(PROBE_NO_CONNECTION);
+        Tss2_TctiLdr_Finalize(&tcti);
+        _exit(PROBE_CONNECTED);
+    }
+    int status = 0;
+    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    return pid > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+/* NULL when the rows behind tpm2-abrmd can run, else why not. */
+static const char *abrmd_missing(void)
+{
+    if (!provhsm_test_programs_available("tpm2-abrmd", "dbus-daemon", (const char *)NULL))
+        return "tpm2-abrmd or dbus-daemon is not installed (Debian packages tpm2-abrmd, dbus)";
+    if (probe_tabrmd(0) != PROBE_CONNECTED)
+        return "the tabrmd TCTI (" TABRMD_LIBRARY ") is not installed (Debian package "
+               "libtss2-tcti-tabrmd0)";
+    return NULL;
+}
+
+static int unix_socket_accepts(const char *path)
+{
+    struct sockaddr_un addr = {.sun_family = AF_UNIX};
+    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
+    if (fd >= 0)
+        close(fd);
+    return ok;
+}
+
+/*
+ * A session bus of our own (its configuration and socket in the temporary directory;
+ * anyone may own any name on it), so tpm2-abrmd's well-known name and its clients stay
+ * off whatever bus the machine has. DBUS_SESSION_BUS_ADDRESS names it to our children.
+ */
+static int start_bus(char *why, size_t len)
+{
+    char conf[128], sock[96], log[128], conf_arg[160], address[160];
+    snprintf(conf, sizeof(conf), "%s/bus.conf", B.dir);
+    snprintf(sock, sizeof(sock), "%s/bus", B.dir);
+    snprintf(log, sizeof(log), "%s/dbus.log", B.dir);
+    FILE *f = fopen(conf, "w");
+    if (f == NULL) {
+        snprintf(why, len, "cannot write %s", conf);
+        return -1;
+    }
+    fprintf(f,
+            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
+            " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
+            "<busconfig>\n  <type>session</type>\n  <listen>unix:path=%s</listen>\n"
+            "  <auth>EXTERNAL</auth>\n  <policy context=\"default\">\n"
+            "    <allow send_destination=\"*\"/>\n    <allow receive_sender=\"*\"/>\n"
+            "    <allow own=\"*\"/>\n  </policy>\n"
+            "</busconfig>\n",
+            sock);
+    if (fclose(f) != 0) {
+        snprintf(why, len, "cannot write %s", conf);
+        return -1;
+    }
+    snprintf(conf_arg, sizeof(conf_arg), "--config-file=%s", conf);
+    char *argv[] = {"dbus-daemon", "--nofork", conf_arg, NULL};
+    B.dbus_pid = spawn_logged(argv, log);
+    for (int waited = 0; B.dbus_pid > 0 && waited < 10000; waited += 50) {
+        if (unix_socket_accepts(sock)) {
+            snprintf(address, sizeof(address), "unix:path=%s", sock);
+            setenv("DBUS_SESSION_BUS_ADDRESS", address, 1);
+            return 0;
+        }
+        if (reaped_within(B.dbus_pid, 0))
+            B.dbus_pid = 0;
+        sleep_ms(50);
+    }
+    stop_child(&B.dbus_pid);
+    snprintf(why, len, "dbus-daemon did not start");
+    append_log(why, len, log);
+    return -1;
+}
+
+/*
+ * tpm2-abrmd on our bus, on swtpm through the proxy (so its own commands, context saves
+ * and loads included, are counted with the peer's); returns once a client can connect.
+ */
+static int start_abrmd(char *why, size_t len)
+{
+    char tcti_arg[160], log[128];
+    snprintf(tcti_arg, sizeof(tcti_arg), "--tcti=%s", B.tcti);
+    snprintf(log, sizeof(log), "%s/abrmd.log", B.dir);
+    char *argv[] = {"tpm2-abrmd", "--session", "--allow-root", tcti_arg, NULL};
+    B.abrmd_pid = spawn_logged(argv, log);
+    for (int attempt = 0; B.abrmd_pid > 0 && attempt < 100; attempt++) {
+        if (probe_tabrmd(1) == PROBE_CONNECTED)
+            return 0;
+        if (reaped_within(B.abrmd_pid, 0))
+            B.abrmd_pid = 0;
+        sleep_ms(100);
+    }
+    stop_child(&B.abrmd_pid);
+    snprintf(why, len, "tpm2-abrmd did not start");
+    append_log(why, len, log);
+    return -1;
+}
+
+/*
+ * The same starting state for every variant, as for our rows: swtpm restarted (no
+ * transient objects or sessions; the same seeds, so the keys stay valid) and, for
+ * tpm2-abrmd, a new tpm2-abrmd on it, whose own start is counted apart in *abrmd_frames.
+ */
+static int fresh_tpm(peer_transport t, char *why, size_t len, uint64_t *abrmd_frames)
+{
+    stop_child(&B.abrmd_pid);
+    provhsm_test_swtpm_kill(&B.swtpm);
+    if (provhsm_test_swtpm_restart(&B.swtpm) != 0) {
+        snprintf(why, len, "swtpm did not restart");
+        return -1;
+    }
+    if (t == PEER_BARE)
+        return 0;
+    uint64_t before = atomic_load(&counted->commands);
+    int rc = start_abrmd(why, len);
+    if (abrmd_frames != NULL)
+        *abrmd_frames = atomic_load(&counted->commands) - before;
+    return rc;
+}
+
+/* ---- the peer's processes ------------------------------------------------------------ */
+
 static void openssl_error(row *r, const char *what)
 {
     unsigned long e = ERR_get_error();
@@ -789,20 +1057,27 @@ static void openssl_error(row *r, const char *what)
 /*
  * The peer's process: a copy of this one (the same server keeps running here, in the
  * parent, untouched by tpm2-openssl) that loads tpm2-openssl into the default library
- * context as its users do, on the proxy's TCTI, with the variant's default properties,
- * then measures the peer's key with TLS 1.3 and 1.2 and our software key beside it.
- * Results go to the shared mapping; it never returns.
+ * context as its users do, on the TCTI in TPM2OPENSSL_TCTI, in the variant's order and
+ * with its default properties, then measures the peer's key with TLS 1.3 and 1.2 and our
+ * software key beside it. Results go to the shared mapping; it never returns.
  */
 static void peer_process(int v, const char *cert, const char *key)
 {
+    const peer_variant *pv = &peer_variants[v];
     row *rows = shared->peer[v];
     hw_counts t0, since;
     B.in_peer_process = 1;
     alarm(1800); /* every socket has a timeout; this is the last resort */
     counts_now(&t0);
-    OSSL_PROVIDER *def = OSSL_PROVIDER_load(NULL, "default"); /* stays next to tpm2 */
-    OSSL_PROVIDER *tpm2 = OSSL_PROVIDER_load(NULL, "tpm2");
-    if (def == NULL || tpm2 == NULL || EVP_set_default_properties(NULL, peer_queries[v]) != 1) {
+    OSSL_LIB_CTX *fresh = pv->tpm2_first ? OSSL_LIB_CTX_new() : NULL;
+    if (pv->tpm2_first && (fresh == NULL || OSSL_LIB_CTX_set0_default(fresh) == NULL)) {
+        rows[0].ran = 1;
+        openssl_error(&rows[0], "no new library context");
+        _exit(1);
+    }
+    OSSL_PROVIDER *first = OSSL_PROVIDER_load(NULL, pv->tpm2_first ? "tpm2" : "default");
+    OSSL_PROVIDER *second = OSSL_PROVIDER_load(NULL, pv->tpm2_first ? "default" : "tpm2");
+    if (first == NULL || second == NULL || EVP_set_default_properties(NULL, pv->query) != 1) {
         rows[0].ran = 1;
         openssl_error(&rows[0], "loading the tpm2 provider failed");
         _exit(1);
@@ -819,50 +1094,91 @@ static void peer_process(int v, const char *cert, const char *key)
     _exit(0);
 }
 
-/* Each variant in a process of its own, on a swtpm restarted (no transient objects). */
-static void run_peer(void)
+static void run_variant(int v, const char *cert, const char *key)
+{
+    row *rows = shared->peer[v];
+    fflush(stdout);
+    fflush(stderr);
+    pid_t pid = fork();
+    if (pid == 0)
+        peer_process(v, cert, key);
+    int status = 0;
+    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
+        ;
+    if (pid < 0 || WIFSIGNALED(status)) {
+        int i = 0;
+        while (i < PEER_ROWS - 1 && rows[i].ran && rows[i].ok)
+            i++;
+        rows[i].ran = 1;
+        snprintf(rows[i].err, sizeof(rows[i].err), "the peer's process %s %d",
+                 pid < 0 ? "could not start: errno" : "died of signal",
+                 pid < 0 ? errno : WTERMSIG(status));
+    }
+}
+
+static int first_variant(peer_transport t)
+{
+    int v = 0;
+    while (v < PEER_VARIANTS - 1 && peer_variants[v].transport != t)
+        v++;
+    return v;
+}
+
+/*
+ * The key made once on this transport (tpm2-abrmd already running for PEER_ABRMD), then
+ * each of its variants in a process of its own on a fresh TPM.
+ */
+static void run_variants(peer_transport t)
 {
     char *key = NULL, *cert = NULL;
-    row *first = &shared->peer[0][0];
-    if (!tpm2_module_present()) {
-        first->ran = 1;
-        snprintf(first->err, sizeof(first->err), "no %s or no openssl command", B.tpm2_module);
-        return;
-    }
-    setenv("TPM2OPENSSL_TCTI", B.tcti, 1); /* read by the openssl command and the provider */
-    if (make_peer_key(first, &key, &cert) != 0) {
-        first->ran = 1;
+    row *head = &shared->peer[first_variant(t)][0];
+    if (make_peer_key(head, t, &key, &cert) != 0) {
+        head->ran = 1;
         goto out;
     }
-    for (int v = 0; v < PEER_VARIANTS; v++) {
+    for (int v = first_variant(t); v < PEER_VARIANTS; v++) {
         row *rows = shared->peer[v];
-        provhsm_test_swtpm_kill(&B.swtpm);
-        if (provhsm_test_swtpm_restart(&B.swtpm) != 0) {
+        if (peer_variants[v].transport != t)
+            continue;
+        if (fresh_tpm(t, rows[0].err, sizeof(rows[0].err), &shared->abrmd_start_frames[v]) != 0) {
             rows[0].ran = 1;
-            snprintf(rows[0].err, sizeof(rows[0].err), "swtpm did not restart");
             break;
         }
-        fflush(stdout);
-        fflush(stderr);
-        pid_t pid = fork();
-        if (pid == 0)
-            peer_process(v, cert, key);
-        int status = 0;
-        while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
-            ;
-        if (pid < 0 || WIFSIGNALED(status)) {
-            int i = 0;
-            while (i < PEER_ROWS - 1 && rows[i].ran && rows[i].ok)
-                i++;
-            rows[i].ran = 1;
-            snprintf(rows[i].err, sizeof(rows[i].err), "the peer's process %s %d",
-                     pid < 0 ? "could not start: errno" : "died of signal",
-                     pid < 0 ? errno : WTERMSIG(status));
-        }
+        run_variant(v, cert, key);
     }
 out:
     free(key);
     free(cert);
+}
+
+/* Bare swtpm first, then, when it is installed, behind tpm2-abrmd; all stopped after. */
+static void run_peer(void)
+{
+    row *bare = &shared->peer[first_variant(PEER_BARE)][0];
+    row *abrmd = &shared->peer[first_variant(PEER_ABRMD)][0];
+    if (!tpm2_module_present()) {
+        bare->ran = 1;
+        snprintf(bare->err, sizeof(bare->err), "no %s or no openssl command", B.tpm2_module);
+        return;
+    }
+    setenv("TPM2OPENSSL_TCTI", B.tcti, 1); /* read by the openssl command and the provider */
+    run_variants(PEER_BARE);
+    const char *missing = abrmd_missing();
+    if (missing != NULL) {
+        snprintf(B.abrmd_not_run, sizeof(B.abrmd_not_run), "%s", missing);
+        return;
+    }
+    if (start_bus(abrmd->err, sizeof(abrmd->err)) != 0 ||
+        fresh_tpm(PEER_ABRMD, abrmd->err, sizeof(abrmd->err), NULL) != 0) {
+        abrmd->ran = 1;
+    } else {
+        setenv("TPM2OPENSSL_TCTI", TABRMD_TCTI, 1);
+        run_variants(PEER_ABRMD);
+    }
+    stop_child(&B.abrmd_pid);
+    stop_child(&B.dbus_pid);
+    unsetenv("DBUS_SESSION_BUS_ADDRESS");
+    setenv("TPM2OPENSSL_TCTI", B.tcti, 1);
 }
 
 /* ---- output -------------------------------------------------------------------------- */
@@ -878,13 +1194,13 @@ static void print_row(const row *r)
     if (!r->ran)
         return;
     if (!r->ok) {
-        printf("%-44s %s  FAILED: %s; before failing: %llu TPM commands, %llu PKCS#11 calls\n",
+        printf("%-60s %s  FAILED: %s; before failing: %llu TPM commands, %llu PKCS#11 calls\n",
                r->name, tls, r->err,
                (unsigned long long)(r->setup.frames + r->first.frames + r->steady.frames),
                (unsigned long long)(r->setup.p11 + r->first.p11 + r->steady.p11));
         return;
     }
-    printf("%-44s %s %6u %9.0f %9.0f %7.0f %8.2f  %-17s %5llu %5llu\n", r->name, tls, B.n,
+    printf("%-60s %s %6u %9.0f %9.0f %7.0f %8.2f  %-17s %5llu %5llu\n", r->name, tls, B.n,
            r->median, r->p90, r->per_second, (double)row_count(r, &r->steady) / B.n,
            unit_name(r->unit), (unsigned long long)row_count(r, &r->setup),
            (unsigned long long)row_count(r, &r->first));
@@ -931,10 +1247,53 @@ static void print_targets(const row *software, const row *tpm, const row *tpm12,
         printf("  SoftHSM2 and software keys alternating: FAILED: %s\n", B.pair.err);
     for (int v = 0; v < PEER_VARIANTS; v++)
         if (shared->peer[v][0].ok && tpm->ok)
-            printf("  tpm2-openssl (query %c): %.2f TPM commands per handshake against our %.2f; "
-                   "median %.0f us against our %.0f us (TLS 1.3)\n",
-                   'A' + v, (double)shared->peer[v][0].steady.frames / B.n,
+            printf("  %s: %.2f TPM commands per handshake against our %.2f; median %.0f us "
+                   "against our %.0f us (TLS 1.3)\n",
+                   shared->peer[v][0].name, (double)shared->peer[v][0].steady.frames / B.n,
                    (double)tpm->steady.frames / B.n, shared->peer[v][0].median, tpm->median);
+}
+
+/* How each peer variant ran: the TCTI, the providers' load order, the properties. */
+static void print_peer_setup(void)
+{
+    printf("\ntpm2-openssl: %s; each variant in a process of its own (a fork of this one; the "
+           "server stays here) on a restarted swtpm, the same client code as our rows. Keys "
+           "made by openssl genpkey -provider tpm2 -provider default -propquery provider=tpm2: "
+           "on the bare swtpm %llu TPM commands",
+           B.tpm2_module, (unsigned long long)B.peer_keygen_frames[PEER_BARE]);
+    if (B.abrmd_not_run[0] == '\0')
+        printf(", behind tpm2-abrmd %llu (tpm2-abrmd's own included)",
+               (unsigned long long)B.peer_keygen_frames[PEER_ABRMD]);
+    printf("\n  query A = \"%s\" (tpm2-openssl's documentation), query B = \"%s\" (docs/"
+           "sdk-contract)\n",
+           PEER_QUERY_A, PEER_QUERY_B);
+    if (B.abrmd_not_run[0] == '\0')
+        printf("  behind tpm2-abrmd: a private D-Bus session bus (dbus-daemon --nofork "
+               "--config-file=<its own>), tpm2-abrmd --session --allow-root --tcti=%s (the "
+               "proxy: its context saves and loads are counted), started anew on each "
+               "restarted swtpm\n",
+               B.tcti);
+    else
+        printf("  behind tpm2-abrmd: not run: %s\n", B.abrmd_not_run);
+    for (int v = 0; v < PEER_VARIANTS; v++) {
+        const peer_variant *pv = &peer_variants[v];
+        if (!shared->peer[v][0].ran)
+            continue;
+        printf("  %s: TPM2OPENSSL_TCTI=%s; %s; OSSL_PROVIDER_load(NULL, \"%s\"), then "
+               "OSSL_PROVIDER_load(NULL, \"%s\"), then EVP_set_default_properties(NULL, "
+               "\"%s\"); loading: %llu TPM commands",
+               pv->names[0], pv->transport == PEER_BARE ? B.tcti : TABRMD_TCTI,
+               pv->tpm2_first ? "a new library context made the thread's default "
+                                "(OSSL_LIB_CTX_new, OSSL_LIB_CTX_set0_default), nothing in it yet"
+                              : "the default library context inherited from this process, its "
+                                "default provider already active",
+               pv->tpm2_first ? "tpm2" : "default", pv->tpm2_first ? "default" : "tpm2", pv->query,
+               (unsigned long long)shared->load_frames[v]);
+        if (pv->transport == PEER_ABRMD)
+            printf("; tpm2-abrmd's start before it: %llu TPM commands",
+                   (unsigned long long)shared->abrmd_start_frames[v]);
+        printf("\n");
+    }
 }
 
 static void print_report(row *rows, size_t count)
@@ -943,13 +1302,15 @@ static void print_report(row *rows, size_t count)
            "client SSL_CTX per row set up the SDK's way; in-process server (TLS 1.2-1.3, "
            "verifies the client certificate); swtpm behind a TPM command counting proxy\n\n",
            B.n);
-    printf("%-44s %-3s %6s %9s %9s %7s %8s  %-17s %5s %5s\n", "key", "TLS", "n", "median us",
+    printf("%-60s %-3s %6s %9s %9s %7s %8s  %-17s %5s %5s\n", "key", "TLS", "n", "median us",
            "p90 us", "hs/s", "hw/hs", "counted", "setup", "first");
     for (size_t i = 0; i < count; i++)
         print_row(&rows[i]);
     for (int v = 0; v < PEER_VARIANTS; v++)
         for (int i = 0; i < PEER_ROWS; i++)
             print_row(&shared->peer[v][i]);
+    if (B.abrmd_not_run[0] != '\0')
+        printf("%-60s     not run: %s\n", "peer tpm2-openssl behind tpm2-abrmd", B.abrmd_not_run);
     printf("\nhw/hs: hardware commands per handshake over the %u; setup: from the SDK's "
            "x509_create (our rows) or tls_client_new (the others) to a client SSL_CTX holding "
            "the key; first: the warm-up handshake. TLS 1.2: the software key's handshakes take as "
@@ -961,16 +1322,8 @@ static void print_report(row *rows, size_t count)
     for (int v = 0; v < PEER_VARIANTS; v++)
         for (int i = 0; i < PEER_ROWS; i++)
             print_details(&shared->peer[v][i]);
-    if (shared->peer[0][0].ran) {
-        printf("\ntpm2-openssl: %s, key made by openssl genpkey (%llu TPM commands); each "
-               "query in a process of its own (a fork of this one; the server stays here) that "
-               "loads it into the default library context next to the default provider, on a "
-               "restarted swtpm (no resource manager)\n",
-               B.tpm2_module, (unsigned long long)B.peer_keygen_frames);
-        for (int v = 0; v < PEER_VARIANTS; v++)
-            printf("  query %c: default properties \"%s\" (loading: %llu TPM commands)\n", 'A' + v,
-                   peer_queries[v], (unsigned long long)shared->load_frames[v]);
-    }
+    if (shared->peer[0][0].ran)
+        print_peer_setup();
     print_targets(&rows[0], &rows[2], &rows[3], &rows[4]);
 }
 
@@ -1016,7 +1369,7 @@ static int map_shared(void)
     for (int v = 0; v < PEER_VARIANTS; v++)
         for (int i = 0; i < PEER_ROWS; i++) {
             row *r = &shared->peer[v][i];
-            r->name = peer_names[v][i];
+            r->name = peer_variants[v].names[i];
             r->tls_version = i == 1 ? TLS1_2_VERSION : TLS1_3_VERSION;
             r->unit = COUNT_TPM;
         }
@@ -1053,6 +1406,8 @@ static void stop_everything(void)
         deinitialize_hsm_system();
     free(B.software_cert);
     provhsm_free_secret(B.software_key);
+    stop_child(&B.abrmd_pid); /* before swtpm and the proxy it talks to */
+    stop_child(&B.dbus_pid);
     proxy_stop();
     provhsm_test_swtpm_stop(&B.swtpm);
     provhsm_test_softhsm_stop(&B.softhsm);

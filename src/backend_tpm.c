@@ -16,8 +16,9 @@
  * TPM2_Sign on its persistent handle.
  *
  * Static state: one site per TCTI string, never freed: a mutex and the one connection
- * (TCTI and ESAPI context) that every state, open key and admin call of the process uses
- * for that TPM, opened with the first user and closed with the last. swtpm, the reference
+ * (TCTI and ESAPI context) that every state, open key and admin call of the process, and
+ * the store's sealed key (provhsm_tpm_enter), uses for that TPM, opened with the first
+ * user and closed with the last. swtpm, the reference
  * simulator and a bare /dev/tpm0 serve one client at a time, and a TPM without a resource
  * manager has room for only a few transient objects and sessions, so every TPM command of
  * this backend runs under the site's mutex (and everything that holds a transient object
@@ -120,12 +121,6 @@ static tcti_site *site_for(const char *tcti)
     return found;
 }
 
-pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti)
-{
-    tcti_site *site = site_for(tcti);
-    return site != NULL ? &site->mutex : NULL;
-}
-
 /* The site's shared connection; a new one when there is none or it was lost. Under the lock. */
 static provhsm_err site_connect(tcti_site *site, provhsm_tpm **tpm_out)
 {
@@ -177,6 +172,20 @@ static void site_leave(tcti_site *site)
 {
     site_idle(site);
     pthread_mutex_unlock(&site->mutex);
+}
+
+/* The store's sealed key uses the same connection, so a one-client TPM serves both. */
+provhsm_err provhsm_tpm_enter(const provhsm_config *cfg, provhsm_tpm_site **site, provhsm_tpm **tpm)
+{
+    if (cfg == NULL || site == NULL || tpm == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    return site_enter(cfg, site, tpm);
+}
+
+void provhsm_tpm_leave(provhsm_tpm_site *site)
+{
+    if (site != NULL)
+        site_leave(site);
 }
 
 /* ---- authorisation values ------------------------------------------------------------- */
@@ -352,30 +361,15 @@ static provhsm_err persistent_primary_locked(const tpm_state *st, provhsm_tpm *t
     return err;
 }
 
-/* persistent_primary_locked() under the TCTI's lock. */
-static provhsm_err create_persistent_primary(const tpm_state *st, provhsm_tpm *tpm,
-                                             ESYS_TR hierarchy, const TPM2B_PUBLIC *tmpl,
-                                             TPM2_HANDLE handle, const char *what, ESYS_TR *tr_out,
-                                             TPM2B_PUBLIC **pub_out)
-{
-    pthread_mutex_lock(st->lock);
-    provhsm_err err =
-        persistent_primary_locked(st, tpm, hierarchy, tmpl, handle, what, tr_out, pub_out);
-    pthread_mutex_unlock(st->lock);
-    return err;
-}
-
 provhsm_err provhsm_tpm_create_srk(const provhsm_config *cfg, provhsm_tpm *tpm)
 {
-    tpm_state st = {
-        .cfg = (provhsm_config *)cfg, .lock = provhsm_tpm_lock_for(cfg->tcti), .link = NULL};
+    /* the caller entered the site (provhsm_tpm_enter): its lock is held already */
+    tpm_state st = {.cfg = (provhsm_config *)cfg, .lock = NULL, .link = NULL};
     ESYS_TR srk = ESYS_TR_NONE;
     TPM2B_PUBLIC tmpl, *pub = NULL;
 
-    if (st.lock == NULL)
-        return PROVHSM_E_NOMEM;
     srk_template(&tmpl);
-    provhsm_err err = create_persistent_primary(&st, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
+    provhsm_err err = persistent_primary_locked(&st, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
                                                 "storage root key", &srk, &pub);
     Esys_Free(pub);
     provhsm_tpm_forget(tpm, &srk);

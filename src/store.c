@@ -2,11 +2,11 @@
  * The encrypted software key store (store.h): files in one directory, each entry sealed
  * with AES-256-GCM (OpenSSL EVP) under a store key that comes from a random key file,
  * from a passphrase through scrypt (EVP_KDF "SCRYPT"), or from the TPM, which unseals a
- * random key sealed to it (tpm_esys.h; the store holds the per-TPM lock while it has an
- * object loaded). A rekey moves every entry to a new key, crash-safe. Called by the software
- * backend and the administration API. Static state: none besides the test hook; an open store
- * handle is immutable after open (a directory fd and the key in secure memory), so one
- * handle may be used from several threads at once.
+ * random key sealed to it (tpm_esys.h; its commands go through the process's one
+ * connection to that TPM, the TPM backend's, under its lock). A rekey moves every entry to a new
+ * key, crash-safe. Called by the software backend and the administration API. Static state: none
+ * besides the test hook; an open store handle is immutable after open (a directory fd and the key
+ * in secure memory), so one handle may be used from several threads at once.
  *
  * Every file is read through safefile.c: opened with O_NOFOLLOW, its owner and mode
  * checked on the opened fd, so what is checked is what is read. The key file's directory
@@ -102,7 +102,6 @@
 #include "secmem.h"
 #include "store.h"
 #ifdef PROVHSM_WITH_TPM
-#include <pthread.h>
 #include "tpm_esys.h"
 #endif
 
@@ -796,20 +795,34 @@ static void describe_pcrs(const TPML_PCR_SELECTION *sel, char *out, size_t outle
             n += (size_t)snprintf(out + n, outlen - n, "%s%u", out[n - 1] == ':' ? "" : ",", i);
 }
 
-/* Connects to the configured TPM and addresses the SRK (no command for the SRK). */
+/*
+ * Enters the process's one connection to the configured TPM (the TPM backend's: a second
+ * one would wait forever on swtpm, the simulator or a bare /dev/tpm0 while a TPM table
+ * handle or a TPM X.509 key is open) and addresses the SRK (no command for the SRK). On
+ * failure nothing is held. The caller releases what it made on *tpm_out, then leaves.
+ */
 static provhsm_err tpm_and_srk(const provhsm_config *cfg, uint32_t srk_handle,
-                               provhsm_tpm **tpm_out, ESYS_TR *srk_out)
+                               provhsm_tpm_site **site_out, provhsm_tpm **tpm_out, ESYS_TR *srk_out)
 {
+    provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
-    provhsm_err rc = provhsm_tpm_connect(cfg->tcti, &tpm);
+    provhsm_err rc = provhsm_tpm_enter(cfg, &site, &tpm);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_handle(tpm, srk_handle, srk_out);
     if (rc != PROVHSM_OK) {
-        provhsm_tpm_disconnect(tpm);
+        provhsm_tpm_leave(site);
         return rc;
     }
+    *site_out = site;
     *tpm_out = tpm;
     return PROVHSM_OK;
+}
+
+/* Drops the owner authorisation from the shared connection, which outlives this use. */
+static void drop_owner_auth(provhsm_tpm *tpm)
+{
+    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
+        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
 }
 
 /*
@@ -823,6 +836,7 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
                                   uint8_t **file_out, size_t *len_out)
 {
     provhsm_err rc;
+    provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR srk = ESYS_TR_NONE, trial = ESYS_TR_NONE;
     TPML_PCR_SELECTION pcrs;
@@ -842,7 +856,7 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
         memset(&pcrs, 0, sizeof(pcrs));
     else
         configured_pcrs(cfg, &pcrs);
-    rc = provhsm_tpm_connect(cfg->tcti, &tpm);
+    rc = provhsm_tpm_enter(cfg, &site, &tpm);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_present(tpm, &cfg->srk_handle, 1, &present);
     /* a fresh TPM: the SRK made as the TPM backend makes it, so both find the same key */
@@ -867,6 +881,8 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
     }
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_create_sealed(tpm, srk, key, STORE_KEY_LEN, &policy, &priv, &pub);
+    provhsm_tpm_forget(tpm, &srk);
+    provhsm_tpm_leave(site);
     if (rc != PROVHSM_OK)
         goto out;
     buf = malloc(SEALED_MAX);
@@ -891,7 +907,6 @@ out:
     free(buf);
     free(priv);
     free(pub);
-    provhsm_tpm_disconnect(tpm);
     return rc;
 }
 
@@ -932,12 +947,12 @@ static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blo
                                    size_t *len_out)
 {
     sealed_file *sf = malloc(sizeof(*sf));
+    provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR srk = ESYS_TR_NONE, loaded = ESYS_TR_NONE, old = ESYS_TR_NONE,
             persistent = ESYS_TR_NONE;
-    pthread_mutex_t *lock = provhsm_tpm_lock_for(cfg->tcti);
     int present = 0;
-    provhsm_err rc = sf == NULL || lock == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
+    provhsm_err rc = sf == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
 
     if (rc == PROVHSM_OK)
         rc = parse_sealed(blob, blob_len, "the new sealed store key", sf);
@@ -945,8 +960,7 @@ static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blo
         free(sf);
         return rc;
     }
-    pthread_mutex_lock(lock);
-    rc = tpm_and_srk(cfg, sf->parent, &tpm, &srk);
+    rc = tpm_and_srk(cfg, sf->parent, &site, &tpm, &srk);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_use_owner_auth(cfg, tpm);
     if (rc == PROVHSM_OK && old_handle != 0 &&
@@ -970,10 +984,10 @@ static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blo
                     "owner_auth_env is missing or wrong. Nothing was changed in the TPM.");
     provhsm_tpm_flush(tpm, &loaded);
     provhsm_tpm_forget(tpm, &persistent);
-    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
-        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
-    pthread_mutex_unlock(lock);
-    provhsm_tpm_disconnect(tpm);
+    provhsm_tpm_forget(tpm, &old); /* still there when its eviction failed */
+    provhsm_tpm_forget(tpm, &srk);
+    drop_owner_auth(tpm);
+    provhsm_tpm_leave(site);
     if (rc == PROVHSM_OK)
         rc = handle_form(sf->parent, handle, &sf->pcrs, &sf->pub, file_out, len_out);
     free(sf);
@@ -983,13 +997,10 @@ static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blo
 /* Evicts the store's former sealed key at `handle` (owner authorisation); logs a failure. */
 static void evict_sealed_handle(const provhsm_config *cfg, uint32_t handle)
 {
+    provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR tr = ESYS_TR_NONE;
-    pthread_mutex_t *lock = provhsm_tpm_lock_for(cfg->tcti);
-    if (lock == NULL)
-        return;
-    pthread_mutex_lock(lock);
-    provhsm_err rc = provhsm_tpm_connect(cfg->tcti, &tpm);
+    provhsm_err rc = provhsm_tpm_enter(cfg, &site, &tpm);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_use_owner_auth(cfg, tpm);
     if (rc == PROVHSM_OK && provhsm_tpm_find_persistent(tpm, handle, &tr) == PROVHSM_OK)
@@ -999,10 +1010,9 @@ static void evict_sealed_handle(const provhsm_config *cfg, uint32_t handle)
                 "the former sealed store key at 0x%08lx could not be evicted; it is no "
                 "longer used (tpm2_evictcontrol removes it)",
                 (unsigned long)handle);
-    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
-        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
-    pthread_mutex_unlock(lock);
-    provhsm_tpm_disconnect(tpm);
+    provhsm_tpm_forget(tpm, &tr); /* still there when the eviction failed */
+    drop_owner_auth(tpm);
+    provhsm_tpm_leave(site);
 }
 
 /* The persistent handle the store's current store.sealed names (0: a blob). */
@@ -1066,8 +1076,9 @@ static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file 
 /*
  * Reads store.sealed (through safefile) and unseals the store key into key_out. On a
  * provisioned TPM: Load, Unseal, FlushContext with a blob; Unseal alone with a persistent
- * handle; a PCR policy adds StartAuthSession and PolicyPCR. The per-TPM lock is held while
- * a transient object or a session exists, as the TPM backend does.
+ * handle; a PCR policy adds StartAuthSession and PolicyPCR. All of it on the TPM backend's
+ * connection, entered (locked) while a transient object or a session exists and released
+ * empty: every ESYS handle made here is flushed or forgotten before leaving.
  */
 static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const char *dir,
                                     uint8_t *key_out)
@@ -1075,9 +1086,9 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     const size_t path_size = PROVHSM_PATH_MAX + 32;
     char *path = path_alloc(path_size);
     sealed_file *sf = NULL;
+    provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR srk = ESYS_TR_NONE, item = ESYS_TR_NONE, session = ESYS_TR_NONE;
-    pthread_mutex_t *lock = NULL;
     uint8_t *raw = NULL, *key = NULL;
     size_t raw_len = 0, key_len = 0;
     provhsm_err rc;
@@ -1101,13 +1112,7 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     rc = parse_sealed(raw, raw_len, path, sf);
     if (rc != PROVHSM_OK)
         goto out;
-    lock = provhsm_tpm_lock_for(cfg->tcti);
-    if (lock == NULL) {
-        rc = PROVHSM_E_NOMEM;
-        goto out;
-    }
-    pthread_mutex_lock(lock);
-    rc = tpm_and_srk(cfg, sf->parent, &tpm, &srk);
+    rc = tpm_and_srk(cfg, sf->parent, &site, &tpm, &srk);
     if (rc == PROVHSM_OK && sf->handle == 0) {
         rc = provhsm_tpm_load_sealed(tpm, srk, &sf->priv, &sf->pub, &item);
         if (rc == PROVHSM_E_WRONG_KEY)
@@ -1135,7 +1140,9 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     provhsm_tpm_flush(tpm, &session);
     if (sf->handle == 0)
         provhsm_tpm_flush(tpm, &item);
-    pthread_mutex_unlock(lock);
+    provhsm_tpm_forget(tpm, &item); /* at a persistent handle: only ours to release */
+    provhsm_tpm_forget(tpm, &srk);
+    provhsm_tpm_leave(site);
     if (rc == PROVHSM_E_NO_DEVICE)
         PH_ERR(MOD, "store %s: its key is sealed to a TPM, and none answers through \"%s\"",
                cfg->store_dir, cfg->tcti);
@@ -1146,7 +1153,6 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     if (rc == PROVHSM_OK)
         memcpy(key_out, key, STORE_KEY_LEN);
 out:
-    provhsm_tpm_disconnect(tpm);
     provhsm_secure_free(key);
     free(sf);
     free(raw);

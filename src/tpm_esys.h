@@ -77,12 +77,21 @@ unsigned provhsm_tpm_test_open_connections(void);
 #endif
 
 /*
- * The process-wide mutex for the TPM behind `tcti` (one per TCTI string, never freed;
- * NULL when out of memory). Whoever holds a transient object or a session across
- * commands holds it: a TPM without a resource manager has room for only a few.
- * Defined in backend_tpm.c, used there and by the store's sealed key.
+ * The process's one connection to the TPM behind cfg->tcti: the one the TPM backend's
+ * table states, X.509 keys and admin calls share (swtpm, the simulator and a bare
+ * /dev/tpm0 serve one client at a time). provhsm_tpm_enter() takes the TCTI's lock and
+ * connects (again, when the connection was lost; the backend's users then rebuild their
+ * ESYS handles); on failure nothing is held. Until provhsm_tpm_leave() the caller alone
+ * sends commands on *tpm, and it releases there everything it made (ESYS handles,
+ * transient objects, sessions, hierarchy authorisations): the connection outlives it.
+ * Leave unlocks, and disconnects when no state or key of the backend uses the TPM. The
+ * lock is not recursive: enter never while holding it, nor while the backend does.
+ * Defined in backend_tpm.c, used by the store's sealed key.
  */
-pthread_mutex_t *provhsm_tpm_lock_for(const char *tcti);
+typedef struct tcti_site provhsm_tpm_site;
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_enter(const provhsm_config *cfg, provhsm_tpm_site **site,
+                                                 provhsm_tpm **tpm);
+void provhsm_tpm_leave(provhsm_tpm_site *site);
 
 /*
  * Loads the owner authorisation configured in [tpm] (owner_auth_file / owner_auth_env)
@@ -96,8 +105,9 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *
  * Creates the storage root key from the TPM backend's template and persists it at
  * cfg->srk_handle under the owner authorisation of [tpm] (CreatePrimary, EvictControl,
  * FlushContext), as the backend does on a TPM that has none; one another user of the TPM
- * persisted meanwhile is kept. Takes the TCTI's lock: the caller must not hold it.
- * Defined in backend_tpm.c; used by the store to seal its key on a fresh TPM.
+ * persisted meanwhile is kept. On the connection of provhsm_tpm_enter(): the caller
+ * holds the TCTI's lock, and this takes it no more. Defined in backend_tpm.c; used by
+ * the store to seal its key on a fresh TPM.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_create_srk(const provhsm_config *cfg, provhsm_tpm *tpm);
 

@@ -796,10 +796,10 @@ static void describe_pcrs(const TPML_PCR_SELECTION *sel, char *out, size_t outle
 }
 
 /*
- * Enters the process's one connection to the configured TPM (the TPM backend's: a second
- * one would wait forever on swtpm, the simulator or a bare /dev/tpm0 while a TPM table
- * handle or a TPM X.509 key is open) and addresses the SRK (no command for the SRK). On
- * failure nothing is held. The caller releases what it made on *tpm_out, then leaves.
+ * Enters the process's one connection to the configured TPM (the TPM backend's: while a
+ * TPM table handle or a TPM X.509 key is open, a bare /dev/tpm0 refuses a second one and
+ * a simulator's socket leaves it waiting) and addresses the SRK (no command for the SRK).
+ * On failure nothing is held. The caller releases what it made on *tpm_out, then leaves.
  */
 static provhsm_err tpm_and_srk(const provhsm_config *cfg, uint32_t srk_handle,
                                provhsm_tpm_site **site_out, provhsm_tpm **tpm_out, ESYS_TR *srk_out)

@@ -10,9 +10,13 @@
  *    after the TPM restarts (PCRs reset), then reseal --unbound, the extend, reseal, read;
  *  - the TPM gone: the cause is named;
  *  - init on a fresh TPM makes the SRK; a rekey to the TPM honours sealed_key_handle;
+ *  - a TPM table handle or a TPM X.509 key open (the TPM backend's connection held): the
+ *    sealed store opens, reseals and rekeys on that one connection (no second one is ever
+ *    open), at the same command counts;
  *  - the sealed-blob parser refuses a truncated or altered file.
  */
 #include <dirent.h>
+#include <pthread.h>
 #include <setjmp.h>
 #include <stdarg.h>
 #include <stddef.h>
@@ -20,14 +24,18 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <stdatomic.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
 
 #include "backend.h"
 #include "hsm_client_data.h"
+#include "keyref.h"
 #include "provhsm/provhsm.h"
 #include "provhsm/provhsm_store_key.h"
+#include "secmem.h"
 #include "store.h"
 #include "swtpm_fixture.h"
 #include "testutil.h"
@@ -539,6 +547,171 @@ static void test_rekey_to_tpm_at_handle(void **state)
     assert_int_equal(counts.persistent, before.persistent);
 }
 
+/* ---- beside the TPM backend's open connection ---------------------------------------- */
+
+/*
+ * One store operation run on a thread of its own while this thread watches the number of
+ * open TPM connections. A bare /dev/tpm0 refuses a second one, and a simulator socket in
+ * use leaves it waiting; tss2's swtpm TCTI connects per command, so here the count is what
+ * shows a second connection. Should one ever wait, the program ends after
+ * STORE_OP_LIMIT_S with the reason (the stuck thread holds the TPM's lock).
+ */
+#define STORE_OP_LIMIT_S 20
+
+typedef enum { OP_READ, OP_RESEAL, OP_REKEY } store_op_kind;
+
+typedef struct store_op {
+    store_op_kind kind;
+    const char *rekey_to;
+    char *key;         /* OP_READ: the symmetric key read through the SDK's table */
+    uint64_t commands; /* OP_READ: TPM commands the create cost */
+    provhsm_err err;   /* OP_RESEAL, OP_REKEY */
+    atomic_int done;
+} store_op;
+
+static void *store_op_thread(void *arg)
+{
+    store_op *op = arg;
+    if (op->kind == OP_READ)
+        op->key = read_symmetric(&op->commands);
+    else if (op->kind == OP_RESEAL)
+        op->err = provhsm_store_reseal(0);
+    else
+        op->err = provhsm_store_rekey(op->rekey_to);
+    atomic_store(&op->done, 1);
+    return NULL;
+}
+
+static double seconds_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* Runs *op; returns the most TPM connections seen open while it ran. */
+static unsigned run_store_op(store_op *op)
+{
+    pthread_t thread;
+    unsigned peak = provhsm_tpm_test_open_connections();
+    const double deadline = seconds_now() + STORE_OP_LIMIT_S;
+    atomic_init(&op->done, 0);
+    assert_int_equal(pthread_create(&thread, NULL, store_op_thread, op), 0);
+    while (!atomic_load(&op->done)) {
+        unsigned now = provhsm_tpm_test_open_connections();
+        peak = now > peak ? now : peak;
+        if (seconds_now() > deadline) {
+            fprintf(stderr,
+                    "the store operation did not finish within %d s, up to %u TPM connections "
+                    "open\n",
+                    STORE_OP_LIMIT_S, peak);
+            fflush(stderr);
+            _exit(1);
+        }
+        struct timespec pause = {0, 200000}; /* 0.2 ms */
+        nanosleep(&pause, NULL);
+    }
+    assert_int_equal(pthread_join(thread, NULL), 0);
+    return peak;
+}
+
+/* Reads the symmetric key beside the open connection: one connection, `commands` commands. */
+static void read_beside(uint64_t commands)
+{
+    store_op op = {.kind = OP_READ};
+    assert_int_equal(run_store_op(&op), 1);
+    assert_non_null(op.key);
+    assert_string_equal(op.key, SYM_KEY_B64);
+    free(op.key);
+    assert_int_equal(op.commands, commands);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+}
+
+/* A TPM table handle open: the sealed store's reads, reseal and rekeys share its connection. */
+static void test_sealed_store_beside_an_open_tpm_table(void **state)
+{
+    (void)state;
+    provhsm_config cfg;
+    void *table = NULL;
+    uint8_t *mac = NULL;
+    size_t mac_len = 0;
+    provhsm_test_tpm_counts counts;
+    provhsm_test_tpm_config(&cfg, env.tpm_a.tcti);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+    assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
+    assert_int_equal(provhsm_backend_tpm.open(&cfg, PROVHSM_KIND_TPM, &table), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+
+    use_config("store-a", env.tpm_a.tcti, NULL);
+    read_beside(3); /* Load, Unseal, FlushContext */
+    use_config_with("store-h", env.tpm_a.tcti, "sealed_key_handle = 0x81000200\n", NULL);
+    read_beside(1); /* Unseal */
+
+    /* writes: a reseal at the handle (owner authorisation), a rekey to the TPM and away */
+    store_op reseal = {.kind = OP_RESEAL};
+    assert_int_equal(run_store_op(&reseal), 1);
+    assert_int_equal(reseal.err, PROVHSM_OK);
+    read_beside(1);
+    use_config_with("store-rk", env.tpm_a.tcti, "sealed_key_handle = 0x81000210\n", NULL);
+    store_op rekey = {.kind = OP_REKEY, .rekey_to = "tpm"};
+    assert_int_equal(run_store_op(&rekey), 1);
+    assert_int_equal(rekey.err, PROVHSM_OK);
+    read_beside(1);
+    rekey.rekey_to = "key-file";
+    assert_int_equal(run_store_op(&rekey), 1);
+    assert_int_equal(rekey.err, PROVHSM_OK);
+
+    /* the table still reaches the TPM on that connection (no identity key there) */
+    assert_int_equal(provhsm_backend_tpm.tpm_sign(table, (const uint8_t *)"x", 1, &mac, &mac_len),
+                     PROVHSM_E_NOT_FOUND);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+    provhsm_backend_tpm.close(table);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+    /* no transient object or session left, the persistent ones as before */
+    assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
+
+    /* alone, the store lets the TPM go again after each create */
+    use_config("store-a", env.tpm_a.tcti, NULL);
+    uint64_t commands = 0;
+    char *key = read_symmetric(&commands);
+    assert_non_null(key);
+    free(key);
+    assert_int_equal(commands, 3);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+}
+
+/* A TPM X.509 key open: the sealed store opens on its connection, and the key still signs. */
+static void test_sealed_store_beside_an_open_tpm_x509_key(void **state)
+{
+    (void)state;
+    provhsm_config cfg;
+    provhsm_keyref ref;
+    char *secret = NULL;
+    void *key = NULL;
+    uint8_t digest[32] = {1, 2, 3}, rs[64];
+    size_t rs_len = sizeof(rs);
+    memset(&ref, 0, sizeof(ref));
+    provhsm_test_tpm_config(&cfg, env.tpm_a.tcti);
+    assert_int_equal(provhsm_backend_tpm.key_generate(&cfg, PROVHSM_KEY_EC_P256, 1, &ref, &secret),
+                     PROVHSM_OK);
+    assert_int_equal(provhsm_backend_tpm.key_open(&cfg, &ref, secret, &key), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+
+    use_config("store-a", env.tpm_a.tcti, NULL);
+    read_beside(3);
+    use_config_with("store-h", env.tpm_a.tcti, "sealed_key_handle = 0x81000200\n", NULL);
+    read_beside(1);
+    assert_int_equal(provhsm_backend_tpm.key_sign(key, digest, sizeof(digest), rs, &rs_len),
+                     PROVHSM_OK);
+    assert_int_equal(rs_len, 64);
+
+    provhsm_backend_tpm.key_close(key);
+    assert_int_equal(provhsm_backend_tpm.key_destroy(&cfg, &ref, secret), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+    provhsm_secure_free(secret);
+    provhsm_keyref_clear(&ref);
+}
+
 /* A wrong owner authorisation: the cause named, no store made, nothing persisted. */
 static void test_wrong_owner_authorisation(void **state)
 {
@@ -617,6 +790,8 @@ int main(void)
         cmocka_unit_test(test_persistent_handle),
         cmocka_unit_test(test_init_on_fresh_tpm_makes_the_srk),
         cmocka_unit_test(test_rekey_to_tpm_at_handle),
+        cmocka_unit_test(test_sealed_store_beside_an_open_tpm_table),
+        cmocka_unit_test(test_sealed_store_beside_an_open_tpm_x509_key),
         cmocka_unit_test(test_wrong_owner_authorisation),
         cmocka_unit_test(test_sealed_file_parser),
     };

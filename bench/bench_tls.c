@@ -25,12 +25,20 @@
  * The peer runs last, in processes of its own (forks of this one, so the server and its
  * software keys stay out of tpm2-openssl's reach): each loads tpm2-openssl into the default
  * library context next to the default provider, with one of two default property queries
- * (its documentation's, and the one docs/sdk-contract gives), on a restarted swtpm.
+ * (its documentation's, and the one docs/sdk-contract gives), on a restarted swtpm: first
+ * on the bare swtpm, where it fails (it needs a resource manager), then behind tpm2-abrmd,
+ * which the benchmark starts on a D-Bus bus of its own and points at the proxy, so the
+ * commands tpm2-abrmd sends for the peer (context saves and loads included) are counted.
+ * Each variant prints its library context, the order in which it loads the providers and
+ * its default properties, set after both are loaded.
  *
  * Usage: bench_tls [N]   (handshakes per row, default 200). Needs swtpm and SoftHSM2; the
- * peer needs the tpm2-openssl module and the openssl command. Exit 0 when every row of
- * ours ran (targets are printed, not enforced: timings move on a shared machine); the
- * peer's failures are reported, not fatal. Not a ctest test.
+ * peer needs the tpm2-openssl module and the openssl command, and behind tpm2-abrmd also
+ * tpm2-abrmd, dbus-daemon and the tabrmd TCTI (else those rows say they were not run).
+ * Exit 0 when every row of ours ran (targets are printed, not enforced: timings move on a
+ * shared machine); the peer's failures are reported, not fatal. SIGINT, SIGTERM and SIGHUP
+ * stop the daemons and remove the temporary directories before the benchmark exits. Not
+ * a ctest test.
  */
 #include <arpa/inet.h>
 #include <dirent.h>
@@ -478,8 +486,8 @@ static struct {
     char *software_cert, *software_key;
     uint64_t peer_keygen_frames[2]; /* by peer_transport */
     char tpm2_module[512];
-    char abrmd_not_run[256];   /* why the rows behind tpm2-abrmd did not run */
-    pid_t dbus_pid, abrmd_pid; /* 0 when not running */
+    char abrmd_not_run[256];             /* why the rows behind tpm2-abrmd did not run */
+    pid_t dbus_pid, abrmd_pid, peer_pid; /* 0 when not running */
     int in_peer_process;
     int hsm_initialised;
     /* the software key and the SoftHSM2 key with their handshakes alternating */
@@ -749,16 +757,30 @@ static void sleep_ms(long ms)
         ;
 }
 
+/* Set when a stop signal came: nothing more is started (see cleanup_on_signal). */
+static atomic_int stop_requested;
+
+/* In a forked child: stop signals no longer start the parent's cleanup (see main). */
+static void default_stop_signals(void)
+{
+    signal(SIGINT, SIG_DFL);
+    signal(SIGTERM, SIG_DFL);
+    signal(SIGHUP, SIG_DFL);
+}
+
 /*
  * Starts argv with its output appended to `log`; its pid, or -1. The child gets SIGKILL
  * when this process dies, so no daemon of ours outlives a crashed benchmark.
  */
 static pid_t spawn_logged(char *const argv[], const char *log)
 {
+    if (atomic_load(&stop_requested))
+        return -1;
     pid_t pid = fork();
     if (pid != 0)
         return pid;
     prctl(PR_SET_PDEATHSIG, SIGKILL);
+    default_stop_signals();
     int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
     if (fd >= 0) {
         dup2(fd, STDOUT_FILENO);
@@ -910,6 +932,7 @@ static int probe_tabrmd(int connect)
 {
     pid_t pid = fork();
     if (pid == 0) {
+        default_stop_signals();
         alarm(10);
         int devnull = open("/dev/null", O_WRONLY);
         if (devnull >= 0)
@@ -1010,7 +1033,7 @@ static int start_abrmd(char *why, size_t len)
     snprintf(log, sizeof(log), "%s/abrmd.log", B.dir);
     char *argv[] = {"tpm2-abrmd", "--session", "--allow-root", tcti_arg, NULL};
     B.abrmd_pid = spawn_logged(argv, log);
-    for (int attempt = 0; B.abrmd_pid > 0 && attempt < 100; attempt++) {
+    for (double deadline = bench_now_us() + 10e6; B.abrmd_pid > 0 && bench_now_us() < deadline;) {
         if (probe_tabrmd(1) == PROBE_CONNECTED)
             return 0;
         if (reaped_within(B.abrmd_pid, 0))
@@ -1030,6 +1053,8 @@ static int start_abrmd(char *why, size_t len)
  */
 static int fresh_tpm(peer_transport t, char *why, size_t len, uint64_t *abrmd_frames)
 {
+    if (atomic_load(&stop_requested))
+        return -1;
     stop_child(&B.abrmd_pid);
     provhsm_test_swtpm_kill(&B.swtpm);
     if (provhsm_test_swtpm_restart(&B.swtpm) != 0) {
@@ -1097,14 +1122,20 @@ static void peer_process(int v, const char *cert, const char *key)
 static void run_variant(int v, const char *cert, const char *key)
 {
     row *rows = shared->peer[v];
+    if (atomic_load(&stop_requested))
+        return;
     fflush(stdout);
     fflush(stderr);
     pid_t pid = fork();
-    if (pid == 0)
+    if (pid == 0) {
+        default_stop_signals();
         peer_process(v, cert, key);
+    }
+    B.peer_pid = pid > 0 ? pid : 0;
     int status = 0;
     while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
+    B.peer_pid = 0;
     if (pid < 0 || WIFSIGNALED(status)) {
         int i = 0;
         while (i < PEER_ROWS - 1 && rows[i].ran && rows[i].ok)
@@ -1168,6 +1199,8 @@ static void run_peer(void)
         snprintf(B.abrmd_not_run, sizeof(B.abrmd_not_run), "%s", missing);
         return;
     }
+    const char *bus = getenv("DBUS_SESSION_BUS_ADDRESS"); /* restored after */
+    char *prior_bus = bus != NULL ? strdup(bus) : NULL;
     if (start_bus(abrmd->err, sizeof(abrmd->err)) != 0 ||
         fresh_tpm(PEER_ABRMD, abrmd->err, sizeof(abrmd->err), NULL) != 0) {
         abrmd->ran = 1;
@@ -1177,7 +1210,11 @@ static void run_peer(void)
     }
     stop_child(&B.abrmd_pid);
     stop_child(&B.dbus_pid);
-    unsetenv("DBUS_SESSION_BUS_ADDRESS");
+    if (prior_bus != NULL)
+        setenv("DBUS_SESSION_BUS_ADDRESS", prior_bus, 1);
+    else
+        unsetenv("DBUS_SESSION_BUS_ADDRESS");
+    free(prior_bus);
     setenv("TPM2OPENSSL_TCTI", B.tcti, 1);
 }
 
@@ -1398,6 +1435,65 @@ static int start_devices(void)
     return 0;
 }
 
+/* ---- a stop signal: the daemons and the temporary directories go too ---------------- */
+
+static int signal_pipe[2] = {-1, -1};
+
+static void on_stop_signal(int sig)
+{
+    int saved = errno;
+    unsigned char byte = (unsigned char)sig;
+    ssize_t written = write(signal_pipe[1], &byte, 1);
+    (void)written; /* when it fails, there is nothing more a handler can do */
+    errno = saved;
+}
+
+/*
+ * Waits for a stop signal, then stops what lives outside this process (the peer's
+ * process, tpm2-abrmd, dbus-daemon, swtpm) and removes the temporary directories, and
+ * exits. On a thread of its own, because a signal handler cannot do this safely; what
+ * the main thread was doing at that moment does not matter any more.
+ */
+// cppcheck-suppress constParameter ; a pthread start routine
+static void *cleanup_on_signal(void *unused)
+{
+    unsigned char sig = 0;
+    (void)unused;
+    while (read(signal_pipe[0], &sig, 1) < 0 && errno == EINTR)
+        ;
+    atomic_store(&stop_requested, 1);
+    fprintf(stderr, "bench_tls: signal %d: stopping the daemons, removing %s\n", sig, B.dir);
+    flockfile(stdout); /* the main thread prints no half report; never unlocked */
+    flockfile(stderr);
+    if (B.peer_pid > 0)
+        kill(B.peer_pid, SIGKILL);
+    stop_child(&B.abrmd_pid);
+    stop_child(&B.dbus_pid);
+    provhsm_test_swtpm_stop(&B.swtpm);
+    provhsm_test_softhsm_stop(&B.softhsm);
+    if (B.dir[0] != '\0')
+        remove_tree(B.dir);
+    _exit(128 + sig);
+}
+
+static int cleanup_on_signals(void)
+{
+    pthread_t thread;
+    struct sigaction sa = {.sa_handler = on_stop_signal};
+    sigemptyset(&sa.sa_mask);
+    if (pipe(signal_pipe) != 0)
+        return -1;
+    for (int i = 0; i < 2; i++)
+        fcntl(signal_pipe[i], F_SETFD, FD_CLOEXEC);
+    if (pthread_create(&thread, NULL, cleanup_on_signal, NULL) != 0)
+        return -1;
+    pthread_detach(thread);
+    return sigaction(SIGINT, &sa, NULL) == 0 && sigaction(SIGTERM, &sa, NULL) == 0 &&
+                   sigaction(SIGHUP, &sa, NULL) == 0
+               ? 0
+               : -1;
+}
+
 static void stop_everything(void)
 {
     tls_server_stop(B.srv);
@@ -1436,6 +1532,12 @@ int main(int argc, char **argv)
         B.dir[0] = '\0';
         free(B.samples);
         fprintf(stderr, "bench_tls: no memory or no temporary directory\n");
+        return 1;
+    }
+    if (cleanup_on_signals() != 0) {
+        fprintf(stderr, "bench_tls: cannot set up the cleanup on signals\n");
+        remove_tree(B.dir);
+        free(B.samples);
         return 1;
     }
     if (map_shared() != 0) {

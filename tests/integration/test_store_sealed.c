@@ -12,7 +12,8 @@
  *  - init on a fresh TPM makes the SRK; a rekey to the TPM honours sealed_key_handle;
  *  - a TPM table handle or a TPM X.509 key open (the TPM backend's connection held): the
  *    sealed store opens, reseals and rekeys on that one connection (no second one is ever
- *    open), at the same command counts;
+ *    open), at the same command counts; the TPM gone and back meanwhile: the store's
+ *    reconnect serves the table too;
  *  - the sealed-blob parser refuses a truncated or altered file.
  */
 #include <dirent.h>
@@ -712,6 +713,33 @@ static void test_sealed_store_beside_an_open_tpm_x509_key(void **state)
     provhsm_keyref_clear(&ref);
 }
 
+/* The TPM gone and back while a table handle is open: the store's reconnect serves the table. */
+static void test_store_reconnects_the_shared_connection(void **state)
+{
+    (void)state;
+    provhsm_config cfg;
+    void *table = NULL;
+    uint8_t *mac = NULL;
+    size_t mac_len = 0;
+    provhsm_test_tpm_config(&cfg, env.tpm_a.tcti);
+    assert_int_equal(provhsm_backend_tpm.open(&cfg, PROVHSM_KIND_TPM, &table), PROVHSM_OK);
+    use_config("store-a", env.tpm_a.tcti, NULL);
+
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    provhsm_test_log_clear();
+    assert_null(read_symmetric(NULL));
+    assert_true(provhsm_test_log_seen("sealed to a TPM, and none answers"));
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+
+    /* the store reconnects first; the table's handles were of the lost connection */
+    read_beside(3);
+    assert_int_equal(provhsm_backend_tpm.tpm_sign(table, (const uint8_t *)"x", 1, &mac, &mac_len),
+                     PROVHSM_E_NOT_FOUND);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 1);
+    provhsm_backend_tpm.close(table);
+    assert_int_equal(provhsm_tpm_test_open_connections(), 0);
+}
+
 /* A wrong owner authorisation: the cause named, no store made, nothing persisted. */
 static void test_wrong_owner_authorisation(void **state)
 {
@@ -792,6 +820,7 @@ int main(void)
         cmocka_unit_test(test_rekey_to_tpm_at_handle),
         cmocka_unit_test(test_sealed_store_beside_an_open_tpm_table),
         cmocka_unit_test(test_sealed_store_beside_an_open_tpm_x509_key),
+        cmocka_unit_test(test_store_reconnects_the_shared_connection),
         cmocka_unit_test(test_wrong_owner_authorisation),
         cmocka_unit_test(test_sealed_file_parser),
     };

@@ -294,8 +294,11 @@ int provhsm_test_swtpm_start(provhsm_test_swtpm *s, const char *state_src)
     }
     for (int attempt = 0; attempt < START_ATTEMPTS; attempt++) {
         s->port = free_port_pair();
-        if (s->port < 0)
+        if (s->port < 0) {
+            fprintf(stderr, "swtpm fixture: no two adjacent free TCP ports on 127.0.0.1 after 50 "
+                            "tries (many sockets in TIME_WAIT?)\n");
             break;
+        }
         snprintf(s->tcti, sizeof(s->tcti), "swtpm:host=127.0.0.1,port=%d", s->port);
         int r = launch(s);
         if (r == 0)

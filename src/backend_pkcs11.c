@@ -26,6 +26,7 @@
 #include "keyref.h"
 #include "log.h"
 #include "p11_wrap.h"
+#include "pkcs11_parse.h"
 #include "x509_stored.h"
 #include "x509util.h"
 
@@ -48,6 +49,8 @@ static provhsm_err refuse_rsa(const char *where)
 /* The curve (NID) named by CKA_EC_PARAMS: the DER of a named curve's OID. */
 static int curve_from_params(const uint8_t *der, size_t len)
 {
+    if (der == NULL)
+        return NID_undef;
     const unsigned char *p = der;
     ASN1_OBJECT *oid = d2i_ASN1_OBJECT(NULL, &p, (long)len);
     int nid = NID_undef;
@@ -63,6 +66,8 @@ static int curve_from_params(const uint8_t *der, size_t len)
  */
 static unsigned char *point_from_attr(const uint8_t *attr, size_t len, int *len_out)
 {
+    if (attr == NULL)
+        return NULL;
     const unsigned char *p = attr;
     ASN1_OCTET_STRING *os = d2i_ASN1_OCTET_STRING(NULL, &p, (long)len);
     unsigned char *point = NULL;
@@ -77,16 +82,40 @@ static unsigned char *point_from_attr(const uint8_t *attr, size_t len, int *len_
     return point;
 }
 
-/* SubjectPublicKeyInfo (DER) of an EC public key given as curve and point. */
-static provhsm_err spki_from_ec(const provhsm_p11_key_facts *f, uint8_t **out, size_t *len_out)
+/*
+ * Whether an SPKI is what a key reference can hold: EC P-256 or P-384, an uncompressed
+ * point, on the curve. The token's bytes are checked here so that a bad point is named
+ * as the token's fault rather than found later by keyref.c.
+ */
+static int spki_is_supported_ec(const uint8_t *der, size_t len)
 {
-    int nid = curve_from_params(f->ec_params, f->ec_params_len);
+    const unsigned char *p = der;
+    X509_PUBKEY *pub = d2i_X509_PUBKEY(NULL, &p, (long)len);
+    const unsigned char *point = NULL;
+    int point_len = 0;
+    EVP_PKEY *key = NULL;
+    char group[32] = "";
+    int ok = pub != NULL && p == der + len &&
+             X509_PUBKEY_get0_param(NULL, &point, &point_len, NULL, pub) == 1 && point_len > 0 &&
+             point[0] == 0x04 && (key = X509_PUBKEY_get0(pub)) != NULL &&
+             EVP_PKEY_is_a(key, "EC") &&
+             EVP_PKEY_get_group_name(key, group, sizeof(group), NULL) == 1 &&
+             (strcmp(group, "prime256v1") == 0 || strcmp(group, "secp384r1") == 0);
+    X509_PUBKEY_free(pub);
+    return ok;
+}
+
+provhsm_err provhsm_p11_spki_from_ec(const uint8_t *params, size_t params_len,
+                                     const uint8_t *point_attr, size_t point_attr_len,
+                                     uint8_t **spki_out, size_t *spki_len_out)
+{
+    int nid = curve_from_params(params, params_len);
     if (nid != NID_X9_62_prime256v1 && nid != NID_secp384r1) {
         PH_ERR(MOD, "the key's curve is not supported (EC P-256 or P-384 only)");
         return PROVHSM_E_UNSUPPORTED;
     }
     int point_len = 0;
-    unsigned char *point = point_from_attr(f->ec_point, f->ec_point_len, &point_len);
+    unsigned char *point = point_from_attr(point_attr, point_attr_len, &point_len);
     if (point == NULL) {
         PH_ERR(MOD, "the token's CKA_EC_POINT is not an EC point");
         return PROVHSM_E_CORRUPT;
@@ -106,16 +135,21 @@ static provhsm_err spki_from_ec(const provhsm_p11_key_facts *f, uint8_t **out, s
         provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
         return PROVHSM_E_CRYPTO;
     }
-    *out = der;
-    *len_out = (size_t)der_len;
+    if (!spki_is_supported_ec(der, (size_t)der_len)) {
+        OPENSSL_free(der);
+        PH_ERR(MOD, "the token's CKA_EC_POINT is not an uncompressed point on the key's curve");
+        return PROVHSM_E_CORRUPT;
+    }
+    *spki_out = der;
+    *spki_len_out = (size_t)der_len;
     return PROVHSM_OK;
 }
 
-/* SubjectPublicKeyInfo (DER) of a certificate's key. */
-static provhsm_err spki_from_cert(const provhsm_p11_key_facts *f, uint8_t **out, size_t *len_out)
+provhsm_err provhsm_p11_spki_from_cert(const uint8_t *cert_der, size_t cert_der_len,
+                                       uint8_t **spki_out, size_t *spki_len_out)
 {
-    const unsigned char *p = f->cert_der;
-    X509 *cert = d2i_X509(NULL, &p, (long)f->cert_der_len);
+    const unsigned char *p = cert_der;
+    X509 *cert = cert_der != NULL ? d2i_X509(NULL, &p, (long)cert_der_len) : NULL;
     if (cert == NULL) {
         provhsm_log_openssl(MOD, "d2i_X509 (the token's certificate)");
         return PROVHSM_E_CORRUPT;
@@ -127,8 +161,14 @@ static provhsm_err spki_from_cert(const provhsm_p11_key_facts *f, uint8_t **out,
         provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
         return PROVHSM_E_CRYPTO;
     }
-    *out = der;
-    *len_out = (size_t)der_len;
+    if (!spki_is_supported_ec(der, (size_t)der_len)) {
+        OPENSSL_free(der);
+        PH_ERR(MOD, "the token's certificate for the key carries no EC P-256 or P-384 key "
+                    "(uncompressed point)");
+        return PROVHSM_E_UNSUPPORTED;
+    }
+    *spki_out = der;
+    *spki_len_out = (size_t)der_len;
     return PROVHSM_OK;
 }
 
@@ -144,7 +184,10 @@ static provhsm_err public_key_der(const provhsm_p11_key_facts *f, uint8_t **out,
                f->key_type);
         return PROVHSM_E_UNSUPPORTED;
     }
-    return f->ec_point != NULL ? spki_from_ec(f, out, len) : spki_from_cert(f, out, len);
+    if (f->ec_point != NULL)
+        return provhsm_p11_spki_from_ec(f->ec_params, f->ec_params_len, f->ec_point,
+                                        f->ec_point_len, out, len);
+    return provhsm_p11_spki_from_cert(f->cert_der, f->cert_der_len, out, len);
 }
 
 /* ---- references --------------------------------------------------------------------- */
@@ -398,22 +441,17 @@ static void token_certs_free(token_certs *tc)
 }
 
 /* The token's certificates, parsed; one that is not DER of a certificate is left out. */
-static provhsm_err read_token_certs(provhsm_p11_token *tok, const provhsm_p11_keyname *name,
-                                    token_certs *out)
+static provhsm_err parse_token_certs(const provhsm_p11_cert *objs, size_t n, const uint8_t *key_id,
+                                     size_t key_id_len, token_certs *out)
 {
-    provhsm_p11_cert *objs = NULL;
-    size_t n = 0;
-    provhsm_err err = provhsm_p11_certificates(tok, &objs, &n);
-    if (err != PROVHSM_OK || n == 0)
-        return err;
+    if (n == 0)
+        return PROVHSM_OK;
     out->certs = calloc(n, sizeof(*out->certs));
-    if (out->certs == NULL) {
-        provhsm_p11_certs_free(objs, n);
+    if (out->certs == NULL)
         return PROVHSM_E_NOMEM;
-    }
     for (size_t i = 0; i < n; i++) {
         const unsigned char *p = objs[i].der;
-        X509 *x = d2i_X509(NULL, &p, (long)objs[i].der_len);
+        X509 *x = p != NULL ? d2i_X509(NULL, &p, (long)objs[i].der_len) : NULL;
         if (x == NULL || p != objs[i].der + objs[i].der_len) {
             PH_WARN(MOD, "a certificate object on the token is not a DER certificate: ignored");
             X509_free(x);
@@ -421,10 +459,9 @@ static provhsm_err read_token_certs(provhsm_p11_token *tok, const provhsm_p11_ke
         }
         token_cert *c = &out->certs[out->count++];
         c->x509 = x;
-        c->same_id = name->id_len > 0 && objs[i].id_len == name->id_len &&
-                     memcmp(objs[i].id, name->id, name->id_len) == 0;
+        c->same_id = key_id_len > 0 && objs[i].id_len == key_id_len &&
+                     memcmp(objs[i].id, key_id, key_id_len) == 0;
     }
-    provhsm_p11_certs_free(objs, n);
     return PROVHSM_OK;
 }
 
@@ -500,6 +537,36 @@ static provhsm_err build_chain(token_certs *tc, token_cert *leaf, STACK_OF(X509)
     return PROVHSM_OK;
 }
 
+provhsm_err provhsm_p11_chain_from_certs(const provhsm_p11_cert *objs, size_t count,
+                                         const uint8_t *key_id, size_t key_id_len,
+                                         const uint8_t *spki, size_t spki_len, const char *locator,
+                                         const char *token, STACK_OF(X509) **chain_out)
+{
+    const unsigned char *p = spki;
+    EVP_PKEY *key = spki != NULL ? d2i_PUBKEY(NULL, &p, (long)spki_len) : NULL;
+    if (key == NULL) {
+        provhsm_log_openssl(MOD, "d2i_PUBKEY (the reference's public key)");
+        return PROVHSM_E_CORRUPT;
+    }
+    token_certs tc = {NULL, 0};
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    provhsm_err err =
+        chain != NULL ? parse_token_certs(objs, count, key_id, key_id_len, &tc) : PROVHSM_E_NOMEM;
+    token_cert *leaf = NULL;
+    if (err == PROVHSM_OK)
+        leaf = find_leaf(&tc, key, locator, token, &err);
+    if (leaf != NULL)
+        err = build_chain(&tc, leaf, chain);
+    token_certs_free(&tc);
+    EVP_PKEY_free(key);
+    if (err != PROVHSM_OK) {
+        sk_X509_pop_free(chain, X509_free);
+        return err;
+    }
+    *chain_out = chain;
+    return PROVHSM_OK;
+}
+
 static provhsm_err p11_key_certificates(const provhsm_config *cfg, const provhsm_keyref *ref,
                                         char **chain_pem_out)
 {
@@ -510,30 +577,22 @@ static provhsm_err p11_key_certificates(const provhsm_config *cfg, const provhsm
     provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
     if (err != PROVHSM_OK)
         return err;
-    const unsigned char *p = ref->spki;
-    EVP_PKEY *key = d2i_PUBKEY(NULL, &p, (long)ref->spki_len);
-    if (key == NULL) {
-        provhsm_log_openssl(MOD, "d2i_PUBKEY (the reference's public key)");
-        return PROVHSM_E_CORRUPT;
-    }
     char token[128];
     provhsm_p11_token_describe(tok, token, sizeof(token));
-    token_certs tc = {NULL, 0};
-    STACK_OF(X509) *chain = sk_X509_new_null();
-    err = chain != NULL ? read_token_certs(tok, &name, &tc) : PROVHSM_E_NOMEM;
-    token_cert *leaf = NULL;
+    provhsm_p11_cert *objs = NULL;
+    size_t n = 0;
+    err = provhsm_p11_certificates(tok, &objs, &n);
+    STACK_OF(X509) *chain = NULL;
     if (err == PROVHSM_OK)
-        leaf = find_leaf(&tc, key, ref->locator, token, &err);
-    if (leaf != NULL)
-        err = build_chain(&tc, leaf, chain);
-    if (leaf != NULL && err == PROVHSM_OK)
+        err = provhsm_p11_chain_from_certs(objs, n, name.id, name.id_len, ref->spki, ref->spki_len,
+                                           ref->locator, token, &chain);
+    provhsm_p11_certs_free(objs, n);
+    if (err == PROVHSM_OK)
         err = provhsm_x509_chain_to_pem(chain, chain_pem_out);
-    if (leaf != NULL && err == PROVHSM_OK)
+    if (err == PROVHSM_OK)
         PH_INFO(MOD, "read %d certificate(s) for the key %s from token %s", sk_X509_num(chain),
                 ref->locator, token);
     sk_X509_pop_free(chain, X509_free);
-    token_certs_free(&tc);
-    EVP_PKEY_free(key);
     return err;
 }
 

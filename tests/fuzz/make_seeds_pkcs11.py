@@ -59,7 +59,7 @@ def main():
             write("ec-" + name + "-bare-point", EC, params, point)
             # an empty CKA_EC_POINT as the input's last field: a read past it is a finding
             write("ec-" + name + "-empty-point", EC, params, b"")
-        write("ec-p256-compressed", EC, params, b"\x02" + point[1:49])
+        write("ec-p384-compressed", EC, params, b"\x02" + point[1:49])  # the x of the last key
         openssl(tmp, "ecparam", "-name", "secp521r1", "-genkey", "-noout", "-out", "p521.key")
         spki = openssl(tmp, "pkey", "-in", "p521.key", "-pubout", "-outform", "DER")
         params, point = ec_attrs(spki)

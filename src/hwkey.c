@@ -14,6 +14,7 @@
 #include <string.h>
 
 #include "backend.h"
+#include "front.h"
 #include "hwkey.h"
 #include "identity.h"
 #include "log.h"
@@ -109,7 +110,7 @@ static provhsm_err open_entry(const provhsm_keyref *ref, const char *secret, int
 
     if (cfg == NULL || k == NULL)
         goto out;
-    err = provhsm_config_load(cfg, NULL);
+    err = provhsm_front_config(cfg); /* as the tables and the admin API: --config included */
     if (err != PROVHSM_OK)
         goto out;
     err = PROVHSM_E_UNSUPPORTED;

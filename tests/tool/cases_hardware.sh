@@ -164,7 +164,12 @@ pin_file = $CASE/pin"
     expect_error 1 x509 generate --cn p11-dev --rsa 2048 --self-signed
     expect_grep "RSA" "$CASE/err"
 
-    expect_ok x509 generate --cn p11-dev --self-signed --days 5
+    # the configuration named with --config (no PROVHSM_CONFIG) reaches the key's signing too
+    (
+        unset PROVHSM_CONFIG
+        expect_ok --config "$CASE/hw.conf" x509 generate --cn p11-dev-cfg --self-signed --days 5
+    ) || exit 1
+    expect_ok x509 generate --cn p11-dev --self-signed --days 5 --force
     info_json
     expect_eq "x509.registration_id" "$(jget "$CASE/info.json" x509.registration_id)" p11-dev
     jget "$CASE/info.json" x509.private_key | grep -q "not extractable" ||

@@ -25,20 +25,7 @@
 #include "provhsm/provhsm.h"
 #include "testutil.h"
 
-/* What the SDK's hsm_client_data.c defines, so this program links like the SDK. */
-int initialize_hsm_system(void)
-{
-    int r = hsm_client_x509_init();
-    if (r == 0)
-        r = hsm_client_tpm_init();
-    return r;
-}
-
-void deinitialize_hsm_system(void)
-{
-    hsm_client_x509_deinit();
-    hsm_client_tpm_deinit();
-}
+/* initialize_hsm_system and deinitialize_hsm_system: tests/common/sdk_hsm_system.c */
 
 static char tmpdir[256];
 static char *vectors;

@@ -23,17 +23,7 @@
 #include "provhsm/provhsm.h"
 #include "swtpm_fixture.h"
 
-int initialize_hsm_system(void)
-{
-    int r = hsm_client_x509_init();
-    return r == 0 ? hsm_client_tpm_init() : r;
-}
-
-void deinitialize_hsm_system(void)
-{
-    hsm_client_x509_deinit();
-    hsm_client_tpm_deinit();
-}
+/* initialize_hsm_system and deinitialize_hsm_system: tests/common/sdk_hsm_system.c */
 
 static provhsm_test_swtpm tpm;
 

@@ -28,19 +28,7 @@
 #include "swtpm_fixture.h"
 #include "testutil.h"
 
-int initialize_hsm_system(void)
-{
-    int r = hsm_client_x509_init();
-    if (r == 0)
-        r = hsm_client_tpm_init();
-    return r;
-}
-
-void deinitialize_hsm_system(void)
-{
-    hsm_client_x509_deinit();
-    hsm_client_tpm_deinit();
-}
+/* initialize_hsm_system and deinitialize_hsm_system: tests/common/sdk_hsm_system.c */
 
 #define SYM_KEY_B64 "cmVrZXllZC1zdG9yZS1zeW1tZXRyaWMta2V5LTAx"
 #define PASS_ENV    "PROVHSM_REKEY_TEST_PASSPHRASE"

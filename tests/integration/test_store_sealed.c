@@ -42,20 +42,7 @@
 #include "testutil.h"
 #include "tpm_esys.h"
 
-/* What the SDK's hsm_client_data.c defines, so this program links like the SDK. */
-int initialize_hsm_system(void)
-{
-    int r = hsm_client_x509_init();
-    if (r == 0)
-        r = hsm_client_tpm_init();
-    return r;
-}
-
-void deinitialize_hsm_system(void)
-{
-    hsm_client_x509_deinit();
-    hsm_client_tpm_deinit();
-}
+/* initialize_hsm_system and deinitialize_hsm_system: tests/common/sdk_hsm_system.c */
 
 #define SYM_KEY_B64 "c2VhbGVkLXN0b3JlLXN5bW1ldHJpYy1rZXktMzI="
 

@@ -143,6 +143,21 @@ static char *read_symmetric(uint64_t *commands)
     return key;
 }
 
+/* A read of the symmetric identity that must give the stored key; returns the TPM
+ * commands it cost, printed with `what` (NULL: not printed). */
+static uint64_t symmetric_read_cost(const char *what)
+{
+    uint64_t commands = 0;
+    char *key = read_symmetric(&commands);
+    assert_non_null(key);
+    assert_string_equal(key, SYM_KEY_B64);
+    free(key);
+    if (what != NULL)
+        printf("# symmetric create + get on %s: %llu TPM commands\n", what,
+               (unsigned long long)commands);
+    return commands;
+}
+
 /* The store directory's files and their bytes, as one text for comparison. */
 static char *snapshot(const char *store)
 {
@@ -221,14 +236,8 @@ static void test_sealed_store_serves_the_sdk(void **state)
     provhsm_test_tpm_counts counts;
     assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
 
-    uint64_t commands = 0;
-    char *key = read_symmetric(&commands);
-    assert_non_null(key);
-    assert_string_equal(key, SYM_KEY_B64);
-    free(key);
-    printf("# symmetric create + get on a sealed store (blob): %llu TPM commands\n",
-           (unsigned long long)commands);
-    assert_int_equal(commands, 3); /* Load, Unseal, FlushContext */
+    /* Load, Unseal, FlushContext */
+    assert_int_equal(symmetric_read_cost("a sealed store (blob)"), 3);
 
     const HSM_CLIENT_X509_INTERFACE *x = hsm_client_x509_interface();
     uint64_t before = provhsm_tpm_commands_total();
@@ -245,7 +254,7 @@ static void test_sealed_store_serves_the_sdk(void **state)
     free(alias);
     free(cn);
     x->hsm_client_x509_destroy(h);
-    commands = provhsm_tpm_commands_total() - before;
+    uint64_t commands = provhsm_tpm_commands_total() - before;
     printf("# x509 create + get on a sealed store (blob): %llu TPM commands\n",
            (unsigned long long)commands);
     assert_int_equal(commands, 3);
@@ -383,19 +392,14 @@ static void test_persistent_handle(void **state)
     assert_int_equal(counts.transient, 0);
     assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
 
-    uint64_t commands = 0;
-    char *key = read_symmetric(&commands);
-    assert_non_null(key);
-    assert_string_equal(key, SYM_KEY_B64);
-    free(key);
-    printf("# symmetric create + get on a sealed store (persistent handle): %llu TPM commands\n",
-           (unsigned long long)commands);
-    assert_int_equal(commands, 1); /* Unseal */
+    /* Unseal */
+    assert_int_equal(symmetric_read_cost("a sealed store (persistent handle)"), 1);
 
     /* reseal: a new object at the same handle, nothing else persisted */
     assert_int_equal(provhsm_store_reseal(0), PROVHSM_OK);
     assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
-    key = read_symmetric(&commands);
+    uint64_t commands = 0;
+    char *key = read_symmetric(&commands);
     assert_non_null(key);
     free(key);
     assert_int_equal(commands, 1);
@@ -486,8 +490,7 @@ static void test_rekey_to_tpm_at_handle(void **state)
 {
     (void)state;
     provhsm_test_tpm_counts before, counts;
-    char *mode = NULL, *key = NULL;
-    uint64_t commands = 0;
+    char *mode = NULL;
     assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &before), 0);
     use_config_with("store-rk", env.tpm_a.tcti, "sealed_key_handle = 0x81000210\n", NULL);
     assert_int_equal(provhsm_store_init(), PROVHSM_OK);
@@ -500,20 +503,12 @@ static void test_rekey_to_tpm_at_handle(void **state)
     assert_int_equal(provhsm_test_tpm_counts_get(env.tpm_a.tcti, &counts), 0);
     assert_int_equal(counts.persistent, before.persistent + 1);
     assert_int_equal(counts.transient, 0);
-    key = read_symmetric(&commands);
-    assert_non_null(key);
-    assert_string_equal(key, SYM_KEY_B64);
-    free(key);
-    assert_int_equal(commands, 1); /* Unseal at the handle */
+    assert_int_equal(symmetric_read_cost(NULL), 1); /* Unseal at the handle */
 
     /* again, to a new key: the object at the handle is replaced, nothing else persisted */
     assert_int_equal(provhsm_store_rekey("tpm"), PROVHSM_OK);
     assert_int_equal(provhsm_test_tpm_counts_unchanged(env.tpm_a.tcti, &counts), 0);
-    key = read_symmetric(&commands);
-    assert_non_null(key);
-    assert_string_equal(key, SYM_KEY_B64);
-    free(key);
-    assert_int_equal(commands, 1);
+    assert_int_equal(symmetric_read_cost(NULL), 1);
 
     /* a handle held by another object (store-h's key): the rekey completes, as a blob */
     use_config_with("store-rk", env.tpm_a.tcti, "sealed_key_handle = 0x81000200\n", NULL);
@@ -523,11 +518,7 @@ static void test_rekey_to_tpm_at_handle(void **state)
     assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
     assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs none)");
     free(mode);
-    key = read_symmetric(&commands);
-    assert_non_null(key);
-    assert_string_equal(key, SYM_KEY_B64);
-    free(key);
-    assert_int_equal(commands, 3); /* Load, Unseal, FlushContext */
+    assert_int_equal(symmetric_read_cost(NULL), 3); /* Load, Unseal, FlushContext */
 
     /* and away from the TPM: nothing of this store is left persistent */
     assert_int_equal(provhsm_store_rekey("key-file"), PROVHSM_OK);

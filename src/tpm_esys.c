@@ -978,18 +978,26 @@ provhsm_err provhsm_tpm_import(provhsm_tpm *tpm, ESYS_TR parent, const TPM2B_DAT
     return PROVHSM_OK;
 }
 
+/* One TPM2_Load under the parent's empty password; the caller reads the answer code. */
+static TSS2_RC run_load(provhsm_tpm *tpm, ESYS_TR parent, const TPM2B_PRIVATE *in_private,
+                        const TPM2B_PUBLIC *in_public, ESYS_TR *tr)
+{
+    TSS2_RC rc;
+    TPM_RUN(tpm, rc,
+            Esys_Load_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
+                            in_private, in_public),
+            Esys_Load_Finish(tpm->esys, tr));
+    return rc;
+}
+
 provhsm_err provhsm_tpm_load(provhsm_tpm *tpm, ESYS_TR parent, const TPM2B_PRIVATE *in_private,
                              const TPM2B_PUBLIC *in_public, ESYS_TR *tr_out)
 {
     ESYS_TR tr = ESYS_TR_NONE;
-    TSS2_RC rc;
     if (tpm == NULL || in_private == NULL || in_public == NULL || tr_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "Load");
-    TPM_RUN(tpm, rc,
-            Esys_Load_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                            in_private, in_public),
-            Esys_Load_Finish(tpm->esys, &tr));
+    TSS2_RC rc = run_load(tpm, parent, in_private, in_public, &tr);
     if (rc != TSS2_RC_SUCCESS)
         return fail(tpm, rc, "Load");
     *tr_out = tr;
@@ -1526,14 +1534,10 @@ provhsm_err provhsm_tpm_load_sealed(provhsm_tpm *tpm, ESYS_TR parent,
                                     ESYS_TR *tr_out)
 {
     ESYS_TR tr = ESYS_TR_NONE;
-    TSS2_RC rc;
     if (tpm == NULL || in_private == NULL || in_public == NULL || tr_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "Load");
-    TPM_RUN(tpm, rc,
-            Esys_Load_Async(tpm->esys, parent, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE,
-                            in_private, in_public),
-            Esys_Load_Finish(tpm->esys, &tr));
+    TSS2_RC rc = run_load(tpm, parent, in_private, in_public, &tr);
     if (rc != TSS2_RC_SUCCESS && rc_is_foreign_private(rc)) {
         tpm->last_failure_transient = 0;
         PH_DEBUG(MOD, "Load of a sealed object: TPM code 0x%03x (%s)", (unsigned)tpm_code(rc),

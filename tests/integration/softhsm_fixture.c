@@ -13,7 +13,9 @@
 #include <unistd.h>
 
 #include <openssl/core_names.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
+#include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 #include <p11-kit/p11-kit.h>
@@ -348,6 +350,27 @@ X509 *provhsm_test_make_cert(const char *cn, EVP_PKEY *subject_key, int ca, X509
         return NULL;
     }
     return cert;
+}
+
+STACK_OF(X509) *provhsm_test_pem_chain(const char *pem)
+{
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    STACK_OF(X509) *chain = sk_X509_new_null();
+    X509 *x;
+    int ok = bio != NULL && chain != NULL;
+    while (ok && (x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        ok = sk_X509_push(chain, x) > 0;
+        if (!ok)
+            X509_free(x);
+    }
+    ERR_clear_error(); /* the read past the last certificate */
+    BIO_free(bio);
+    if (!ok) {
+        fprintf(stderr, "softhsm fixture: cannot read the certificate chain\n");
+        sk_X509_pop_free(chain, X509_free);
+        return NULL;
+    }
+    return chain;
 }
 
 int provhsm_test_p11_put_cert(provhsm_test_p11 *p, X509 *cert, const uint8_t *id, size_t id_len,

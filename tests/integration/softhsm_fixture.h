@@ -95,6 +95,9 @@ EVP_PKEY *provhsm_test_p11_public_key(provhsm_test_p11 *p, const uint8_t *id, si
 X509 *provhsm_test_make_cert(const char *cn, EVP_PKEY *subject_key, int ca, X509 *issuer,
                              EVP_PKEY *signer);
 
+/* The certificates of a PEM text, in order (none: an empty stack); NULL on failure. */
+STACK_OF(X509) *provhsm_test_pem_chain(const char *pem);
+
 /*
  * Puts `cert` on the token as a CKO_CERTIFICATE (CKC_X_509) token object with its
  * CKA_SUBJECT, CKA_ISSUER, CKA_VALUE, a label, and CKA_ID when id is not NULL.

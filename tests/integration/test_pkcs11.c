@@ -590,27 +590,14 @@ static X509 *cert_for(const char *cn, EVP_PKEY *key, int ca, X509 *issuer, EVP_P
     return cert;
 }
 
-/* The certificates of a PEM chain, in order. */
-static STACK_OF(X509) *chain_of(const char *pem)
-{
-    BIO *bio = BIO_new_mem_buf(pem, -1);
-    STACK_OF(X509) *chain = sk_X509_new_null();
-    X509 *x;
-    assert_non_null(bio);
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
-        assert_true(sk_X509_push(chain, x) > 0);
-    ERR_clear_error();
-    BIO_free(bio);
-    return chain;
-}
-
 /* key_certificates: the chain as PEM, parsed. */
 static STACK_OF(X509) *token_chain(fixture *f, const provhsm_keyref *ref)
 {
     char *pem = NULL;
     assert_int_equal(be->key_certificates(&f->cfg, ref, &pem), PROVHSM_OK);
     assert_non_null(pem);
-    STACK_OF(X509) *chain = chain_of(pem);
+    STACK_OF(X509) *chain = provhsm_test_pem_chain(pem);
+    assert_non_null(chain);
     free(pem);
     return chain;
 }

@@ -126,20 +126,6 @@ static char *sdk_alias_key(void)
     return pem;
 }
 
-/* The certificates of a PEM chain, in order. */
-static STACK_OF(X509) *chain_of(const char *pem)
-{
-    BIO *bio = BIO_new_mem_buf(pem, -1);
-    STACK_OF(X509) *chain = sk_X509_new_null();
-    X509 *x;
-    assert_non_null(bio);
-    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL)
-        assert_true(sk_X509_push(chain, x) > 0);
-    ERR_clear_error();
-    BIO_free(bio);
-    return chain;
-}
-
 /* Signs with the alias key loaded as the SDK's TLS layer loads it; verifies with `cert`. */
 static void alias_key_signs_for(const char *key_pem, X509 *cert)
 {
@@ -252,7 +238,8 @@ static void test_adopt_chain_from_token(void **unused)
     assert_non_null(pem);
     assert_non_null(cn);
     assert_string_equal(cn, "se-device");
-    STACK_OF(X509) *chain = chain_of(pem);
+    STACK_OF(X509) *chain = provhsm_test_pem_chain(pem);
+    assert_non_null(chain);
     assert_int_equal(sk_X509_num(chain), 2);
     assert_int_equal(X509_cmp(sk_X509_value(chain, 0), leaf), 0);
     assert_int_equal(X509_cmp(sk_X509_value(chain, 1), ca), 0);

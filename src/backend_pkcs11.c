@@ -105,6 +105,29 @@ static int spki_is_supported_ec(const uint8_t *der, size_t len)
     return ok;
 }
 
+/*
+ * The DER SubjectPublicKeyInfo of `pk`, kept only when it is an uncompressed point on P-256
+ * or P-384; otherwise `refusal` is logged and `refused` returned.
+ */
+static provhsm_err supported_spki_der(const X509_PUBKEY *pk, const char *refusal,
+                                      provhsm_err refused, uint8_t **spki_out, size_t *spki_len_out)
+{
+    unsigned char *der = NULL;
+    int der_len = i2d_X509_PUBKEY(pk, &der);
+    if (der_len <= 0) {
+        provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
+        return PROVHSM_E_CRYPTO;
+    }
+    if (!spki_is_supported_ec(der, (size_t)der_len)) {
+        OPENSSL_free(der);
+        PH_ERR(MOD, "%s", refusal);
+        return refused;
+    }
+    *spki_out = der;
+    *spki_len_out = (size_t)der_len;
+    return PROVHSM_OK;
+}
+
 provhsm_err provhsm_p11_spki_from_ec(const uint8_t *params, size_t params_len,
                                      const uint8_t *point_attr, size_t point_attr_len,
                                      uint8_t **spki_out, size_t *spki_len_out)
@@ -128,21 +151,11 @@ provhsm_err provhsm_p11_spki_from_ec(const uint8_t *params, size_t params_len,
         provhsm_log_openssl(MOD, "X509_PUBKEY_set0_param");
         return PROVHSM_E_CRYPTO;
     }
-    unsigned char *der = NULL;
-    int der_len = i2d_X509_PUBKEY(pk, &der);
+    provhsm_err err = supported_spki_der(
+        pk, "the token's CKA_EC_POINT is not an uncompressed point on the key's curve",
+        PROVHSM_E_CORRUPT, spki_out, spki_len_out);
     X509_PUBKEY_free(pk);
-    if (der_len <= 0) {
-        provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
-        return PROVHSM_E_CRYPTO;
-    }
-    if (!spki_is_supported_ec(der, (size_t)der_len)) {
-        OPENSSL_free(der);
-        PH_ERR(MOD, "the token's CKA_EC_POINT is not an uncompressed point on the key's curve");
-        return PROVHSM_E_CORRUPT;
-    }
-    *spki_out = der;
-    *spki_len_out = (size_t)der_len;
-    return PROVHSM_OK;
+    return err;
 }
 
 provhsm_err provhsm_p11_spki_from_cert(const uint8_t *cert_der, size_t cert_der_len,
@@ -154,22 +167,12 @@ provhsm_err provhsm_p11_spki_from_cert(const uint8_t *cert_der, size_t cert_der_
         provhsm_log_openssl(MOD, "d2i_X509 (the token's certificate)");
         return PROVHSM_E_CORRUPT;
     }
-    unsigned char *der = NULL;
-    int der_len = i2d_X509_PUBKEY(X509_get_X509_PUBKEY(cert), &der);
+    provhsm_err err = supported_spki_der(X509_get_X509_PUBKEY(cert),
+                                         "the token's certificate for the key carries no EC "
+                                         "P-256 or P-384 key (uncompressed point)",
+                                         PROVHSM_E_UNSUPPORTED, spki_out, spki_len_out);
     X509_free(cert);
-    if (der_len <= 0) {
-        provhsm_log_openssl(MOD, "i2d_X509_PUBKEY");
-        return PROVHSM_E_CRYPTO;
-    }
-    if (!spki_is_supported_ec(der, (size_t)der_len)) {
-        OPENSSL_free(der);
-        PH_ERR(MOD, "the token's certificate for the key carries no EC P-256 or P-384 key "
-                    "(uncompressed point)");
-        return PROVHSM_E_UNSUPPORTED;
-    }
-    *spki_out = der;
-    *spki_len_out = (size_t)der_len;
-    return PROVHSM_OK;
+    return err;
 }
 
 /* The key's public half as the token gives it, OPENSSL_malloc'd. */

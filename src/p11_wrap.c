@@ -1348,6 +1348,11 @@ provhsm_err provhsm_p11_parse_key_uri(const char *text, provhsm_p11_keyname *out
                (label != NULL && label->ulValueLen >= sizeof(name.label))) {
         PH_ERR(MOD, "key URI \"%.200s\": id or object too long", text);
         err = PROVHSM_E_CONFIG;
+    } else if (label != NULL && label->ulValueLen > 0 &&
+               memchr(label->pValue, '\0', label->ulValueLen) != NULL) {
+        /* the label is kept as a C string: object=a%00b would quietly select "a" */
+        PH_ERR(MOD, "key URI \"%.200s\": object holds a NUL byte (%%00)", text);
+        err = PROVHSM_E_CONFIG;
     } else {
         if (id != NULL) {
             memcpy(name.id, id->pValue, id->ulValueLen);

@@ -10,11 +10,15 @@
  *      provhsm_p11_chain_from_certs. The selector's first byte below 0x80 takes the public
  *      key of object (byte % count), so that leaves are found; otherwise the field is the
  *      SPKI itself.
+ *   3  the rest, as text: a key URI from the command line or the configuration ->
+ *      provhsm_p11_parse_key_uri (not cut into fields)
  * Properties: a public key produced is an EC P-256 or P-384 key that d2i_PUBKEY reads
  * back to the same bytes (and, from a certificate, the certificate's key); a chain
  * produced is made of the given certificates, each once, starts with one carrying the
  * given public key, and each next certificate issued the one before it (names and
- * signature); on failure nothing is returned.
+ * signature); on failure nothing is returned. A key URI parsed names an id of at most
+ * PROVHSM_P11_ID_MAX bytes and/or a NUL-terminated label that fits, the same ones p11-kit
+ * reads from it, and p11-kit's own formatting of those fields parses back to them.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -26,7 +30,10 @@
 #include <openssl/x509.h>
 #include <openssl/x509v3.h>
 
+#include <p11-kit/uri.h>
+
 #include "fuzz_common.h"
+#include "p11_wrap.h"
 #include "pkcs11_parse.h"
 
 #define MAX_FIELDS (PROVHSM_P11_CERTS_MAX + 2)
@@ -220,13 +227,85 @@ static void fuzz_chain(const field *f, size_t n)
     OPENSSL_free(chosen);
 }
 
+/* The fields are within the struct's bounds, and at least one names the key. */
+static void check_keyname(const provhsm_p11_keyname *name)
+{
+    FUZZ_CHECK(name->id_len <= PROVHSM_P11_ID_MAX);
+    FUZZ_CHECK(name->has_label == 0 || name->has_label == 1);
+    FUZZ_CHECK(memchr(name->label, '\0', sizeof(name->label)) != NULL);
+    if (!name->has_label)
+        FUZZ_CHECK(name->label[0] == '\0');
+    FUZZ_CHECK(name->id_len > 0 || name->has_label);
+}
+
+/* The name holds exactly the CKA_ID and CKA_LABEL p11-kit reads from the same text. */
+static void check_as_p11_kit_reads(const char *text, const provhsm_p11_keyname *name)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    FUZZ_CHECK(uri != NULL);
+    FUZZ_CHECK(p11_kit_uri_parse(text, P11_KIT_URI_FOR_ANY, uri) == P11_KIT_URI_OK);
+    CK_ATTRIBUTE *id = p11_kit_uri_get_attribute(uri, CKA_ID);
+    CK_ATTRIBUTE *label = p11_kit_uri_get_attribute(uri, CKA_LABEL);
+    size_t id_len = id != NULL ? id->ulValueLen : 0;
+    FUZZ_CHECK(name->id_len == id_len);
+    FUZZ_CHECK(id_len == 0 || memcmp(name->id, id->pValue, id_len) == 0);
+    FUZZ_CHECK(name->has_label == (label != NULL));
+    if (label != NULL)
+        FUZZ_CHECK(strlen(name->label) == label->ulValueLen &&
+                   memcmp(name->label, label->pValue, label->ulValueLen) == 0);
+    p11_kit_uri_free(uri);
+}
+
+/* p11-kit's formatting of the parsed fields (type=private) parses back to them. */
+static void check_round_trip(const provhsm_p11_keyname *name)
+{
+    P11KitUri *uri = p11_kit_uri_new();
+    FUZZ_CHECK(uri != NULL);
+    CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
+    CK_ATTRIBUTE attrs[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
+    CK_ULONG n = 1;
+    if (name->id_len > 0)
+        attrs[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)name->id, name->id_len};
+    if (name->has_label)
+        attrs[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)name->label, strlen(name->label)};
+    FUZZ_CHECK(p11_kit_uri_set_attributes(uri, attrs, n) == P11_KIT_URI_OK);
+    char *text = NULL;
+    FUZZ_CHECK(p11_kit_uri_format(uri, P11_KIT_URI_FOR_OBJECT, &text) == P11_KIT_URI_OK);
+    provhsm_p11_keyname back;
+    FUZZ_CHECK(provhsm_p11_parse_key_uri(text, &back) == PROVHSM_OK);
+    FUZZ_CHECK(back.id_len == name->id_len && memcmp(back.id, name->id, name->id_len) == 0);
+    FUZZ_CHECK(back.has_label == name->has_label && strcmp(back.label, name->label) == 0);
+    free(text);
+    p11_kit_uri_free(uri);
+}
+
+static void fuzz_key_uri(const uint8_t *data, size_t size)
+{
+    char *text = fuzz_text(data, size);
+    provhsm_p11_keyname name, untouched;
+    memset(&name, 0xa5, sizeof(name));
+    untouched = name;
+    if (provhsm_p11_parse_key_uri(text, &name) != PROVHSM_OK) {
+        FUZZ_CHECK(memcmp(&name, &untouched, sizeof(name)) == 0);
+    } else {
+        check_keyname(&name);
+        check_as_p11_kit_reads(text, &name);
+        check_round_trip(&name);
+    }
+    free(text);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size == 0)
         return 0;
+    if (data[0] % 4 == 3) {
+        fuzz_key_uri(data + 1, size - 1);
+        return 0;
+    }
     field fields[MAX_FIELDS];
     size_t n = split_fields(data + 1, size - 1, fields, MAX_FIELDS);
-    switch (data[0] % 3) {
+    switch (data[0] % 4) {
     case 0:
         fuzz_ec(fields, n);
         break;

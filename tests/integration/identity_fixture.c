@@ -40,6 +40,14 @@ void identity_workdir_remove(const char *dir)
         fprintf(stderr, "could not remove %s\n", dir);
 }
 
+void identity_tls_env_clear(identity_tls_env *env)
+{
+    tls_server_stop(env->srv);
+    tls_ca_free(env->ca);
+    identity_workdir_remove(env->dir);
+    memset(env, 0, sizeof(*env));
+}
+
 int identity_config_write(const char *dir, const char *backend, const char *more_sections)
 {
     char path[256];

@@ -49,6 +49,16 @@ int identity_issue_for_keyref(tls_ca *ca, const provhsm_keyref *ref, const char 
 /* The SDK's X.509 table: a handle, its certificate and alias key (malloc'd), destroyed. */
 int identity_sdk_strings(char **cert_pem_out, char **key_pem_out);
 
+/* What a TLS identity test holds for its run: its directory, the test CA, the server. */
+typedef struct identity_tls_env {
+    char dir[64];
+    tls_ca *ca;
+    tls_server *srv;
+} identity_tls_env;
+
+/* Stops the server, frees the CA, removes the directory; each part may be missing. */
+void identity_tls_env_clear(identity_tls_env *env);
+
 /* A key made by a hardware-key backend's key_generate and held open. */
 typedef struct identity_hw_key {
     provhsm_keyref ref;

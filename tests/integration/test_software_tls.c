@@ -34,11 +34,7 @@
 #include "provhsm/provhsm.h"
 #include "tls_harness.h"
 
-static struct {
-    char dir[64];
-    tls_ca *ca;
-    tls_server *srv;
-} G;
+static identity_tls_env G;
 
 static int group_setup(void **unused)
 {
@@ -66,9 +62,7 @@ static void peers(void)
 static int group_teardown(void **unused)
 {
     (void)unused;
-    tls_server_stop(G.srv);
-    tls_ca_free(G.ca);
-    identity_workdir_remove(G.dir);
+    identity_tls_env_clear(&G);
     return 0;
 }
 

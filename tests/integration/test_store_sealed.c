@@ -158,6 +158,24 @@ static uint64_t symmetric_read_cost(const char *what)
     return commands;
 }
 
+/* tpm2_changeauth: the owner authorisation of the TPM at `tcti` becomes `pass`. */
+static void owner_auth_change(const char *tcti, const char *pass)
+{
+    char cmd[300];
+    snprintf(cmd, sizeof(cmd), "TPM2TOOLS_TCTI='%s' tpm2_changeauth -c owner %s >/dev/null", tcti,
+             pass);
+    assert_int_equal(system(cmd), 0);
+}
+
+/* An owner_auth_file's content: `line` as is. */
+static void auth_file_write(const char *path, const char *line)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(line, f);
+    assert_int_equal(fclose(f), 0);
+}
+
 /* The store directory's files and their bytes, as one text for comparison. */
 static char *snapshot(const char *store)
 {
@@ -442,15 +460,9 @@ static void test_init_on_fresh_tpm_makes_the_srk(void **state)
     /* the SRK is made under the owner authorisation of [tpm]: a wrong one is named */
     char tpm_lines[500] = "", auth[400] = "";
     if (provhsm_test_programs_available("tpm2_changeauth", NULL)) {
-        char cmd[300];
-        snprintf(cmd, sizeof(cmd),
-                 "TPM2TOOLS_TCTI='%s' tpm2_changeauth -c owner freshpass >/dev/null", fresh.tcti);
-        assert_int_equal(system(cmd), 0);
+        owner_auth_change(fresh.tcti, "freshpass");
         snprintf(auth, sizeof(auth), "%s/fresh-owner.auth", env.dir);
-        FILE *f = fopen(auth, "w");
-        assert_non_null(f);
-        fputs("wrongpass\n", f);
-        assert_int_equal(fclose(f), 0);
+        auth_file_write(auth, "wrongpass\n");
         assert_int_equal(chmod(auth, 0600), 0);
         snprintf(tpm_lines, sizeof(tpm_lines), "owner_auth_file = %s\n", auth);
         use_config_with("store-fresh", fresh.tcti, "", tpm_lines);
@@ -459,10 +471,7 @@ static void test_init_on_fresh_tpm_makes_the_srk(void **state)
         assert_true(provhsm_test_log_seen("refused the owner authorisation"));
         assert_int_equal(provhsm_test_tpm_counts_get(fresh.tcti, &counts), 0);
         assert_int_equal(counts.persistent, 0);
-        f = fopen(auth, "w");
-        assert_non_null(f);
-        fputs("freshpass\n", f);
-        assert_int_equal(fclose(f), 0);
+        auth_file_write(auth, "freshpass\n");
     }
     use_config_with("store-fresh", fresh.tcti, "", tpm_lines);
     assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
@@ -724,15 +733,10 @@ static void test_wrong_owner_authorisation(void **state)
     (void)state;
     if (!provhsm_test_programs_available("tpm2_changeauth", NULL))
         skip();
-    char cmd[300], auth[400];
-    snprintf(cmd, sizeof(cmd), "TPM2TOOLS_TCTI='%s' tpm2_changeauth -c owner ownerpass >/dev/null",
-             env.tpm_b.tcti);
-    assert_int_equal(system(cmd), 0);
+    char auth[400];
+    owner_auth_change(env.tpm_b.tcti, "ownerpass");
     snprintf(auth, sizeof(auth), "%s/owner.auth", env.dir);
-    FILE *f = fopen(auth, "w");
-    assert_non_null(f);
-    fputs("wrongpass\n", f);
-    assert_int_equal(fclose(f), 0);
+    auth_file_write(auth, "wrongpass\n");
     assert_int_equal(chmod(auth, 0600), 0);
     char tpm_lines[500];
     snprintf(tpm_lines, sizeof(tpm_lines), "owner_auth_file = %s\n", auth);
@@ -751,10 +755,7 @@ static void test_wrong_owner_authorisation(void **state)
     assert_int_not_equal(access(path, F_OK), 0);
 
     /* the right value works */
-    f = fopen(auth, "w");
-    assert_non_null(f);
-    fputs("ownerpass\n", f);
-    assert_int_equal(fclose(f), 0);
+    auth_file_write(auth, "ownerpass\n");
     assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
 }
 

@@ -1383,12 +1383,8 @@ provhsm_err provhsm_p11_key_uri(const provhsm_p11_token *token, const provhsm_p1
     memcpy(ti->model, token->info.model, sizeof(ti->model));
     memcpy(ti->serialNumber, token->info.serialNumber, sizeof(ti->serialNumber));
     CK_OBJECT_CLASS cls = CKO_PRIVATE_KEY;
-    CK_ATTRIBUTE attrs[3] = {{CKA_CLASS, &cls, sizeof(cls)}};
-    CK_ULONG n = 1;
-    if (name->id_len > 0)
-        attrs[n++] = (CK_ATTRIBUTE){CKA_ID, (void *)name->id, name->id_len};
-    if (name->has_label)
-        attrs[n++] = (CK_ATTRIBUTE){CKA_LABEL, (void *)name->label, strlen(name->label)};
+    CK_ATTRIBUTE attrs[3];
+    CK_ULONG n = name_template(name, &cls, attrs);
     char *text = NULL;
     int rc = p11_kit_uri_set_attributes(uri, attrs, n);
     if (rc == P11_KIT_URI_OK)

@@ -543,8 +543,10 @@ static int pin_hash(const uint8_t *pin, size_t len, uint8_t hash[PIN_HASH_BYTES]
 static provhsm_err login_with(provhsm_p11_token *t, const uint8_t *pin, size_t len)
 {
     uint8_t hash[PIN_HASH_BYTES];
-    if (!pin_hash(pin, len, hash))
+    if (!pin_hash(pin, len, hash)) {
+        provhsm_wipe(hash, sizeof(hash)); /* a digest that failed half way may hold some */
         return PROVHSM_E_CRYPTO;
+    }
     if (t->pin_refused && CRYPTO_memcmp(hash, t->refused_pin, sizeof(hash)) == 0) {
         PH_ERR(MOD,
                "wrong PIN for token \"%s\": the token refused this PIN before and it is not "

@@ -188,6 +188,17 @@ void provhsm_tpm_leave(provhsm_tpm_site *site)
         site_leave(site);
 }
 
+void provhsm_tpm_leave_releasing(provhsm_tpm_site *site, ESYS_TR *object)
+{
+    if (site == NULL)
+        return;
+    if (site->users == 0 && provhsm_tcti_releases_on_close(site->tcti))
+        provhsm_tpm_forget(site->shared, object); /* site_leave closes the connection */
+    else
+        provhsm_tpm_flush(site->shared, object);
+    site_leave(site);
+}
+
 /* ---- authorisation values ------------------------------------------------------------- */
 
 /*

@@ -940,3 +940,46 @@ void provhsm_config_key_file(const provhsm_config *cfg, char *out, size_t outlen
         PH_ERR(MOD, "store key path does not fit a %zu-byte buffer", outlen);
     }
 }
+
+/* 1 when `name` (length len) is the TCTI `short_name` or its library's file name. */
+static int tcti_name_is(const char *name, size_t len, const char *short_name)
+{
+    static const char lib_prefix[] = "libtss2-tcti-";
+    const size_t prefix_len = sizeof(lib_prefix) - 1, short_len = strlen(short_name);
+    if (len == short_len)
+        return memcmp(name, short_name, len) == 0;
+    if (len < prefix_len + short_len + 3 || memcmp(name, lib_prefix, prefix_len) != 0 ||
+        memcmp(name + prefix_len, short_name, short_len) != 0)
+        return 0;
+    const char *rest = name + prefix_len + short_len;
+    size_t rest_len = len - prefix_len - short_len;
+    /* ".so", or ".so." and a version */
+    return memcmp(rest, ".so", 3) == 0 && (rest_len == 3 || rest[3] == '.');
+}
+
+/* 1 for "/dev/tpmrm" followed by one or more digits and nothing else. */
+static int is_kernel_rm_path(const char *path)
+{
+    static const char prefix[] = "/dev/tpmrm";
+    if (strncmp(path, prefix, sizeof(prefix) - 1) != 0)
+        return 0;
+    const char *digits = path + sizeof(prefix) - 1;
+    if (*digits == '\0')
+        return 0;
+    for (; *digits != '\0'; digits++)
+        if (*digits < '0' || *digits > '9')
+            return 0;
+    return 1;
+}
+
+int provhsm_tcti_releases_on_close(const char *tcti)
+{
+    if (tcti == NULL)
+        return 0;
+    const char *colon = strchr(tcti, ':');
+    size_t name_len = colon != NULL ? (size_t)(colon - tcti) : strlen(tcti);
+    if (tcti_name_is(tcti, name_len, "tabrmd"))
+        return 1;
+    /* the device TCTI without a path opens /dev/tpm0, which has no resource manager */
+    return colon != NULL && tcti_name_is(tcti, name_len, "device") && is_kernel_rm_path(colon + 1);
+}

@@ -86,4 +86,14 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_config_load(provhsm_config *cfg, const ch
 /* Effective key file path: key_file, or <store_dir>/store.key. */
 void provhsm_config_key_file(const provhsm_config *cfg, char *out, size_t outlen);
 
+/*
+ * 1 when the TCTI string `tcti` goes through a resource manager that releases a client's
+ * transient objects and sessions when its connection closes: tpm2-abrmd ("tabrmd",
+ * "tabrmd:<conf>") or the kernel's ("device:/dev/tpmrm<N>"). 0 for anything else: a
+ * bare /dev/tpm<N>, a simulator, an unknown TCTI, "" (the TCTI loader's choice, which
+ * is not known here) and NULL. The TCTI name may also be given as its library's file
+ * name (libtss2-tcti-tabrmd.so.0, libtss2-tcti-device.so).
+ */
+int provhsm_tcti_releases_on_close(const char *tcti);
+
 #endif

@@ -1075,10 +1075,12 @@ static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file 
 
 /*
  * Reads store.sealed (through safefile) and unseals the store key into key_out. On a
- * provisioned TPM: Load, Unseal, FlushContext with a blob; Unseal alone with a persistent
- * handle; a PCR policy adds StartAuthSession and PolicyPCR. All of it on the TPM backend's
- * connection, entered (locked) while a transient object or a session exists and released
- * empty: every ESYS handle made here is flushed or forgotten before leaving.
+ * provisioned TPM: Load, Unseal with a blob, and FlushContext unless the connection
+ * closes through a resource manager, which releases the object itself (the default TCTI,
+ * /dev/tpmrm0, and tpm2-abrmd); Unseal alone with a persistent handle; a PCR policy adds
+ * StartAuthSession and PolicyPCR. All of it on the TPM backend's connection, entered
+ * (locked) while a transient object or a session exists and released empty: every ESYS
+ * handle made here is flushed or forgotten before leaving.
  */
 static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const char *dir,
                                     uint8_t *key_out)
@@ -1137,12 +1139,14 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
             rc = PROVHSM_E_WRONG_KEY; /* as a blob from another TPM */
         }
     }
-    provhsm_tpm_flush(tpm, &session);
-    if (sf->handle == 0)
-        provhsm_tpm_flush(tpm, &item);
-    provhsm_tpm_forget(tpm, &item); /* at a persistent handle: only ours to release */
+    provhsm_tpm_flush(tpm, &session); /* left only when the Unseal did not take it */
     provhsm_tpm_forget(tpm, &srk);
-    provhsm_tpm_leave(site);
+    if (sf->handle == 0) {
+        provhsm_tpm_leave_releasing(site, &item);
+    } else {
+        provhsm_tpm_forget(tpm, &item); /* at a persistent handle: only ours to release */
+        provhsm_tpm_leave(site);
+    }
     if (rc == PROVHSM_E_NO_DEVICE)
         PH_ERR(MOD, "store %s: its key is sealed to a TPM, and none answers through \"%s\"",
                cfg->store_dir, cfg->tcti);

@@ -94,6 +94,16 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_enter(const provhsm_config *cfg, prov
 void provhsm_tpm_leave(provhsm_tpm_site *site);
 
 /*
+ * provhsm_tpm_leave(), releasing first the transient object *object made on the
+ * connection (*object becomes ESYS_TR_NONE). When the connection closes here and goes
+ * through a resource manager (provhsm_tcti_releases_on_close), closing it releases the
+ * object and no FlushContext is sent. Otherwise (a TPM without one, or a connection the
+ * backend's users keep open) the object is flushed: it would hold one of the TPM's,
+ * or the connection's, few object slots.
+ */
+void provhsm_tpm_leave_releasing(provhsm_tpm_site *site, ESYS_TR *object);
+
+/*
  * Loads the owner authorisation configured in [tpm] (owner_auth_file / owner_auth_env)
  * into the connection, as the TPM backend does before EvictControl. Defined in
  * backend_tpm.c. provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) drops it.

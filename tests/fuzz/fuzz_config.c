@@ -112,6 +112,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     if (text_rc != PROVHSM_OK)
         FUZZ_CHECK(errbuf[0] != '\0');
     check_terminated(&cfg);
+    /* the TCTI string as configured: a manager is named, never found inside another name */
+    if (provhsm_tcti_releases_on_close(cfg.tcti))
+        FUZZ_CHECK(strstr(cfg.tcti, "tabrmd") != NULL || strstr(cfg.tcti, "/dev/tpmrm") != NULL);
     if (size % 2 == 1)
         check_file_path(data, size, text_rc);
 

@@ -1069,12 +1069,70 @@ static void test_key_file(void **state)
     free(cfg);
 }
 
+/* Which TCTIs release a closed connection's objects: the store skips a flush only there. */
+static void test_tcti_releases_on_close(void **state)
+{
+    static const char *const with_manager[] = {
+        "device:/dev/tpmrm0",
+        "device:/dev/tpmrm12",
+        "tabrmd",
+        "tabrmd:",
+        "tabrmd:bus_type=session",
+        "tabrmd:bus_name=com.example.Tabrmd,bus_type=system",
+        "libtss2-tcti-tabrmd.so.0",
+        "libtss2-tcti-tabrmd.so.0:bus_type=session",
+        "libtss2-tcti-tabrmd.so",
+        "libtss2-tcti-device.so.0:/dev/tpmrm0",
+    };
+    static const char *const without[] = {
+        "",
+        "device",
+        "device:",
+        "device:/dev/tpm0",
+        "device:/dev/tpmrm",
+        "device:/dev/tpmrm0x",
+        "device:/dev/tpmrm0/",
+        "device:/dev/tpmrm-1",
+        "device:/tmp/dev/tpmrm0",
+        "device:/dev/tpm0,/dev/tpmrm0",
+        "swtpm:host=127.0.0.1,port=2321",
+        "mssim",
+        "mssim:host=localhost",
+        "tabrmdx",
+        "tabrm",
+        "xtabrmd",
+        "Tabrmd",
+        "libtss2-tcti-tabrmd",
+        "libtss2-tcti-tabrmd.so0",
+        "libtss2-tcti-tabrmdx.so.0",
+        "libtss2-tcti-device.so:/dev/tpm0",
+        "/dev/tpmrm0",
+        "tpmrm0",
+        ":tabrmd",
+        "spi-helper:/dev/tpmrm0",
+    };
+    (void)state;
+    for (size_t i = 0; i < sizeof(with_manager) / sizeof(with_manager[0]); i++)
+        if (!provhsm_tcti_releases_on_close(with_manager[i]))
+            fail_msg("\"%s\" goes through a resource manager", with_manager[i]);
+    for (size_t i = 0; i < sizeof(without) / sizeof(without[0]); i++)
+        if (provhsm_tcti_releases_on_close(without[i]))
+            fail_msg("\"%s\" has no resource manager that is known here", without[i]);
+    assert_int_equal(provhsm_tcti_releases_on_close(NULL), 0);
+
+    /* the default TCTI is the kernel's resource manager */
+    provhsm_config *cfg = new_config();
+    assert_int_equal(provhsm_tcti_releases_on_close(cfg->tcti), 1);
+    free(cfg);
+}
+
 #define T(f) cmocka_unit_test_setup(f, test_setup)
 
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         T(test_defaults_values),
+        T(test_tcti_releases_on_close),
         T(test_defaults_store_xdg),
         T(test_defaults_store_home),
         T(test_defaults_store_no_home),

@@ -42,7 +42,6 @@
  */
 #include <arpa/inet.h>
 #include <dirent.h>
-#include <dlfcn.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -55,10 +54,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/un.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -69,9 +66,9 @@
 #include <openssl/pem.h>
 #include <openssl/provider.h>
 #include <openssl/ssl.h>
-#include <tss2/tss2_tctildr.h>
 #include <tss2/tss2_tpm2_types.h>
 
+#include "abrmd_fixture.h"
 #include "bench_stats.h"
 #include "hsm_client_data.h"
 #include "p11_wrap.h"
@@ -496,8 +493,9 @@ static struct {
     char *software_cert, *software_key;
     uint64_t peer_keygen_frames[2]; /* by peer_transport */
     char tpm2_module[512];
-    char abrmd_not_run[256];             /* why the rows behind tpm2-abrmd did not run */
-    pid_t dbus_pid, abrmd_pid, peer_pid; /* 0 when not running */
+    char abrmd_not_run[256];  /* why the rows behind tpm2-abrmd did not run */
+    provhsm_test_abrmd abrmd; /* the bus and tpm2-abrmd, in dir */
+    pid_t peer_pid;           /* 0 when not running */
     int in_peer_process;
     int hsm_initialised;
     /* the software key and the SoftHSM2 key with their handshakes alternating */
@@ -516,7 +514,6 @@ static struct {
 #define PEER_QUERY_A "?provider=tpm2,tpm2.digest!=yes,tpm2.cipher!=yes"
 #define PEER_QUERY_B "?tpm2.digest=no,?tpm2.cipher=no,?tpm2.rand=no"
 #define PEER_ROWS    3 /* its key with TLS 1.3, with TLS 1.2, our software key beside it */
-#define TABRMD_TCTI  "tabrmd:bus_type=session"
 
 /*
  * How the peer reaches swtpm: directly (through the proxy), or through tpm2-abrmd, the
@@ -760,109 +757,21 @@ static int run_ours(row *rows, int count, const char *name, const char *sections
 
 /* ---- the peer: tpm2-openssl on the same swtpm -------------------------------------- */
 
-static void sleep_ms(long ms)
-{
-    struct timespec ts = {.tv_sec = ms / 1000, .tv_nsec = (ms % 1000) * 1000000L};
-    while (nanosleep(&ts, &ts) != 0 && errno == EINTR)
-        ;
-}
-
 /* Set when a stop signal came: nothing more is started (see cleanup_on_signal). */
 static atomic_int stop_requested;
-
-/* In a forked child: stop signals no longer start the parent's cleanup (see main). */
-static void default_stop_signals(void)
-{
-    signal(SIGINT, SIG_DFL);
-    signal(SIGTERM, SIG_DFL);
-    signal(SIGHUP, SIG_DFL);
-}
-
-/*
- * Starts argv with its output appended to `log`; its pid, or -1. The child gets SIGKILL
- * when this process dies, so no daemon of ours outlives a crashed benchmark.
- */
-static pid_t spawn_logged(char *const argv[], const char *log)
-{
-    if (atomic_load(&stop_requested))
-        return -1;
-    pid_t pid = fork();
-    if (pid != 0)
-        return pid;
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    default_stop_signals();
-    int fd = open(log, O_WRONLY | O_CREAT | O_APPEND, 0600);
-    if (fd >= 0) {
-        dup2(fd, STDOUT_FILENO);
-        dup2(fd, STDERR_FILENO);
-        close(fd);
-    }
-    execvp(argv[0], argv);
-    _exit(127);
-}
-
-/* 1 when pid has ended (and is reaped) within timeout_ms. */
-static int reaped_within(pid_t pid, long timeout_ms)
-{
-    int status;
-    for (long waited = 0;; waited += 20) {
-        pid_t r = waitpid(pid, &status, WNOHANG);
-        if (r == pid || (r < 0 && errno == ECHILD))
-            return 1;
-        if (waited >= timeout_ms)
-            return 0;
-        sleep_ms(20);
-    }
-}
-
-/* Stops a daemon of ours: SIGTERM, SIGKILL after 3 s; *pid becomes 0. */
-static void stop_child(pid_t *pid)
-{
-    if (*pid <= 0)
-        return;
-    kill(*pid, SIGTERM);
-    if (!reaped_within(*pid, 3000)) {
-        kill(*pid, SIGKILL);
-        (void)reaped_within(*pid, 3000);
-    }
-    *pid = 0;
-}
 
 /* Runs argv with output to `log`; 0 when it exits with 0. */
 static int run_logged(char *const argv[], const char *log)
 {
-    pid_t pid = spawn_logged(argv, log);
+    if (atomic_load(&stop_requested))
+        return -1;
+    pid_t pid = provhsm_test_spawn_logged(argv, log);
     if (pid < 0)
         return -1;
     int status = 0;
     while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
         ;
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
-}
-
-static char *read_text(const char *path)
-{
-    FILE *f = fopen(path, "r");
-    if (f == NULL)
-        return NULL;
-    char *text = calloc(1, 16384);
-    size_t n = text != NULL ? fread(text, 1, 16383, f) : 0;
-    (void)n;
-    fclose(f);
-    return text;
-}
-
-/* Appends ": <the start of log, on one line>" to err. */
-static void append_log(char *err, size_t len, const char *log)
-{
-    char *text = read_text(log);
-    if (text != NULL) {
-        for (char *p = text; *p != '\0'; p++)
-            if (*p == '\n')
-                *p = ' ';
-        snprintf(err + strlen(err), len - strlen(err), ": %.400s", text);
-    }
-    free(text);
 }
 
 static const char *transport_name(peer_transport t)
@@ -896,10 +805,10 @@ static int make_peer_key(row *r, peer_transport t, char **key_out, char **cert_o
     B.peer_keygen_frames[t] = atomic_load(&counted->commands) - t0.frames;
     if (rc != 0) {
         snprintf(r->err, sizeof(r->err), "making the key with openssl genpkey/pkey failed");
-        append_log(r->err, sizeof(r->err), log);
+        provhsm_test_append_log(r->err, sizeof(r->err), log);
         return -1;
     }
-    *key_out = read_text(key);
+    *key_out = provhsm_test_read_text(key);
     FILE *f = fopen(pub, "r");
     EVP_PKEY *pk = f != NULL ? PEM_read_PUBKEY(f, NULL, NULL, NULL) : NULL;
     if (f != NULL)
@@ -926,135 +835,7 @@ static int tpm2_module_present(void)
            provhsm_test_programs_available("openssl", (const char *)NULL);
 }
 
-/* ---- tpm2-abrmd on a D-Bus bus of our own -------------------------------------------- */
-
-#define TABRMD_LIBRARY "libtss2-tcti-tabrmd.so.0"
-
-/* What probe_tabrmd's process says. */
-enum { PROBE_CONNECTED = 0, PROBE_NO_LIBRARY = 3, PROBE_NO_CONNECTION = 4 };
-
-/*
- * Whether the tabrmd TCTI's library loads and, with `connect`, whether it reaches
- * tpm2-abrmd on the session bus. In a process of its own: the TCTI brings GLib and its
- * threads, which this process (it forks the peer's processes) keeps out.
- */
-static int probe_tabrmd(int connect)
-{
-    pid_t pid = fork();
-    if (pid == 0) {
-        default_stop_signals();
-        alarm(10);
-        int devnull = open("/dev/null", O_WRONLY);
-        if (devnull >= 0)
-            dup2(devnull, STDERR_FILENO);
-        void *lib = dlopen(TABRMD_LIBRARY, RTLD_NOW);
-        if (lib == NULL)
-            _exit(PROBE_NO_LIBRARY);
-        TSS2_TCTI_CONTEXT *tcti = NULL;
-        if (connect && Tss2_TctiLdr_Initialize(TABRMD_TCTI, &tcti) != TSS2_RC_SUCCESS)
-            _exit(PROBE_NO_CONNECTION);
-        Tss2_TctiLdr_Finalize(&tcti);
-        _exit(PROBE_CONNECTED);
-    }
-    int status = 0;
-    while (pid > 0 && waitpid(pid, &status, 0) < 0 && errno == EINTR)
-        ;
-    return pid > 0 && WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
-/* NULL when the rows behind tpm2-abrmd can run, else why not. */
-static const char *abrmd_missing(void)
-{
-    if (!provhsm_test_programs_available("tpm2-abrmd", "dbus-daemon", (const char *)NULL))
-        return "tpm2-abrmd or dbus-daemon is not installed (Debian packages tpm2-abrmd, dbus)";
-    if (probe_tabrmd(0) != PROBE_CONNECTED)
-        return "the tabrmd TCTI (" TABRMD_LIBRARY ") is not installed (Debian package "
-               "libtss2-tcti-tabrmd0)";
-    return NULL;
-}
-
-static int unix_socket_accepts(const char *path)
-{
-    struct sockaddr_un addr = {.sun_family = AF_UNIX};
-    snprintf(addr.sun_path, sizeof(addr.sun_path), "%s", path);
-    int fd = socket(AF_UNIX, SOCK_STREAM, 0);
-    int ok = fd >= 0 && connect(fd, (struct sockaddr *)&addr, sizeof(addr)) == 0;
-    if (fd >= 0)
-        close(fd);
-    return ok;
-}
-
-/*
- * A session bus of our own (its configuration and socket in the temporary directory;
- * anyone may own any name on it), so tpm2-abrmd's well-known name and its clients stay
- * off whatever bus the machine has. DBUS_SESSION_BUS_ADDRESS names it to our children.
- */
-static int start_bus(char *why, size_t len)
-{
-    char conf[128], sock[96], log[128], conf_arg[160], address[160];
-    snprintf(conf, sizeof(conf), "%s/bus.conf", B.dir);
-    snprintf(sock, sizeof(sock), "%s/bus", B.dir);
-    snprintf(log, sizeof(log), "%s/dbus.log", B.dir);
-    FILE *f = fopen(conf, "w");
-    if (f == NULL) {
-        snprintf(why, len, "cannot write %s", conf);
-        return -1;
-    }
-    fprintf(f,
-            "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n"
-            " \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n"
-            "<busconfig>\n  <type>session</type>\n  <listen>unix:path=%s</listen>\n"
-            "  <auth>EXTERNAL</auth>\n  <policy context=\"default\">\n"
-            "    <allow send_destination=\"*\"/>\n    <allow receive_sender=\"*\"/>\n"
-            "    <allow own=\"*\"/>\n  </policy>\n"
-            "</busconfig>\n",
-            sock);
-    if (fclose(f) != 0) {
-        snprintf(why, len, "cannot write %s", conf);
-        return -1;
-    }
-    snprintf(conf_arg, sizeof(conf_arg), "--config-file=%s", conf);
-    char *argv[] = {"dbus-daemon", "--nofork", conf_arg, NULL};
-    B.dbus_pid = spawn_logged(argv, log);
-    for (int waited = 0; B.dbus_pid > 0 && waited < 10000; waited += 50) {
-        if (unix_socket_accepts(sock)) {
-            snprintf(address, sizeof(address), "unix:path=%s", sock);
-            setenv("DBUS_SESSION_BUS_ADDRESS", address, 1);
-            return 0;
-        }
-        if (reaped_within(B.dbus_pid, 0))
-            B.dbus_pid = 0;
-        sleep_ms(50);
-    }
-    stop_child(&B.dbus_pid);
-    snprintf(why, len, "dbus-daemon did not start");
-    append_log(why, len, log);
-    return -1;
-}
-
-/*
- * tpm2-abrmd on our bus, on swtpm through the proxy (so its own commands, context saves
- * and loads included, are counted with the peer's); returns once a client can connect.
- */
-static int start_abrmd(char *why, size_t len)
-{
-    char tcti_arg[160], log[128];
-    snprintf(tcti_arg, sizeof(tcti_arg), "--tcti=%s", B.tcti);
-    snprintf(log, sizeof(log), "%s/abrmd.log", B.dir);
-    char *argv[] = {"tpm2-abrmd", "--session", "--allow-root", tcti_arg, NULL};
-    B.abrmd_pid = spawn_logged(argv, log);
-    for (double deadline = bench_now_us() + 10e6; B.abrmd_pid > 0 && bench_now_us() < deadline;) {
-        if (probe_tabrmd(1) == PROBE_CONNECTED)
-            return 0;
-        if (reaped_within(B.abrmd_pid, 0))
-            B.abrmd_pid = 0;
-        sleep_ms(100);
-    }
-    stop_child(&B.abrmd_pid);
-    snprintf(why, len, "tpm2-abrmd did not start");
-    append_log(why, len, log);
-    return -1;
-}
+/* ---- tpm2-abrmd on a D-Bus bus of our own (abrmd_fixture.h) ---------------------------- */
 
 /*
  * The same starting state for every variant, as for our rows: swtpm restarted (no
@@ -1065,7 +846,7 @@ static int fresh_tpm(peer_transport t, char *why, size_t len, uint64_t *abrmd_fr
 {
     if (atomic_load(&stop_requested))
         return -1;
-    stop_child(&B.abrmd_pid);
+    provhsm_test_abrmd_stop_daemon(&B.abrmd);
     provhsm_test_swtpm_kill(&B.swtpm);
     if (provhsm_test_swtpm_restart(&B.swtpm) != 0) {
         snprintf(why, len, "swtpm did not restart");
@@ -1074,7 +855,9 @@ static int fresh_tpm(peer_transport t, char *why, size_t len, uint64_t *abrmd_fr
     if (t == PEER_BARE)
         return 0;
     uint64_t before = atomic_load(&counted->commands);
-    int rc = start_abrmd(why, len);
+    /* on swtpm through the proxy: its own commands, context saves and loads included, are
+     * counted with the peer's */
+    int rc = provhsm_test_abrmd_start(&B.abrmd, B.dir, B.tcti, why, len);
     if (abrmd_frames != NULL)
         *abrmd_frames = atomic_load(&counted->commands) - before;
     return rc;
@@ -1138,7 +921,7 @@ static void run_variant(int v, const char *cert, const char *key)
     fflush(stderr);
     pid_t pid = fork();
     if (pid == 0) {
-        default_stop_signals();
+        provhsm_test_default_stop_signals();
         peer_process(v, cert, key);
     }
     B.peer_pid = pid > 0 ? pid : 0;
@@ -1204,22 +987,20 @@ static void run_peer(void)
     }
     setenv("TPM2OPENSSL_TCTI", B.tcti, 1); /* read by the openssl command and the provider */
     run_variants(PEER_BARE);
-    const char *missing = abrmd_missing();
+    const char *missing = provhsm_test_abrmd_missing();
     if (missing != NULL) {
         snprintf(B.abrmd_not_run, sizeof(B.abrmd_not_run), "%s", missing);
         return;
     }
     const char *bus = getenv("DBUS_SESSION_BUS_ADDRESS"); /* restored after */
     char *prior_bus = bus != NULL ? strdup(bus) : NULL;
-    if (start_bus(abrmd->err, sizeof(abrmd->err)) != 0 ||
-        fresh_tpm(PEER_ABRMD, abrmd->err, sizeof(abrmd->err), NULL) != 0) {
+    if (fresh_tpm(PEER_ABRMD, abrmd->err, sizeof(abrmd->err), NULL) != 0) {
         abrmd->ran = 1;
     } else {
-        setenv("TPM2OPENSSL_TCTI", TABRMD_TCTI, 1);
+        setenv("TPM2OPENSSL_TCTI", B.abrmd.tcti, 1);
         run_variants(PEER_ABRMD);
     }
-    stop_child(&B.abrmd_pid);
-    stop_child(&B.dbus_pid);
+    provhsm_test_abrmd_stop(&B.abrmd);
     if (prior_bus != NULL)
         setenv("DBUS_SESSION_BUS_ADDRESS", prior_bus, 1);
     else
@@ -1329,7 +1110,7 @@ static void print_peer_setup(void)
         printf("  %s: TPM2OPENSSL_TCTI=%s; %s; OSSL_PROVIDER_load(NULL, \"%s\"), then "
                "OSSL_PROVIDER_load(NULL, \"%s\"), then EVP_set_default_properties(NULL, "
                "\"%s\"); loading: %llu TPM commands",
-               pv->names[0], pv->transport == PEER_BARE ? B.tcti : TABRMD_TCTI,
+               pv->names[0], pv->transport == PEER_BARE ? B.tcti : B.abrmd.tcti,
                pv->tpm2_first ? "a new library context made the thread's default "
                                 "(OSSL_LIB_CTX_new, OSSL_LIB_CTX_set0_default), nothing in it yet"
                               : "the default library context inherited from this process, its "
@@ -1477,8 +1258,7 @@ static void *cleanup_on_signal(void *unused)
     flockfile(stderr);
     if (B.peer_pid > 0)
         kill(B.peer_pid, SIGKILL);
-    stop_child(&B.abrmd_pid);
-    stop_child(&B.dbus_pid);
+    provhsm_test_abrmd_stop(&B.abrmd);
     provhsm_test_swtpm_stop(&B.swtpm);
     provhsm_test_softhsm_stop(&B.softhsm);
     if (B.dir[0] != '\0')
@@ -1512,8 +1292,7 @@ static void stop_everything(void)
         deinitialize_hsm_system();
     free(B.software_cert);
     provhsm_free_secret(B.software_key);
-    stop_child(&B.abrmd_pid); /* before swtpm and the proxy it talks to */
-    stop_child(&B.dbus_pid);
+    provhsm_test_abrmd_stop(&B.abrmd); /* before swtpm and the proxy it talks to */
     proxy_stop();
     provhsm_test_swtpm_stop(&B.swtpm);
     provhsm_test_softhsm_stop(&B.softhsm);

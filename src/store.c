@@ -826,14 +826,59 @@ static void drop_owner_auth(provhsm_tpm *tpm)
 }
 
 /*
+ * The digest a PolicyPCR compares for the PCRs of [store] seal_pcrs once they hold the
+ * values in `target` (those it does not name keep their current values: PCR_Read):
+ * SHA-256, the policy session's hash (TPM 2.0 Part 3, PolicyPCR: the TPM digests the PCR
+ * values with the session's algorithm, whatever the bank), over the values in ascending
+ * PCR order.
+ */
+static provhsm_err future_pcr_digest(provhsm_tpm *tpm, const provhsm_config *cfg,
+                                     const provhsm_pcr_values *target, TPM2B_DIGEST *out)
+{
+    TPM2B_DIGEST *current = calloc(24, sizeof(*current));
+    uint32_t unnamed = cfg->seal_pcr_mask & ~target->named;
+    unsigned int len = 0;
+    provhsm_err rc = current == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
+
+    if (rc == PROVHSM_OK && unnamed != 0)
+        rc = provhsm_tpm_pcr_read(tpm, cfg->seal_pcr_bank, unnamed, current);
+    EVP_MD_CTX *md = rc == PROVHSM_OK ? EVP_MD_CTX_new() : NULL;
+    if (rc == PROVHSM_OK && (md == NULL || EVP_DigestInit_ex(md, EVP_sha256(), NULL) != 1))
+        rc = PROVHSM_E_CRYPTO;
+    for (unsigned pcr = 0; rc == PROVHSM_OK && pcr < 24; pcr++) {
+        if (!(cfg->seal_pcr_mask & (1ul << pcr)))
+            continue;
+        int named = (target->named & (1ul << pcr)) != 0;
+        if (!named && current[pcr].size != target->digest_len) {
+            PH_ERR(MOD, "PCR %u: the TPM gave a %u-byte value, %zu expected", pcr,
+                   (unsigned)current[pcr].size, target->digest_len);
+            rc = PROVHSM_E_TPM;
+        } else if (EVP_DigestUpdate(md, named ? target->value[pcr] : current[pcr].buffer,
+                                    target->digest_len) != 1) {
+            rc = PROVHSM_E_CRYPTO;
+        }
+    }
+    if (rc == PROVHSM_OK && EVP_DigestFinal_ex(md, out->buffer, &len) != 1)
+        rc = PROVHSM_E_CRYPTO;
+    if (rc == PROVHSM_OK)
+        out->size = (UINT16)len;
+    EVP_MD_CTX_free(md);
+    free(current);
+    return rc;
+}
+
+/*
  * Seals `key` under the SRK (checked to exist first: one GetCapability; created and
  * persisted when absent, as the TPM backend does), with a PCR
  * policy when the configuration asks for one (unbound: never), and builds the bytes of
- * store.sealed. Sends GetCapability, [StartAuthSession, PolicyPCR, PolicyGetDigest,
+ * store.sealed. The policy is for the PCRs' current values, or with `target` (non-NULL,
+ * checked against the configuration by the caller) for the values it gives. Sends
+ * GetCapability, [[PCR_Read,] StartAuthSession, PolicyPCR, PolicyGetDigest,
  * FlushContext,] Create.
  */
 static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key, int unbound,
-                                  uint8_t **file_out, size_t *len_out)
+                                  const provhsm_pcr_values *target, uint8_t **file_out,
+                                  size_t *len_out)
 {
     provhsm_err rc;
     provhsm_tpm_site *site = NULL;
@@ -874,7 +919,11 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, &srk);
     if (rc == PROVHSM_OK && pcrs.count > 0) {
-        rc = provhsm_tpm_pcr_policy_session(tpm, &pcrs, 1, &trial);
+        TPM2B_DIGEST values_digest = {.size = 0}; /* empty: the current values */
+        if (target != NULL)
+            rc = future_pcr_digest(tpm, cfg, target, &values_digest);
+        if (rc == PROVHSM_OK)
+            rc = provhsm_tpm_pcr_policy_session_to(tpm, &pcrs, &values_digest, 1, &trial);
         if (rc == PROVHSM_OK)
             rc = provhsm_tpm_policy_digest(tpm, trial, &policy);
         provhsm_tpm_flush(tpm, &trial);
@@ -1068,8 +1117,9 @@ static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file 
         PH_ERR(MOD,
                "store %s: the PCRs its key is bound to (%s) no longer hold the values it was "
                "sealed to (a firmware, boot loader or boot configuration change?). Boot the "
-               "previous state and run `provhsm store reseal --unbound` before such an update, "
-               "then `provhsm store reseal` after it. Nothing was changed.",
+               "previous state and, before such an update, run `provhsm store reseal --pcr-values` "
+               "with the values the PCRs will have after it (or `provhsm store reseal "
+               "--unbound`, then `provhsm store reseal` after it). Nothing was changed.",
                cfg->store_dir, pcrs);
 }
 
@@ -1636,7 +1686,7 @@ static provhsm_err make_sealed_key(const provhsm_config *cfg, int dirfd, uint8_t
         provhsm_log_openssl(MOD, "RAND_priv_bytes (store key)");
         return PROVHSM_E_CRYPTO;
     }
-    provhsm_err rc = seal_store_key(cfg, key, 0, &sealed, &sealed_len);
+    provhsm_err rc = seal_store_key(cfg, key, 0, NULL, &sealed, &sealed_len);
     if (rc == PROVHSM_OK && cfg->sealed_key_handle != 0) {
         uint8_t *at_handle = NULL;
         size_t at_len = 0;
@@ -2011,6 +2061,169 @@ int provhsm_store_has(provhsm_store *st, const char *name)
     return fstatat(st->dirfd, fname, &sb, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(sb.st_mode);
 }
 
+/* ---- PCR values given for a reseal (command-line text; no TPM) ---------------------- */
+
+/* The PCR banks (TPM2_ALG_* identifiers, as [store] seal_pcrs names them) and digest sizes. */
+static const struct {
+    const char *name;
+    uint16_t alg;
+    size_t digest_len;
+} pcr_banks[] = {
+    {"sha1", 0x0004, 20}, {"sha256", 0x000b, 32}, {"sha384", 0x000c, 48}, {"sha512", 0x000d, 64}};
+
+static const char *pcr_bank_name(uint16_t alg)
+{
+    for (size_t i = 0; i < sizeof(pcr_banks) / sizeof(pcr_banks[0]); i++)
+        if (pcr_banks[i].alg == alg)
+            return pcr_banks[i].name;
+    return "?";
+}
+
+static int hex_value(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}
+
+/* The bank before the ':'; *rest after it. 0 when there is no known bank. */
+static int parse_pcr_bank(const char *text, provhsm_pcr_values *out, const char **rest)
+{
+    const char *colon = strchr(text, ':');
+    for (size_t i = 0; colon != NULL && i < sizeof(pcr_banks) / sizeof(pcr_banks[0]); i++)
+        if (strlen(pcr_banks[i].name) == (size_t)(colon - text) &&
+            memcmp(text, pcr_banks[i].name, (size_t)(colon - text)) == 0) {
+            out->bank = pcr_banks[i].alg;
+            out->digest_len = pcr_banks[i].digest_len;
+            *rest = colon + 1;
+            return 1;
+        }
+    return 0;
+}
+
+/* A PCR number, 0..23, written with one or two digits; *p moves past it. -1 otherwise. */
+static int parse_pcr_number(const char **p)
+{
+    const char *s = *p;
+    int n = 0, digits = 0;
+    while (s[digits] >= '0' && s[digits] <= '9' && digits < 3)
+        n = n * 10 + (s[digits++] - '0');
+    if (digits == 0 || digits > 2 || n > 23)
+        return -1;
+    *p = s + digits;
+    return n;
+}
+
+/* PCR `pcr`'s value: exactly digest_len bytes in hex, up to ',' or the end. */
+static provhsm_err parse_pcr_value(const char **p, unsigned pcr, provhsm_pcr_values *out)
+{
+    const char *s = *p;
+    size_t digits = strcspn(s, ",");
+    if (digits != 2 * out->digest_len) {
+        PH_ERR(MOD,
+               "--pcr-values: PCR %u: the value must be %zu hex digits (a %s digest is %zu "
+               "bytes); %zu characters given",
+               pcr, 2 * out->digest_len, pcr_bank_name(out->bank), out->digest_len, digits);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    for (size_t i = 0; i < digits; i += 2) {
+        int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
+        if (hi < 0 || lo < 0) {
+            PH_ERR(MOD, "--pcr-values: PCR %u: character %zu of its value is not a hex digit", pcr,
+                   hi < 0 ? i + 1 : i + 2);
+            return PROVHSM_E_INVALID_ARG;
+        }
+        out->value[pcr][i / 2] = (uint8_t)(hi << 4 | lo);
+    }
+    *p = s + digits;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_store_parse_pcr_values(const char *text, provhsm_pcr_values *out)
+{
+    const char *p = NULL;
+    if (text == NULL || out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    memset(out, 0, sizeof(*out));
+    if (strlen(text) > PROVHSM_PCR_VALUES_MAX_TEXT) {
+        PH_ERR(MOD, "--pcr-values: %zu characters, more than 24 PCRs can take", strlen(text));
+        return PROVHSM_E_INVALID_ARG;
+    }
+    if (!parse_pcr_bank(text, out, &p)) {
+        PH_ERR(MOD, "--pcr-values: does not start with a PCR bank (sha1:, sha256:, sha384:, "
+                    "sha512:), as in sha256:7=<64 hex digits>");
+        return PROVHSM_E_INVALID_ARG;
+    }
+    for (;;) {
+        size_t at = (size_t)(p - text) + 1;
+        int pcr = parse_pcr_number(&p);
+        if (pcr < 0) {
+            PH_ERR(MOD, "--pcr-values: expected a PCR number (0..23) at character %zu", at);
+            break;
+        }
+        if (out->named & (1ul << pcr)) {
+            PH_ERR(MOD, "--pcr-values: PCR %d is named twice", pcr);
+            break;
+        }
+        if (*p++ != '=') {
+            PH_ERR(MOD, "--pcr-values: expected '=' and a value after PCR %d", pcr);
+            break;
+        }
+        if (parse_pcr_value(&p, (unsigned)pcr, out) != PROVHSM_OK)
+            break;
+        out->named |= 1ul << pcr;
+        if (*p == '\0')
+            return PROVHSM_OK;
+        p++; /* the ',' that ended the value */
+    }
+    memset(out, 0, sizeof(*out));
+    return PROVHSM_E_INVALID_ARG;
+}
+
+/* "0,7" for messages. */
+static void describe_pcr_mask(uint32_t mask, char *out, size_t outlen)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (unsigned i = 0; i < 24 && n < outlen; i++)
+        if (mask & (1ul << i))
+            n += (size_t)snprintf(out + n, outlen - n, "%s%u", n == 0 ? "" : ",", i);
+}
+
+provhsm_err provhsm_store_check_pcr_values(const provhsm_config *cfg,
+                                           const provhsm_pcr_values *values)
+{
+    char names[80];
+    if (cfg == NULL || values == NULL || values->named == 0)
+        return PROVHSM_E_INVALID_ARG;
+    if (cfg->seal_pcr_bank == 0 || cfg->seal_pcr_mask == 0) {
+        PH_ERR(MOD, "--pcr-values: the configuration binds the store key to no PCR ([store] "
+                    "seal_pcrs is not set): set seal_pcrs to the PCRs to bind to");
+        return PROVHSM_E_CONFIG;
+    }
+    if (values->bank != cfg->seal_pcr_bank) {
+        PH_ERR(MOD,
+               "--pcr-values: values of the %s bank, but [store] seal_pcrs = %s binds to "
+               "the %s bank",
+               pcr_bank_name(values->bank), cfg->seal_pcrs, pcr_bank_name(cfg->seal_pcr_bank));
+        return PROVHSM_E_INVALID_ARG;
+    }
+    uint32_t extra = values->named & ~cfg->seal_pcr_mask;
+    if (extra != 0) {
+        describe_pcr_mask(extra, names, sizeof(names));
+        PH_ERR(MOD,
+               "--pcr-values: PCRs %s are not in [store] seal_pcrs = %s: the store key is "
+               "bound to exactly those PCRs",
+               names, cfg->seal_pcrs);
+        return PROVHSM_E_INVALID_ARG;
+    }
+    return PROVHSM_OK;
+}
+
 /* ---- key mode: description, reseal -------------------------------------------------- */
 
 provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, size_t outlen)
@@ -2076,16 +2289,21 @@ out:
     return rc;
 }
 
-provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
-{
 #ifdef PROVHSM_WITH_TPM
+/*
+ * Seals the store key again: to the current values of [store] seal_pcrs, to none
+ * (unbound), or to the values in `target` (checked against the configuration already).
+ */
+static provhsm_err reseal_sealed(const provhsm_config *cfg, int unbound,
+                                 const provhsm_pcr_values *target)
+{
     provhsm_store *st = NULL;
     uint8_t *sealed = NULL;
     size_t sealed_len = 0;
     uint32_t old_handle = 0;
     char mode[160];
 
-    if (cfg == NULL)
+    if (cfg == NULL || (unbound && target != NULL))
         return PROVHSM_E_INVALID_ARG;
     provhsm_err rc = provhsm_store_describe_key(cfg, mode, sizeof(mode));
     if (rc == PROVHSM_OK && strncmp(mode, "tpm", 3) != 0) {
@@ -2101,7 +2319,7 @@ provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
     if (rc == PROVHSM_OK)
         rc = current_sealed_handle(st, &old_handle);
     if (rc == PROVHSM_OK)
-        rc = seal_store_key(cfg, st->key, unbound, &sealed, &sealed_len);
+        rc = seal_store_key(cfg, st->key, unbound, target, &sealed, &sealed_len);
     /*
      * First the blob form, in one atomic replace: a crash leaves the old sealed key or the
      * new one, for the same store key. Then, with a handle configured, the new object is
@@ -2124,17 +2342,49 @@ provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
         evict_sealed_handle(cfg, old_handle);
     }
     if (rc == PROVHSM_OK)
-        PH_INFO(MOD, "store %s: key sealed again, bound to PCRs %s", cfg->store_dir,
-                unbound || cfg->seal_pcrs[0] == '\0' ? "none" : cfg->seal_pcrs);
+        PH_INFO(MOD, "store %s: key sealed again, bound to PCRs %s%s", cfg->store_dir,
+                unbound || cfg->seal_pcrs[0] == '\0' ? "none" : cfg->seal_pcrs,
+                target != NULL ? " at the values given (the others at their current values)" : "");
     free(sealed);
     provhsm_store_close(st);
     return rc;
+}
+#endif
+
+provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound)
+{
+#ifdef PROVHSM_WITH_TPM
+    return reseal_sealed(cfg, unbound, NULL);
 #else
     (void)unbound;
     (void)cfg;
     PH_ERR(MOD, "this build has no TPM support");
     return PROVHSM_E_UNSUPPORTED;
 #endif
+}
+
+provhsm_err provhsm_store_reseal_to_with(const provhsm_config *cfg, const char *pcr_values)
+{
+    if (cfg == NULL || pcr_values == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_pcr_values *target = malloc(sizeof(*target));
+    if (target == NULL)
+        return PROVHSM_E_NOMEM;
+    /* every check on the text before the store or the TPM is touched */
+    provhsm_err rc = provhsm_store_parse_pcr_values(pcr_values, target);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_check_pcr_values(cfg, target);
+#ifdef PROVHSM_WITH_TPM
+    if (rc == PROVHSM_OK)
+        rc = reseal_sealed(cfg, 0, target);
+#else
+    if (rc == PROVHSM_OK) {
+        PH_ERR(MOD, "this build has no TPM support");
+        rc = PROVHSM_E_UNSUPPORTED;
+    }
+#endif
+    free(target);
+    return rc;
 }
 
 /* ---- the public administration calls (include/provhsm/provhsm_store_key.h) ----------- */
@@ -2186,6 +2436,18 @@ provhsm_err provhsm_store_reseal(int unbound)
     provhsm_err rc = with_config(&cfg);
     if (rc == PROVHSM_OK)
         rc = provhsm_store_reseal_with(cfg, unbound);
+    free(cfg);
+    return rc;
+}
+
+provhsm_err provhsm_store_reseal_to(const char *pcr_values)
+{
+    provhsm_config *cfg = NULL;
+    if (pcr_values == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    provhsm_err rc = with_config(&cfg);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_reseal_to_with(cfg, pcr_values);
     free(cfg);
     return rc;
 }
@@ -2481,7 +2743,7 @@ static provhsm_err rekey_stage_holder(const provhsm_config *cfg, const provhsm_s
 #ifdef PROVHSM_WITH_TPM
         uint8_t *sealed = NULL;
         size_t sealed_len = 0;
-        rc = seal_store_key(cfg, key_new, 0, &sealed, &sealed_len);
+        rc = seal_store_key(cfg, key_new, 0, NULL, &sealed, &sealed_len);
         if (rc == PROVHSM_OK)
             rc = write_atomic(st->dirfd, st->dir, SEALED_NEW, sealed, sealed_len, WRITE_REPLACE, 0);
         free(sealed);

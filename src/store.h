@@ -101,6 +101,46 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_describe_key(const provhsm_config *
 PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal_with(const provhsm_config *cfg, int unbound);
 
 /*
+ * The PCR values the store key is to be sealed to, given on the command line (provhsm
+ * store reseal --pcr-values): a bank and, for the PCRs it names, each one's value.
+ */
+#define PROVHSM_PCR_DIGEST_MAX      64   /* SHA-512 */
+#define PROVHSM_PCR_VALUES_MAX_TEXT 4096 /* "sha512:" and 24 "nn=<128 hex>," fit */
+typedef struct provhsm_pcr_values {
+    uint16_t bank;     /* TPM2_ALG_SHA1, _SHA256, _SHA384 or _SHA512 */
+    size_t digest_len; /* the bank's digest size: each value's length */
+    uint32_t named;    /* bit n: PCR n's value is in value[n] */
+    uint8_t value[24][PROVHSM_PCR_DIGEST_MAX];
+} provhsm_pcr_values;
+
+/*
+ * Parses "<bank>:<pcr>=<hex>[,<pcr>=<hex>...]" (bank sha1, sha256, sha384 or sha512; PCR
+ * 0..23 in one or two decimal digits, each named once; each value exactly the bank's
+ * digest size in hex digits of either case; nothing else: no spaces, no empty item). No
+ * TPM command, no file: the fuzz target's entry. PROVHSM_E_INVALID_ARG (logged, saying
+ * what is wrong and where, never echoing the text) for anything else; *out is then zeroed.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_parse_pcr_values(const char *text,
+                                                              provhsm_pcr_values *out);
+
+/*
+ * Whether parsed values fit the configuration's [store] seal_pcrs: the same bank, and
+ * only PCRs of seal_pcrs (those not named keep their current values when sealing).
+ * PROVHSM_E_CONFIG when seal_pcrs is not set, PROVHSM_E_INVALID_ARG naming the bank or
+ * the PCRs that differ (logged).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_check_pcr_values(const provhsm_config *cfg,
+                                                              const provhsm_pcr_values *values);
+
+/*
+ * provhsm_store_reseal_to() with a given configuration: the text is parsed and checked
+ * before anything is read or written, then the store key is sealed as
+ * provhsm_store_reseal_with() does, to a policy for those values.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal_to_with(const provhsm_config *cfg,
+                                                            const char *pcr_values);
+
+/*
  * Parses the bytes of store.sealed (the sealed store key) as opening does, with no TPM
  * command: PROVHSM_E_CORRUPT (logged, naming `path`) for anything malformed. The fuzz
  * target's entry.

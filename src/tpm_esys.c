@@ -1596,13 +1596,24 @@ provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session,
 provhsm_err provhsm_tpm_pcr_policy_session(provhsm_tpm *tpm, const TPML_PCR_SELECTION *pcrs,
                                            int trial, ESYS_TR *session_out)
 {
-    static const TPMT_SYM_DEF no_symmetric = {.algorithm = TPM2_ALG_NULL};
     static const TPM2B_DIGEST current_values = {.size = 0};
+    return provhsm_tpm_pcr_policy_session_to(tpm, pcrs, &current_values, trial, session_out);
+}
+
+provhsm_err provhsm_tpm_pcr_policy_session_to(provhsm_tpm *tpm, const TPML_PCR_SELECTION *pcrs,
+                                              const TPM2B_DIGEST *pcr_digest, int trial,
+                                              ESYS_TR *session_out)
+{
+    static const TPMT_SYM_DEF no_symmetric = {.algorithm = TPM2_ALG_NULL};
     provhsm_err err = PROVHSM_OK;
     ESYS_TR session = ESYS_TR_NONE;
     TSS2_RC rc;
 
-    if (tpm == NULL || pcrs == NULL || session_out == NULL)
+    if (tpm == NULL || pcrs == NULL || pcr_digest == NULL || session_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    /* a policy session compares a given digest with the PCRs as they are, which is not
+       what a digest of future values is for: only a trial session takes one as given */
+    if (pcr_digest->size != 0 && (!trial || pcr_digest->size != TPM2_SHA256_DIGEST_SIZE))
         return PROVHSM_E_INVALID_ARG;
     TPM_REQUIRE_LIVE(tpm, "StartAuthSession");
     TPM_RUN(tpm, rc,
@@ -1617,7 +1628,7 @@ provhsm_err provhsm_tpm_pcr_policy_session(provhsm_tpm *tpm, const TPML_PCR_SELE
     /* an empty digest: the TPM takes the PCRs' values as they are now */
     TPM_RUN(tpm, rc,
             Esys_PolicyPCR_Async(tpm->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE,
-                                 &current_values, pcrs),
+                                 pcr_digest, pcrs),
             Esys_PolicyPCR_Finish(tpm->esys));
     if (rc != TSS2_RC_SUCCESS) {
         err = fail(tpm, rc, "PolicyPCR");
@@ -1644,6 +1655,64 @@ provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_TR session, TPM2B_D
         return fail(tpm, rc, "PolicyGetDigest");
     *digest_out = *digest;
     Esys_Free(digest);
+    return PROVHSM_OK;
+}
+
+/* Copies the values of one PCR_Read answer into values[] by PCR number; clears them in *left. */
+static provhsm_err take_pcr_values(const TPML_PCR_SELECTION *read, const TPML_DIGEST *digests,
+                                   TPMI_ALG_HASH bank, uint32_t *left, TPM2B_DIGEST values[24])
+{
+    uint32_t next = 0;
+    if (read->count == 0) /* the TPM has nothing more of that bank: not allocated there */
+        return PROVHSM_E_NOT_FOUND;
+    if (read->count != 1 || read->pcrSelections[0].hash != bank)
+        return PROVHSM_E_TPM;
+    const TPMS_PCR_SELECTION *s = &read->pcrSelections[0];
+    for (unsigned pcr = 0; pcr < 24 && pcr / 8 < s->sizeofSelect; pcr++) {
+        if (!(s->pcrSelect[pcr / 8] & (1u << (pcr % 8))))
+            continue;
+        /* only what was asked, each once, one digest per selected PCR */
+        if (!(*left & (1ul << pcr)) || next >= digests->count)
+            return PROVHSM_E_TPM;
+        values[pcr] = digests->digests[next++];
+        *left &= ~(1ul << pcr);
+    }
+    return next == digests->count && next > 0 ? PROVHSM_OK : PROVHSM_E_TPM;
+}
+
+provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t mask,
+                                 TPM2B_DIGEST values[24])
+{
+    uint32_t left = mask & 0xffffffu;
+    if (tpm == NULL || values == NULL || left != mask)
+        return PROVHSM_E_INVALID_ARG;
+    /* one answer carries at most 8 values (TPML_DIGEST): ask again for the rest */
+    while (left != 0) {
+        TPML_PCR_SELECTION ask = {.count = 1};
+        TPML_PCR_SELECTION *read = NULL;
+        TPML_DIGEST *digests = NULL;
+        UINT32 update_counter = 0;
+        TSS2_RC rc;
+        ask.pcrSelections[0].hash = bank;
+        ask.pcrSelections[0].sizeofSelect = 3;
+        for (unsigned i = 0; i < 3; i++)
+            ask.pcrSelections[0].pcrSelect[i] = (uint8_t)(left >> (8 * i));
+        TPM_REQUIRE_LIVE(tpm, "PCR_Read");
+        TPM_RUN(tpm, rc,
+                Esys_PCR_Read_Async(tpm->esys, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, &ask),
+                Esys_PCR_Read_Finish(tpm->esys, &update_counter, &read, &digests));
+        if (rc != TSS2_RC_SUCCESS)
+            return fail(tpm, rc, "PCR_Read");
+        provhsm_err err = take_pcr_values(read, digests, bank, &left, values);
+        Esys_Free(read);
+        Esys_Free(digests);
+        if (err != PROVHSM_OK) {
+            PH_ERR(MOD, "PCR_Read: the TPM %s of bank 0x%04x (PCRs 0x%06lx still unread)",
+                   err == PROVHSM_E_NOT_FOUND ? "has no values" : "answered other PCRs than asked",
+                   (unsigned)bank, (unsigned long)left);
+            return err;
+        }
+    }
     return PROVHSM_OK;
 }
 

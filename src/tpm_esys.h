@@ -380,6 +380,29 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_policy_session(provhsm_tpm *tpm,
                                                               const TPML_PCR_SELECTION *pcrs,
                                                               int trial, ESYS_TR *session_out);
 
+/*
+ * provhsm_tpm_pcr_policy_session() with the PCRs' digest given: `pcr_digest` empty takes
+ * the current values (as provhsm_tpm_pcr_policy_session does); otherwise, only in a trial
+ * session (TPM 2.0 Part 3, PolicyPCR: a trial session takes a non-empty pcrDigest as
+ * given), it is the digest of the values the PCRs will have: the SHA-256 (the session's
+ * hash, not the bank's) of the selected PCRs' values, ascending by PCR number. That is how
+ * a policy for values the PCRs hold only later is made. PROVHSM_E_INVALID_ARG for a
+ * non-empty digest outside a trial session or not 32 bytes long.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_policy_session_to(provhsm_tpm *tpm,
+                                                                 const TPML_PCR_SELECTION *pcrs,
+                                                                 const TPM2B_DIGEST *pcr_digest,
+                                                                 int trial, ESYS_TR *session_out);
+
+/*
+ * PCR_Read of the PCRs in `mask` (bit n: PCR n, 0..23) of `bank` (TPM2_ALG_*): values[n]
+ * is PCR n's value for each of them, the rest of values[] untouched. One command per 8
+ * PCRs (what one answer carries). PROVHSM_E_NOT_FOUND (logged) when the TPM has no such
+ * bank allocated.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank,
+                                                    uint32_t mask, TPM2B_DIGEST values[24]);
+
 /* PolicyGetDigest of a (trial) session: one command. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_TR session,
                                                          TPM2B_DIGEST *digest_out);

@@ -436,15 +436,22 @@ static int store_key_fail(provhsm_err err, const char *what)
 
 int provhsm_cli_cmd_store_reseal(const provhsm_cli_cmd *cmd, int argc, char **argv)
 {
-    provhsm_cli_opt opts[] = {{"unbound", 0, 0, NULL, 0}};
+    provhsm_cli_opt opts[] = {{"unbound", 0, 0, NULL, 0}, {"pcr-values", 1, 0, NULL, 0}};
+    const provhsm_cli_opt *unbound_opt = &opts[0];
+    const provhsm_cli_opt *values_opt = &opts[1];
     provhsm_cli_buf out = {0};
     char *mode = NULL;
     provhsm_err err;
     int rc;
 
-    if (provhsm_cli_parse(cmd, argc, argv, opts, 1, NULL, 0, NULL, &rc))
+    if (provhsm_cli_parse(cmd, argc, argv, opts, 2, NULL, 0, NULL, &rc))
         return rc;
-    err = provhsm_store_reseal(opts[0].seen);
+    if (unbound_opt->seen && values_opt->seen)
+        return provhsm_cli_usage_error(cmd, "--unbound and --pcr-values exclude each other");
+    if (values_opt->seen)
+        err = provhsm_store_reseal_to(values_opt->value);
+    else
+        err = provhsm_store_reseal(unbound_opt->seen);
     if (err != PROVHSM_OK)
         return store_key_fail(err, "cannot seal the store key again");
     if (provhsm_store_key_mode(&mode) != PROVHSM_OK)

@@ -204,16 +204,26 @@ static const char usage_identity_remove[] =
     "  --help    print this help\n";
 
 static const char usage_store_reseal[] =
-    "Usage: provhsm store reseal [--unbound]\n"
+    "Usage: provhsm store reseal [--unbound | --pcr-values BANK:PCR=HEX[,...]]\n"
     "\n"
     "Seals the store key of a TPM-sealed store again, to the current values of the PCRs\n"
-    "of [store] seal_pcrs. The store must open now. Before a firmware or boot update that\n"
-    "changes those PCRs, run it with --unbound (the key stays sealed to this TPM, bound to\n"
-    "no PCR), then without it after the update. Entries are not rewritten.\n"
+    "of [store] seal_pcrs. The store must open now. Entries are not rewritten.\n"
+    "\n"
+    "Before a firmware or boot update that changes those PCRs, run it with --pcr-values\n"
+    "and the values the PCRs will have after the update: the store stays bound to its\n"
+    "PCRs throughout, and opens again once the device boots into those values (and no\n"
+    "longer before). The bank must be seal_pcrs' bank, each PCR one of seal_pcrs, each\n"
+    "value exactly the bank's digest size in hex (64 digits for sha256). A PCR of\n"
+    "seal_pcrs left out keeps its current value (read from the TPM): name the PCRs the\n"
+    "update changes, and only those; a value copied by hand is one more chance of a typo\n"
+    "that leaves the store unreadable after the update.\n"
+    "Or run it with --unbound before the update (sealed to this TPM, to no PCR), then\n"
+    "without options after it.\n"
     "\n"
     "Options:\n"
-    "  --unbound  seal to no PCR (for the time of an update)\n"
-    "  --help     print this help\n";
+    "  --pcr-values V  seal to these PCR values, e.g. sha256:7=<64 hex digits>\n"
+    "  --unbound       seal to no PCR (for the time of an update)\n"
+    "  --help          print this help\n";
 
 static const char usage_store_rekey[] =
     "Usage: provhsm store rekey --to tpm|key-file|passphrase\n"

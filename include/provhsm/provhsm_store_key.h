@@ -37,6 +37,27 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_store_key_mode(char **mode_out);
 PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal(int unbound);
 
 /*
+ * Seals the store key of a TPM-sealed store again, bound to the PCRs of [store] seal_pcrs
+ * at the values they will hold after a firmware or boot update, so that the store is
+ * never left bound to no PCR: run it before the update, with the new values, and the
+ * store opens again once the device boots into them (and no longer before).
+ *
+ * `pcr_values` is "<bank>:<pcr>=<hex>[,<pcr>=<hex>...]", e.g. "sha256:7=<64 hex digits>":
+ * the bank must be seal_pcrs' bank, each PCR one of seal_pcrs, each value exactly the
+ * bank's digest size in hex. A PCR of seal_pcrs that is not named keeps its current value
+ * (read from the TPM), so only the PCRs an update changes need to be given; naming
+ * a PCR outside seal_pcrs is refused, as is a missing seal_pcrs. The TPM makes the policy
+ * in a trial session from the digest of those values.
+ *
+ * As provhsm_store_reseal(): the store must open now (its key unseals under the current
+ * PCR values), the store key and the entries do not change, and the sealed key is
+ * replaced in one atomic write. PROVHSM_E_INVALID_ARG (logged: what is wrong) for a
+ * malformed text or one that does not fit seal_pcrs, PROVHSM_E_CONFIG without seal_pcrs:
+ * those are found before the store or the TPM is touched, and nothing changes.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_store_reseal_to(const char *pcr_values);
+
+/*
  * Re-encrypts every entry under a new store key held as `to` says: "tpm" (sealed, as
  * provhsm_store_init_sealed), "key-file" (a new random key file) or "passphrase" (the
  * configured passphrase, new salt). The store must open with its current key. New files

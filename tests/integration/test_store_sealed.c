@@ -14,7 +14,10 @@
  *    sealed store opens, reseals and rekeys on that one connection (no second one is ever
  *    open), at the same command counts; the TPM gone and back meanwhile: the store's
  *    reconnect serves the table too;
- *  - the sealed-blob parser refuses a truncated or altered file.
+ *  - the sealed-blob parser refuses a truncated or altered file;
+ *  - reseal --pcr-values: bound, before an update, to the PCR values after it (refused
+ *    until the extend, read after it), malformed or unfitting values refused with nothing
+ *    changed, and the SHA-1 bank's values digested with the policy's hash.
  */
 #include <dirent.h>
 #include <pthread.h>
@@ -30,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
+#include <openssl/evp.h>
 
 #include "backend.h"
 #include "hsm_client_data.h"
@@ -782,6 +786,160 @@ static void test_sealed_file_parser(void **state)
     free(buf);
 }
 
+/* PCR `pcr` of `bank` read on its own connection; 0 when the TPM has no such bank. */
+static int pcr_value(const char *tcti, TPMI_ALG_HASH bank, unsigned pcr, TPM2B_DIGEST *out)
+{
+    provhsm_tpm *tpm = NULL;
+    TPM2B_DIGEST values[24];
+    memset(values, 0, sizeof(values));
+    assert_int_equal(provhsm_tpm_connect(tcti, &tpm), PROVHSM_OK);
+    provhsm_err rc = provhsm_tpm_pcr_read(tpm, bank, 1ul << pcr, values);
+    provhsm_tpm_disconnect(tpm);
+    if (rc == PROVHSM_E_NOT_FOUND)
+        return 0;
+    assert_int_equal(rc, PROVHSM_OK);
+    *out = values[pcr];
+    return 1;
+}
+
+static void hex_of(const uint8_t *bytes, size_t len, char *out)
+{
+    for (size_t i = 0; i < len; i++)
+        snprintf(out + 2 * i, 3, "%02x", bytes[i]);
+}
+
+/* The SHA-256 bank's PCR after PCR_Extend(digest): SHA-256(value || digest). */
+static void sha256_extended(const TPM2B_DIGEST *value, const uint8_t digest[32], uint8_t out[32])
+{
+    uint8_t both[64];
+    unsigned int len = 0;
+    assert_int_equal(value->size, 32);
+    memcpy(both, value->buffer, 32);
+    memcpy(both + 32, digest, 32);
+    assert_int_equal(EVP_Digest(both, sizeof(both), out, &len, EVP_sha256(), NULL), 1);
+    assert_int_equal(len, 32);
+}
+
+/* A reseal refused before anything is read: its log line, no TPM command, no byte changed. */
+static void expect_reseal_to_refused(const char *store, const char *values, provhsm_err want,
+                                     const char *why)
+{
+    char *before = snapshot(store);
+    uint64_t commands = provhsm_tpm_commands_total();
+    provhsm_test_log_clear();
+    assert_int_equal(provhsm_store_reseal_to(values), want);
+    if (!provhsm_test_log_seen(why))
+        fail_msg("reseal --pcr-values %.40s...: no log line with \"%s\"", values, why);
+    assert_int_equal(provhsm_tpm_commands_total(), commands);
+    char *after = snapshot(store);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+}
+
+/*
+ * An update prepared with reseal --pcr-values: the store bound to PCRs 0 and 16 is
+ * sealed again, before the "update", to the value PCR 16 will have after one known
+ * extend (PCR 0 not named: its current value). Until the extend it does not open (the
+ * PCR error, nothing changed on disk); after it, it opens through the SDK's table. A
+ * malformed value, a PCR outside seal_pcrs, another bank: refused, nothing changed.
+ */
+static void test_reseal_to_future_pcr_values(void **state)
+{
+    (void)state;
+    static const uint8_t update_digest[32] = {0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78};
+    char values[200], hex[65];
+    TPM2B_DIGEST now;
+    uint8_t after_update[32];
+
+    use_config("store-future", env.tpm_a.tcti, "sha256:0,16");
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+    symmetric_read_cost(NULL);
+
+    /* refused before the store or the TPM is touched */
+    hex_of(update_digest, 32, hex);
+    snprintf(values, sizeof(values), "sha256:16=%.63s", hex);
+    expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG,
+                             "the value must be 64 hex digits");
+    snprintf(values, sizeof(values), "sha256:16=%.63sz", hex);
+    expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG, "not a hex digit");
+    snprintf(values, sizeof(values), "sha256:7=%s,16=%s", hex, hex);
+    expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG,
+                             "PCRs 7 are not in [store] seal_pcrs = sha256:0,16");
+    snprintf(values, sizeof(values), "sha1:16=%.40s", hex);
+    expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG,
+                             "values of the sha1 bank");
+    symmetric_read_cost(NULL);
+
+    /* the value PCR 16 will hold after the update's extend */
+    assert_true(pcr_value(env.tpm_a.tcti, TPM2_ALG_SHA256, 16, &now));
+    sha256_extended(&now, update_digest, after_update);
+    hex_of(after_update, 32, hex);
+    snprintf(values, sizeof(values), "sha256:16=%s", hex);
+    char *before = snapshot("store-future");
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16)");
+    free(mode);
+    char *resealed = snapshot("store-future");
+    assert_string_not_equal(before, resealed);
+    /* only store.sealed changed: the entries and the header are the same bytes */
+    const char *entry = strstr(before, "symmetric.entry:");
+    assert_non_null(entry);
+    char *line = strndup(entry, (size_t)(strchr(entry, '\n') - entry));
+    assert_non_null(strstr(resealed, line));
+    free(line);
+
+    /* before the update: bound to values the PCRs do not hold yet */
+    provhsm_test_log_clear();
+    assert_null(read_symmetric(NULL));
+    assert_true(provhsm_test_log_seen("no longer hold the values"));
+    char *refused = snapshot("store-future");
+    assert_string_equal(resealed, refused);
+    free(refused);
+
+    /* the update: one extend of PCR 16, and the store opens, bound as before */
+    provhsm_tpm *tpm = NULL;
+    assert_int_equal(provhsm_tpm_connect(env.tpm_a.tcti, &tpm), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, 16, update_digest), PROVHSM_OK);
+    provhsm_tpm_disconnect(tpm);
+    /* Load, StartAuthSession, PolicyPCR, Unseal, FlushContext */
+    assert_int_equal(symmetric_read_cost("a store resealed to future PCR values"), 5);
+    /* a second extend is a change like any other: refused */
+    assert_int_equal(provhsm_tpm_connect(env.tpm_a.tcti, &tpm), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, 16, update_digest), PROVHSM_OK);
+    provhsm_tpm_disconnect(tpm);
+    assert_null(read_symmetric(NULL));
+    free(before);
+    free(resealed);
+}
+
+/*
+ * The digest PolicyPCR compares is made with the policy session's hash (SHA-256), not
+ * with the bank's: a store bound to the SHA-1 bank, resealed to the PCR's current SHA-1
+ * value given as a --pcr-values value, still opens.
+ */
+static void test_reseal_to_values_of_the_sha1_bank(void **state)
+{
+    (void)state;
+    TPM2B_DIGEST now;
+    char values[128], hex[41];
+    if (!pcr_value(env.tpm_a.tcti, TPM2_ALG_SHA1, 23, &now)) {
+        printf("# the TPM has no SHA-1 PCR bank: not run\n");
+        skip();
+    }
+    use_config("store-sha1", env.tpm_a.tcti, "sha1:23");
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+    assert_int_equal(now.size, 20);
+    hex_of(now.buffer, 20, hex);
+    snprintf(values, sizeof(values), "sha1:23=%s", hex);
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    symmetric_read_cost("a store resealed to the SHA-1 bank's values");
+}
+
 int main(void)
 {
     if (!provhsm_test_swtpm_available()) {
@@ -802,6 +960,8 @@ int main(void)
         cmocka_unit_test(test_store_reconnects_the_shared_connection),
         cmocka_unit_test(test_wrong_owner_authorisation),
         cmocka_unit_test(test_sealed_file_parser),
+        cmocka_unit_test(test_reseal_to_future_pcr_values),
+        cmocka_unit_test(test_reseal_to_values_of_the_sha1_bank),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }

@@ -9,6 +9,11 @@
 #                         again, tpm at sealed_key_handle); a second, fresh swtpm: init
 #                         makes its SRK, and the first store is refused there as sealed to
 #                         "another TPM", its files byte-identical
+#   t_sealed_pcr_values   store reseal --pcr-values: usage errors (exit 2), a malformed
+#                         value, another bank, a PCR outside seal_pcrs, no seal_pcrs (exit 1,
+#                         the cause named, the store's files unchanged); sealed to the value
+#                         PCR 16 will have after one extend: refused until tpm2_pcrextend,
+#                         read after it (needs tpm2_pcrextend for that half)
 # Needs swtpm: added to CASES by test_tool.sh only when it is installed.
 
 # start_fresh_swtpm NAME: a swtpm on an empty state (no EK, no SRK) on free ports; prints
@@ -174,4 +179,59 @@ t_sealed_store_tool() {
     expect_grep "another TPM" "$CASE/err"
     expect_eq "store files after the other TPM" "$(store_digest "$store_a")" "$before"
     PROVHSM_TCTI=$tcti_a check_identities "at a handle, back on its own TPM"
+}
+
+# expect_reseal_refused CODE WHY ARGS...: store reseal ARGS exits CODE, stderr says WHY, and
+# the store's files are unchanged.
+expect_reseal_refused() {
+    local code=$1 why=$2 before
+    shift 2
+    before=$(store_digest "$PROVHSM_STORE")
+    expect_error "$code" store reseal "$@"
+    expect_grep "$why" "$CASE/err"
+    expect_eq "store files after a refused reseal $*" "$(store_digest "$PROVHSM_STORE")" "$before"
+}
+
+t_sealed_pcr_values() {
+    local hex key pcr16 future before
+    start_fixture_swtpm || fail "swtpm did not start (see $CASE/swtpm.log)"
+    trap stop_sealed_swtpms EXIT
+    sealed_conf "seal_pcrs = sha256:0,16"
+    expect_ok init --seal-to-tpm
+    key=$(randkey 32)
+    SEALED_SCOPE="0ne00ABCDEF/registrations/pcr-sym"
+    expect_ok symmetric set --registration-id pcr-sym --key "$key"
+    hex=$(printf 'update' | sha256sum | cut -c1-64)
+
+    expect_reseal_refused 2 "option --pcr-values needs a value" --pcr-values
+    expect_reseal_refused 2 "exclude each other" --unbound --pcr-values "sha256:16=$hex"
+    expect_reseal_refused 1 "PCR 16: the value must be 64 hex digits" \
+        --pcr-values "sha256:16=${hex%?}"
+    expect_reseal_refused 1 "character 64 of its value is not a hex digit" \
+        --pcr-values "sha256:16=${hex%?}g"
+    expect_reseal_refused 1 "PCRs 7 are not in \\[store\\] seal_pcrs = sha256:0,16" \
+        --pcr-values "sha256:7=$hex,16=$hex"
+    expect_reseal_refused 1 "values of the sha1 bank" --pcr-values "sha1:16=${hex:0:40}"
+    expect_reseal_refused 1 "does not start with a PCR bank" --pcr-values "16=$hex"
+    expect_grep "cannot seal the store key again" "$CASE/err"
+    sealed_conf
+    expect_reseal_refused 1 "seal_pcrs is not set" --pcr-values "sha256:16=$hex"
+    sealed_conf "seal_pcrs = sha256:0,16"
+    expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+
+    command -v tpm2_pcrextend >/dev/null 2>&1 || return 0
+    # PCR 16 after one extend with $hex: SHA-256 of its value now and $hex
+    pcr16=$(TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrread sha256:16 | sed -n 's/.*16 *: *0x//p')
+    [ ${#pcr16} = 64 ] || fail "tpm2_pcrread gave no PCR 16: $pcr16"
+    future=$(printf '%s%s' "$pcr16" "$hex" | xxd -r -p | sha256sum | cut -c1-64)
+    expect_ok store reseal --pcr-values "sha256:16=$future"
+    expect_grep "store key sealed again: tpm (sealed blob in the store directory, PCRs sha256:0,16)" \
+        "$CASE/out"
+    before=$(store_digest "$PROVHSM_STORE")
+    expect_error 1 sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    expect_grep "no longer hold the values" "$CASE/err"
+    expect_eq "store files while refused" "$(store_digest "$PROVHSM_STORE")" "$before"
+    TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrextend "16:sha256=$hex" || fail "tpm2_pcrextend failed"
+    expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    check_sas "$(OUT)" "$SEALED_SCOPE" "$(b64_to_hex "$key")" registration 3600
 }

@@ -1174,7 +1174,7 @@ elif [ -n "${PROVHSM_TEST_TCTI:-}" ]; then
     CASES+=(t_tpm_external)
 elif command -v swtpm >/dev/null 2>&1; then
     CASES+=(t_tpm_known_answers)
-    CASES+=(t_sealed_no_tpm t_sealed_store_tool)
+    CASES+=(t_sealed_no_tpm t_sealed_store_tool t_sealed_pcr_values)
     command -v tpm2_create >/dev/null 2>&1 && CASES+=(t_x509_tpm_tool)
 else
     echo "note: neither PROVHSM_TEST_TCTI nor swtpm: the TPM known-answer case is not run"

@@ -840,6 +840,8 @@ static provhsm_err future_pcr_digest(provhsm_tpm *tpm, const provhsm_config *cfg
     unsigned int len = 0;
     provhsm_err rc = current == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
 
+    if (target->bank != cfg->seal_pcr_bank || unnamed == cfg->seal_pcr_mask)
+        rc = PROVHSM_E_INVALID_ARG; /* provhsm_store_check_pcr_values() refused it already */
     if (rc == PROVHSM_OK && unnamed != 0)
         rc = provhsm_tpm_pcr_read(tpm, cfg->seal_pcr_bank, unnamed, current);
     EVP_MD_CTX *md = rc == PROVHSM_OK ? EVP_MD_CTX_new() : NULL;
@@ -2197,7 +2199,6 @@ static void describe_pcr_mask(uint32_t mask, char *out, size_t outlen)
 provhsm_err provhsm_store_check_pcr_values(const provhsm_config *cfg,
                                            const provhsm_pcr_values *values)
 {
-    char names[80];
     if (cfg == NULL || values == NULL || values->named == 0)
         return PROVHSM_E_INVALID_ARG;
     if (cfg->seal_pcr_bank == 0 || cfg->seal_pcr_mask == 0) {
@@ -2214,6 +2215,7 @@ provhsm_err provhsm_store_check_pcr_values(const provhsm_config *cfg,
     }
     uint32_t extra = values->named & ~cfg->seal_pcr_mask;
     if (extra != 0) {
+        char names[80];
         describe_pcr_mask(extra, names, sizeof(names));
         PH_ERR(MOD,
                "--pcr-values: PCRs %s are not in [store] seal_pcrs = %s: the store key is "

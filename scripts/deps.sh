@@ -10,6 +10,7 @@ packages=(
     libcmocka-dev
     libtss2-dev swtpm swtpm-tools tpm2-tools
     libp11-kit-dev softhsm2 tpm2-openssl gnutls-bin
+    tpm2-abrmd dbus-daemon libtss2-tcti-tabrmd0
     clang libclang-rt-14-dev
     valgrind python3 cppcheck clang-format
 )

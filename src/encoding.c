@@ -337,3 +337,14 @@ char *provhsm_hex_encode(const uint8_t *data, size_t len, int colons)
     out[o] = '\0';
     return out;
 }
+
+int provhsm_hex_digit_value(int c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F')
+        return c - 'A' + 10;
+    return -1;
+}

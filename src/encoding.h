@@ -36,4 +36,7 @@ char *provhsm_url_encode(const char *text);
 /* Lowercase hex, and hex with ':' between bytes (fingerprints). */
 char *provhsm_hex_encode(const uint8_t *data, size_t len, int colons);
 
+/* The value of one hex digit of either case (c as an unsigned char), -1 for anything else. */
+int provhsm_hex_digit_value(int c);
+
 #endif

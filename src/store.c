@@ -97,6 +97,7 @@
 
 #include "front.h"
 #include "provhsm/provhsm_store_key.h"
+#include "encoding.h"
 #include "log.h"
 #include "safefile.h"
 #include "secmem.h"
@@ -2081,17 +2082,6 @@ static const char *pcr_bank_name(uint16_t alg)
     return "?";
 }
 
-static int hex_value(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 /* The bank before the ':'; *rest after it. 0 when there is no known bank. */
 static int parse_pcr_bank(const char *text, provhsm_pcr_values *out, const char **rest)
 {
@@ -2133,7 +2123,8 @@ static provhsm_err parse_pcr_value(const char **p, unsigned pcr, provhsm_pcr_val
         return PROVHSM_E_INVALID_ARG;
     }
     for (size_t i = 0; i < digits; i += 2) {
-        int hi = hex_value(s[i]), lo = hex_value(s[i + 1]);
+        int hi = provhsm_hex_digit_value((unsigned char)s[i]),
+            lo = provhsm_hex_digit_value((unsigned char)s[i + 1]);
         if (hi < 0 || lo < 0) {
             PH_ERR(MOD, "--pcr-values: PCR %u: character %zu of its value is not a hex digit", pcr,
                    hi < 0 ? i + 1 : i + 2);

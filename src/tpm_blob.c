@@ -10,6 +10,7 @@
 #include <string.h>
 #include <tss2/tss2_mu.h>
 
+#include "encoding.h"
 #include "log.h"
 #include "tpm_blob.h"
 
@@ -198,17 +199,6 @@ cleanup:
 
 /* ---- authorisation values ------------------------------------------------------------- */
 
-static int hex_nibble(int c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F')
-        return c - 'A' + 10;
-    return -1;
-}
-
 provhsm_err provhsm_tpm_auth_parse(const char *text, size_t len, const char *what, TPM2B_AUTH *auth)
 {
     if (text == NULL || what == NULL || auth == NULL)
@@ -226,8 +216,8 @@ provhsm_err provhsm_tpm_auth_parse(const char *text, size_t len, const char *wha
             return PROVHSM_E_CONFIG;
         }
         for (size_t i = 0; i < len / 2; i++) {
-            int hi = hex_nibble((unsigned char)text[2 * i]);
-            int lo = hex_nibble((unsigned char)text[2 * i + 1]);
+            int hi = provhsm_hex_digit_value((unsigned char)text[2 * i]);
+            int lo = provhsm_hex_digit_value((unsigned char)text[2 * i + 1]);
             if (hi < 0 || lo < 0) {
                 PH_ERR(MOD, "%s: not a hex value after \"hex:\"", what);
                 return PROVHSM_E_CONFIG;

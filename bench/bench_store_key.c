@@ -1,13 +1,16 @@
 /*
  * bench_store_key: what each store key mode costs a create through the SDK's tables.
  * For each mode (key file, passphrase with the default scrypt cost, key sealed to the TPM
- * as a blob in the store directory, key sealed at a persistent handle) it makes a store on
- * a private swtpm with a self-signed EC P-256 X.509 identity and a symmetric identity,
- * then times, over RUNS runs, an X.509 create + get_certificate + destroy and a symmetric
- * create + get_symmetric_key + destroy (opening the store is part of each: the SDK opens
+ * as a blob in the store directory, the same through tpm2-abrmd (the resource manager that
+ * stands in for the kernel's /dev/tpmrm0, the default TCTI), key sealed at a persistent
+ * handle) it makes a store on a private swtpm with a self-signed EC P-256 X.509 identity and a
+ * symmetric identity, then times, over RUNS runs, an X.509 create + get_certificate + destroy and a
+ * symmetric create + get_symmetric_key + destroy (opening the store is part of each: the SDK opens
  * a handle per registration). Prints the median and 90th percentile in microseconds and
  * the TPM commands per create, counted at the TCTI (tpm_esys.h).
- * Usage: bench_store_key [RUNS]   (default 100). Needs swtpm on PATH. Not a ctest test.
+ * Usage: bench_store_key [RUNS]   (default 100). Needs swtpm on PATH; the tpm2-abrmd row
+ * also tpm2-abrmd, dbus-daemon and the tabrmd TCTI (else it says why it did not run).
+ * Not a ctest test.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -16,6 +19,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include "abrmd_fixture.h"
 #include "bench_stats.h"
 #include "hsm_client_data.h"
 #include "provhsm/provhsm.h"
@@ -45,13 +49,15 @@ typedef struct mode {
     const char *store_lines; /* added to [store] */
     int sealed;              /* provhsm_store_init_sealed() rather than provhsm_store_init() */
     int passphrase;
+    int via_abrmd; /* the TPM through tpm2-abrmd rather than directly */
 } mode;
 
 static const mode modes[] = {
-    {"key file", "", 0, 0},
-    {"passphrase (scrypt 2^15, r 8)", "passphrase_env = " PASS_ENV "\n", 0, 1},
-    {"TPM, sealed blob", "", 1, 0},
-    {"TPM, persistent handle", "sealed_key_handle = 0x81000280\n", 1, 0},
+    {"key file", "", 0, 0, 0},
+    {"passphrase (scrypt 2^15, r 8)", "passphrase_env = " PASS_ENV "\n", 0, 1, 0},
+    {"TPM, sealed blob", "", 1, 0, 0},
+    {"TPM, sealed blob, tpm2-abrmd", "", 1, 0, 1},
+    {"TPM, persistent handle", "sealed_key_handle = 0x81000280\n", 1, 0, 0},
 };
 
 static int op_x509(void)
@@ -127,6 +133,8 @@ int main(int argc, char **argv)
     int runs = argc > 1 ? atoi(argv[1]) : 100, rc = 1;
     char dir[] = "/tmp/provhsm-bench-store-key-XXXXXX";
     provhsm_test_swtpm swtpm;
+    provhsm_test_abrmd abrmd;
+    char abrmd_why[512] = "";
     double *samples = NULL;
 
     if (runs < 1 || runs > 100000) {
@@ -134,12 +142,21 @@ int main(int argc, char **argv)
         return 2;
     }
     memset(&swtpm, 0, sizeof(swtpm));
+    memset(&abrmd, 0, sizeof(abrmd));
     setenv("TSS2_LOG", "all+none", 1);
     if (!provhsm_test_swtpm_available() || mkdtemp(dir) == NULL ||
         provhsm_test_swtpm_start(&swtpm, NULL) != 0) {
         fprintf(stderr, "bench_store_key: needs swtpm and a writable /tmp\n");
         return 1;
     }
+    /* before this process loads the tabrmd TCTI itself (see abrmd_fixture.h) */
+    const char *missing = provhsm_test_abrmd_missing();
+    if (missing != NULL)
+        snprintf(abrmd_why, sizeof(abrmd_why), "%s", missing);
+    else if (provhsm_test_abrmd_start(&abrmd, dir, swtpm.tcti, abrmd_why, sizeof(abrmd_why)) == 0)
+        abrmd_why[0] = '\0';
+    else if (abrmd_why[0] == '\0')
+        snprintf(abrmd_why, sizeof(abrmd_why), "tpm2-abrmd did not start");
     samples = malloc(sizeof(double) * (size_t)runs);
     if (samples == NULL || initialize_hsm_system() != 0)
         goto out;
@@ -166,7 +183,12 @@ int main(int argc, char **argv)
     printf("  %-32s %-10s %10s %10s %8s\n", "store key", "identity", "median us", "p90 us",
            "TPM cmds");
     for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
-        if (setup_mode(&modes[i], dir, swtpm.tcti, (int)i) != 0 ||
+        if (modes[i].via_abrmd && abrmd_why[0] != '\0') {
+            printf("  %-32s not run: %s\n", modes[i].name, abrmd_why);
+            continue;
+        }
+        const char *tcti = modes[i].via_abrmd ? abrmd.tcti : swtpm.tcti;
+        if (setup_mode(&modes[i], dir, tcti, (int)i) != 0 ||
             row(modes[i].name, "x509", op_x509, runs, samples) != 0 ||
             row(modes[i].name, "symmetric", op_symmetric, runs, samples) != 0) {
             fprintf(stderr, "bench_store_key: mode \"%s\" failed\n", modes[i].name);
@@ -177,6 +199,7 @@ int main(int argc, char **argv)
 out:
     deinitialize_hsm_system();
     free(samples);
+    provhsm_test_abrmd_stop(&abrmd);
     provhsm_test_swtpm_stop(&swtpm);
     char cmd[200];
     snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);

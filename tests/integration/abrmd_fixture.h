@@ -54,7 +54,8 @@ void provhsm_test_abrmd_stop(provhsm_test_abrmd *a);
 
 /*
  * Starts argv (found on PATH) with its standard output and error appended to the file
- * log; its pid, or -1. The child gets SIGKILL when the calling thread's process dies, and
+ * log; its pid, or -1. The child gets SIGKILL when the thread that started it ends (the
+ * kernel ties PR_SET_PDEATHSIG to that thread; in a test, the main thread: the program), and
  * the default action for SIGINT, SIGTERM and SIGHUP (see provhsm_test_default_stop_signals).
  */
 pid_t provhsm_test_spawn_logged(char *const argv[], const char *log);
@@ -70,7 +71,7 @@ void provhsm_test_stop_child(pid_t *pid);
  */
 void provhsm_test_default_stop_signals(void);
 
-/* The first 16 KiB of a text file, NUL-terminated, malloc'd; NULL when unreadable. */
+/* Up to 16383 bytes of a text file, NUL-terminated, malloc'd; NULL when unreadable. */
 char *provhsm_test_read_text(const char *path);
 
 /* Appends ": <the start of the file log, on one line>" to the string err (size len). */

@@ -1828,6 +1828,41 @@ out:
     return rc;
 }
 
+/*
+ * Whether `key` opens store.check with the header `meta_raw` as its associated data:
+ * PROVHSM_OK; PROVHSM_E_TAMPERED (not logged) when it does not; else why not (logged).
+ */
+static provhsm_err check_store_key(int dirfd, const char *dir, const uint8_t *key,
+                                   const uint8_t meta_raw[META_LEN])
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    uint8_t *check = NULL, *plain = NULL;
+    size_t check_len = 0, plain_len = 0;
+    provhsm_err rc;
+
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, path_size, "%s/%s", dir, CHECK_NAME);
+    rc = read_file_at(dirfd, CHECK_NAME, path, ENTRY_OVERHEAD + 256, 0, &check, &check_len);
+    if (rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD, "%s is missing: the store is incomplete", path);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    if (rc == PROVHSM_OK)
+        rc = provhsm_store_unseal(key, CHECK_NAME, meta_raw, META_LEN, check, check_len, path,
+                                  &plain, &plain_len);
+    if (rc == PROVHSM_OK &&
+        (plain_len != strlen(CHECK_PLAIN) || memcmp(plain, CHECK_PLAIN, plain_len) != 0)) {
+        PH_ERR(MOD, "%s does not hold the expected check value", path);
+        rc = PROVHSM_E_CORRUPT;
+    }
+    provhsm_secure_free(plain);
+    free(check);
+    free(path);
+    return rc;
+}
+
 provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
 {
     provhsm_err rc = PROVHSM_OK;
@@ -1835,8 +1870,8 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     char *path = NULL;
     provhsm_store *st = NULL;
     store_meta meta;
-    uint8_t *raw = NULL, *check = NULL, *plain = NULL;
-    size_t raw_len = 0, check_len = 0, plain_len = 0;
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
 
     if (cfg == NULL || out == NULL)
         return PROVHSM_E_INVALID_ARG;
@@ -1891,16 +1926,7 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     if (rc != PROVHSM_OK)
         goto out;
 
-    snprintf(path, path_size, "%s/%s", cfg->store_dir, CHECK_NAME);
-    rc = read_file_at(st->dirfd, CHECK_NAME, path, ENTRY_OVERHEAD + 256, 0, &check, &check_len);
-    if (rc == PROVHSM_E_NOT_FOUND) {
-        PH_ERR(MOD, "%s is missing: the store is incomplete", path);
-        rc = PROVHSM_E_CORRUPT;
-    }
-    if (rc != PROVHSM_OK)
-        goto out;
-    rc = provhsm_store_unseal(st->key, CHECK_NAME, meta.raw, META_LEN, check, check_len, path,
-                              &plain, &plain_len);
+    rc = check_store_key(st->dirfd, cfg->store_dir, st->key, meta.raw);
     if (rc == PROVHSM_E_TAMPERED) {
         PH_ERR(MOD, "the store %s does not open with this %s", cfg->store_dir,
                meta.key_mode == KEY_MODE_PASSPHRASE ? "passphrase"
@@ -1910,17 +1936,10 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     }
     if (rc != PROVHSM_OK)
         goto out;
-    if (plain_len != strlen(CHECK_PLAIN) || memcmp(plain, CHECK_PLAIN, plain_len) != 0) {
-        PH_ERR(MOD, "%s does not hold the expected check value", path);
-        rc = PROVHSM_E_CORRUPT;
-        goto out;
-    }
     st->magic = STORE_MAGIC;
     *out = st;
     st = NULL;
 out:
-    provhsm_secure_free(plain);
-    free(check);
     free(raw);
     free(path);
     provhsm_store_close(st);
@@ -1937,6 +1956,35 @@ static int lock_dir(int dirfd, int nonblocking)
     return r == 0 ? 0 : errno;
 }
 
+/* Under the store's lock: whether the key read at open still opens the store as it is now. */
+static provhsm_err check_key_still_current(const provhsm_store *st)
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    provhsm_err rc;
+
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, path_size, "%s/%s", st->dir, META_NAME);
+    rc = read_file_at(st->dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    if (rc == PROVHSM_OK && raw_len != META_LEN)
+        rc = PROVHSM_E_TAMPERED; /* another header than any this key opens */
+    if (rc == PROVHSM_OK)
+        rc = check_store_key(st->dirfd, st->dir, st->key, raw);
+    if (rc == PROVHSM_E_TAMPERED || rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD,
+               "store %s was given a new key (a `provhsm store rekey` or `init` ran) between "
+               "reading its key and locking it: nothing was written; run the command again",
+               st->dir);
+        rc = PROVHSM_E_WRONG_KEY;
+    }
+    free(raw);
+    free(path);
+    return rc;
+}
+
 provhsm_err provhsm_store_lock(provhsm_store *st)
 {
     if (!store_ok(st))
@@ -1950,7 +1998,13 @@ provhsm_err provhsm_store_lock(provhsm_store *st)
         PH_ERR(MOD, "cannot lock store directory %s: %s", st->dir, strerror(err));
         return PROVHSM_E_IO;
     }
-    return PROVHSM_OK;
+    /* The key was read at open, before the lock: a rekey or another init may have given
+       the store a new key since, and whatever were written under the old one would be
+       lost. Under the lock the key cannot change: check it once more. */
+    provhsm_err rc = check_key_still_current(st);
+    if (rc != PROVHSM_OK)
+        (void)flock(st->dirfd, LOCK_UN);
+    return rc;
 }
 
 void provhsm_store_close(provhsm_store *st)

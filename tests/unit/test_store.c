@@ -679,6 +679,37 @@ static void test_lock_excludes_other_writers(void **state)
     provhsm_store_close(st);
 }
 
+/*
+ * A rekey between a writer's open and its lock: the key the writer read is stale, and an
+ * entry written under it would be lost. The lock refuses it, saying why; a fresh open
+ * writes, and every entry reads under the new key.
+ */
+static void test_lock_refuses_a_key_replaced_since_open(void **state)
+{
+    fixture *fx = *state;
+    assert_int_equal(provhsm_store_create(&fx->cfg), PROVHSM_OK);
+    provhsm_store *st = open_ok(fx);
+    assert_int_equal(provhsm_store_lock(st), PROVHSM_OK);
+    assert_int_equal(provhsm_store_put(st, "first", (const uint8_t *)"1", 1), PROVHSM_OK);
+    provhsm_store_close(st);
+
+    provhsm_store *stale = open_ok(fx);
+    assert_int_equal(provhsm_store_rekey_with(&fx->cfg, "key-file"), PROVHSM_OK);
+    log_reset();
+    assert_int_equal(provhsm_store_lock(stale), PROVHSM_E_WRONG_KEY);
+    assert_true(log_has("was given a new key"));
+    provhsm_store_close(stale);
+
+    st = open_ok(fx);
+    assert_int_equal(provhsm_store_lock(st), PROVHSM_OK);
+    assert_int_equal(provhsm_store_put(st, "second", (const uint8_t *)"2", 1), PROVHSM_OK);
+    provhsm_store_close(st);
+    st = open_ok(fx);
+    expect_entry(st, "first", "1", 1);
+    expect_entry(st, "second", "2", 1);
+    provhsm_store_close(st);
+}
+
 /* The entry format functions a fuzz target calls: round trip, and refusals. */
 static void test_seal_unseal(void **state)
 {
@@ -1459,6 +1490,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_key_file_directory_checked, setup, teardown),
         cmocka_unit_test_setup_teardown(test_fifo_refused_without_blocking, setup, teardown),
         cmocka_unit_test_setup_teardown(test_lock_excludes_other_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_lock_refuses_a_key_replaced_since_open, setup,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_seal_unseal, setup, teardown),
         cmocka_unit_test_setup_teardown(test_flipped_bytes_detected, setup, teardown),
         cmocka_unit_test_setup_teardown(test_truncated_entry, setup, teardown),

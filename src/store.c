@@ -102,6 +102,7 @@
 #include "safefile.h"
 #include "secmem.h"
 #include "store.h"
+
 #ifdef PROVHSM_WITH_TPM
 #include "tpm_esys.h"
 #endif
@@ -693,6 +694,16 @@ out:
 
 /* ---- the store key sealed to the TPM ------------------------------------------------ */
 
+/* "0,7" for messages. */
+static void describe_pcr_mask(uint32_t mask, char *out, size_t outlen)
+{
+    size_t n = 0;
+    out[0] = '\0';
+    for (unsigned i = 0; i < 24 && n < outlen; i++)
+        if (mask & (1ul << i))
+            n += (size_t)snprintf(out + n, outlen - n, "%s%u", n == 0 ? "" : ",", i);
+}
+
 #ifdef PROVHSM_WITH_TPM
 /*
  * store.sealed: where the sealed store key is, and what unseals it (the byte layout is in
@@ -870,6 +881,24 @@ static provhsm_err future_pcr_digest(provhsm_tpm *tpm, const provhsm_config *cfg
     return rc;
 }
 
+/* Refuses seal_pcrs naming PCRs the TPM does not keep: a store sealed to them never opens. */
+static provhsm_err pcrs_allocated(const provhsm_config *cfg, provhsm_tpm *tpm)
+{
+    uint32_t missing = 0;
+    provhsm_err rc =
+        provhsm_tpm_pcrs_unallocated(tpm, cfg->seal_pcr_bank, cfg->seal_pcr_mask, &missing);
+    if (rc != PROVHSM_OK || missing == 0)
+        return rc;
+    char names[80];
+    describe_pcr_mask(missing, names, sizeof(names));
+    PH_ERR(MOD,
+           "[store] seal_pcrs = %s: this TPM does not keep PCRs %s in that bank (not "
+           "allocated), and a key sealed to them would never unseal; bind to an allocated "
+           "bank (tpm2_getcap pcrs lists them). Nothing was changed.",
+           cfg->seal_pcrs, names);
+    return PROVHSM_E_CONFIG;
+}
+
 /*
  * Seals `key` under the SRK (checked to exist first: one GetCapability; created and
  * persisted when absent, as the TPM backend does), with a PCR
@@ -919,6 +948,8 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
                    "could not be created",
                    (unsigned long)cfg->srk_handle);
     }
+    if (rc == PROVHSM_OK && pcrs.count > 0)
+        rc = pcrs_allocated(cfg, tpm);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, &srk);
     if (rc == PROVHSM_OK && pcrs.count > 0) {
@@ -2229,16 +2260,6 @@ provhsm_err provhsm_store_parse_pcr_values(const char *text, provhsm_pcr_values 
     }
     memset(out, 0, sizeof(*out));
     return PROVHSM_E_INVALID_ARG;
-}
-
-/* "0,7" for messages. */
-static void describe_pcr_mask(uint32_t mask, char *out, size_t outlen)
-{
-    size_t n = 0;
-    out[0] = '\0';
-    for (unsigned i = 0; i < 24 && n < outlen; i++)
-        if (mask & (1ul << i))
-            n += (size_t)snprintf(out + n, outlen - n, "%s%u", n == 0 ? "" : ",", i);
 }
 
 provhsm_err provhsm_store_check_pcr_values(const provhsm_config *cfg,

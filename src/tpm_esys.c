@@ -1668,6 +1668,12 @@ static provhsm_err take_pcr_values(const TPML_PCR_SELECTION *read, const TPML_DI
     if (read->count != 1 || read->pcrSelections[0].hash != bank)
         return PROVHSM_E_TPM;
     const TPMS_PCR_SELECTION *s = &read->pcrSelections[0];
+    /* what a TPM answers for a bank it has not allocated: the bank, no PCR, no value */
+    uint32_t selected = 0;
+    for (unsigned i = 0; i < s->sizeofSelect && i < sizeof(s->pcrSelect); i++)
+        selected |= s->pcrSelect[i];
+    if (selected == 0 && digests->count == 0)
+        return PROVHSM_E_NOT_FOUND;
     for (unsigned pcr = 0; pcr < 24 && pcr / 8 < s->sizeofSelect; pcr++) {
         if (!(s->pcrSelect[pcr / 8] & (1u << (pcr % 8))))
             continue;
@@ -1678,6 +1684,34 @@ static provhsm_err take_pcr_values(const TPML_PCR_SELECTION *read, const TPML_DI
         *left &= ~(1ul << pcr);
     }
     return next == digests->count && next > 0 ? PROVHSM_OK : PROVHSM_E_TPM;
+}
+
+provhsm_err provhsm_tpm_pcrs_unallocated(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t mask,
+                                         uint32_t *missing_out)
+{
+    TPMI_YES_NO more = TPM2_NO;
+    TPMS_CAPABILITY_DATA *data = NULL;
+
+    if (tpm == NULL || missing_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "GetCapability");
+    provhsm_err err =
+        get_capability(tpm, TPM2_CAP_PCRS, 0, 1, &more, &data, "GetCapability(TPM2_CAP_PCRS)");
+    if (err != PROVHSM_OK)
+        return err;
+    /* every bank the TPM implements, each with the PCRs allocated in it (maybe none) */
+    uint32_t allocated = 0;
+    const TPML_PCR_SELECTION *banks = &data->data.assignedPCR;
+    for (UINT32 b = 0; b < banks->count && b < TPM2_NUM_PCR_BANKS; b++) {
+        const TPMS_PCR_SELECTION *s = &banks->pcrSelections[b];
+        if (s->hash != bank)
+            continue;
+        for (unsigned i = 0; i < s->sizeofSelect && i < sizeof(s->pcrSelect) && i < 4; i++)
+            allocated |= (uint32_t)s->pcrSelect[i] << (8 * i);
+    }
+    Esys_Free(data);
+    *missing_out = mask & ~allocated;
+    return PROVHSM_OK;
 }
 
 provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t mask,
@@ -1708,7 +1742,8 @@ provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t 
         Esys_Free(digests);
         if (err != PROVHSM_OK) {
             PH_ERR(MOD, "PCR_Read: the TPM %s of bank 0x%04x (PCRs 0x%06lx still unread)",
-                   err == PROVHSM_E_NOT_FOUND ? "has no values" : "answered other PCRs than asked",
+                   err == PROVHSM_E_NOT_FOUND ? "has no values (the bank is not allocated)"
+                                              : "answered other PCRs than asked",
                    (unsigned)bank, (unsigned long)left);
             return err;
         }

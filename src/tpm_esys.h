@@ -395,6 +395,15 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_policy_session_to(provhsm_tpm *tp
                                                                  int trial, ESYS_TR *session_out);
 
 /*
+ * Which PCRs of `mask` (bit n: PCR n) the TPM has not allocated in `bank`: one
+ * GetCapability(TPM2_CAP_PCRS). A policy on a PCR the TPM does not keep can never be
+ * satisfied (PolicyPCR leaves such PCRs out), so nothing may be sealed to it.
+ * *missing_out: those PCRs (all of `mask` when the bank is not there at all).
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcrs_unallocated(provhsm_tpm *tpm, TPMI_ALG_HASH bank,
+                                                            uint32_t mask, uint32_t *missing_out);
+
+/*
  * PCR_Read of the PCRs in `mask` (bit n: PCR n, 0..23) of `bank` (TPM2_ALG_*): values[n]
  * is PCR n's value for each of them, the rest of values[] untouched. One command per 8
  * PCRs (what one answer carries). PROVHSM_E_NOT_FOUND (logged) when the TPM has no such

@@ -980,6 +980,6 @@ int provhsm_tcti_releases_on_close(const char *tcti)
     size_t name_len = colon != NULL ? (size_t)(colon - tcti) : strlen(tcti);
     if (tcti_name_is(tcti, name_len, "tabrmd"))
         return 1;
-    /* the device TCTI without a path opens /dev/tpm0, which has no resource manager */
+    /* the device TCTI without a path picks /dev/tpmrm0 or else /dev/tpm0: not known here */
     return colon != NULL && tcti_name_is(tcti, name_len, "device") && is_kernel_rm_path(colon + 1);
 }

@@ -852,7 +852,8 @@ static provhsm_err future_pcr_digest(provhsm_tpm *tpm, const provhsm_config *cfg
     unsigned int len = 0;
     provhsm_err rc = current == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
 
-    if (target->bank != cfg->seal_pcr_bank || unnamed == cfg->seal_pcr_mask)
+    if (target->bank != cfg->seal_pcr_bank || unnamed == cfg->seal_pcr_mask ||
+        target->digest_len > PROVHSM_PCR_DIGEST_MAX)
         rc = PROVHSM_E_INVALID_ARG; /* provhsm_store_check_pcr_values() refused it already */
     if (rc == PROVHSM_OK && unnamed != 0)
         rc = provhsm_tpm_pcr_read(tpm, cfg->seal_pcr_bank, unnamed, current);

@@ -101,6 +101,20 @@ static int fault_due(uint32_t cc, TSS2_RC *rc_out)
     pthread_mutex_unlock(&fault_lock);
     return due;
 }
+
+/* Called before each command is sent (provhsm_tpm_test_before_command). */
+static void (*before_command)(uint32_t cc, void *ctx);
+static void *before_command_ctx;
+
+static void run_before_command(uint32_t cc)
+{
+    pthread_mutex_lock(&fault_lock);
+    void (*fn)(uint32_t, void *) = before_command;
+    void *ctx = before_command_ctx;
+    pthread_mutex_unlock(&fault_lock);
+    if (fn != NULL)
+        fn(cc, ctx);
+}
 #endif
 
 /* ---- the proxy TCTI ------------------------------------------------------------- */
@@ -119,6 +133,7 @@ static TSS2_RC proxy_transmit(TSS2_TCTI_CONTEXT *ctx, size_t size, const uint8_t
         PH_DEBUG(MOD, "command 0x%03x (%zu bytes)", (unsigned)cc, size);
 
 #ifdef PROVHSM_TEST_HOOKS
+    run_before_command(cc);
     if (fault_due(cc, &p->fake_rc)) {
         p->fake_pending = 1;
         return TSS2_RC_SUCCESS;
@@ -452,6 +467,14 @@ void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t comma
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc)
 {
     provhsm_tpm_test_fail_commands(nth, 1, 0, tpm_rc);
+}
+
+void provhsm_tpm_test_before_command(void (*fn)(uint32_t command_code, void *ctx), void *ctx)
+{
+    pthread_mutex_lock(&fault_lock);
+    before_command = fn;
+    before_command_ctx = ctx;
+    pthread_mutex_unlock(&fault_lock);
 }
 
 unsigned provhsm_tpm_test_open_connections(void)
@@ -1714,14 +1737,17 @@ provhsm_err provhsm_tpm_pcrs_unallocated(provhsm_tpm *tpm, TPMI_ALG_HASH bank, u
     return PROVHSM_OK;
 }
 
-provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t mask,
-                                 TPM2B_DIGEST values[24])
+/*
+ * One pass of PCR_Read commands over `mask` (one answer carries at most 8 values, so more
+ * PCRs take more commands). *changed_out: 1 when the TPM's PCR update counter moved between
+ * two of them, i.e. a PCR was extended meanwhile and the values may not belong together.
+ */
+static provhsm_err pcr_read_pass(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t mask,
+                                 TPM2B_DIGEST values[24], int *changed_out)
 {
-    uint32_t left = mask & 0xffffffu;
-    if (tpm == NULL || values == NULL || left != mask)
-        return PROVHSM_E_INVALID_ARG;
-    /* one answer carries at most 8 values (TPML_DIGEST): ask again for the rest */
-    while (left != 0) {
+    uint32_t left = mask, first_counter = 0;
+    *changed_out = 0;
+    for (int round = 0; left != 0; round++) {
         TPML_PCR_SELECTION ask = {.count = 1};
         TPML_PCR_SELECTION *read = NULL;
         TPML_DIGEST *digests = NULL;
@@ -1747,8 +1773,27 @@ provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t 
                    (unsigned)bank, (unsigned long)left);
             return err;
         }
+        if (round == 0)
+            first_counter = update_counter;
+        else if (update_counter != first_counter)
+            *changed_out = 1;
     }
     return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank, uint32_t mask,
+                                 TPM2B_DIGEST values[24])
+{
+    if (tpm == NULL || values == NULL || (mask & ~0xffffffu) != 0)
+        return PROVHSM_E_INVALID_ARG;
+    for (int attempt = 0; attempt < 3; attempt++) {
+        int changed = 0;
+        provhsm_err err = pcr_read_pass(tpm, bank, mask, values, &changed);
+        if (err != PROVHSM_OK || !changed)
+            return err;
+    }
+    PH_ERR(MOD, "PCR_Read: the PCRs kept changing while they were read (3 attempts)");
+    return PROVHSM_E_TPM;
 }
 
 provhsm_err provhsm_tpm_pcr_extend_sha256(provhsm_tpm *tpm, unsigned pcr, const uint8_t digest[32])

@@ -72,6 +72,14 @@ void provhsm_tpm_test_fail_commands(uint64_t nth, uint64_t count, uint32_t comma
                                     uint32_t tpm_rc);
 void provhsm_tpm_test_fail_command(uint64_t nth, uint32_t tpm_rc);
 
+/*
+ * provhsm_tpm_test_before_command: `fn` (NULL: none) is called with the command code before
+ * each command of the process is sent, on the sending thread, e.g. to change the TPM's
+ * state from another connection between two commands. Commands `fn` sends itself reach
+ * it too.
+ */
+void provhsm_tpm_test_before_command(void (*fn)(uint32_t command_code, void *ctx), void *ctx);
+
 /* Connections (provhsm_tpm_connect) of the process not yet disconnected. */
 unsigned provhsm_tpm_test_open_connections(void);
 #endif
@@ -406,8 +414,9 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcrs_unallocated(provhsm_tpm *tpm, TP
 /*
  * PCR_Read of the PCRs in `mask` (bit n: PCR n, 0..23) of `bank` (TPM2_ALG_*): values[n]
  * is PCR n's value for each of them, the rest of values[] untouched. One command per 8
- * PCRs (what one answer carries). PROVHSM_E_NOT_FOUND (logged) when the TPM has no such
- * bank allocated.
+ * PCRs (what one answer carries); read again (at most 3 times) when the TPM's PCR update
+ * counter shows an extend between those commands, so the values belong together.
+ * PROVHSM_E_NOT_FOUND (logged) when the TPM has no such bank allocated.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank,
                                                     uint32_t mask, TPM2B_DIGEST values[24]);

@@ -7,7 +7,8 @@
  *  - reseal (current values, and --pcr-values) of a working store to that bank is refused,
  *    every file of the store unchanged, and the store still opens;
  *  - the TPM layer: provhsm_tpm_pcrs_unallocated names them, and PCR_Read of that bank is
- *    PROVHSM_E_NOT_FOUND (not "other PCRs than asked").
+ *    PROVHSM_E_NOT_FOUND (not "other PCRs than asked"); a read of more PCRs than one answer
+ *    carries, with a PCR extended between its commands, gives the values as they are after.
  * Skipped (77) without swtpm or tpm2_pcrallocate.
  */
 #include <setjmp.h>
@@ -138,6 +139,52 @@ static void test_tpm_layer_names_the_missing_bank(void **state)
     provhsm_tpm_disconnect(tpm);
 }
 
+/* Extends PCR 3 from a connection of its own before the second PCR_Read, once. */
+typedef struct extend_between {
+    const char *tcti;
+    int pcr_reads, extended;
+} extend_between;
+
+static void extend_before_second_read(uint32_t command_code, void *ctx)
+{
+    static const uint8_t digest[32] = {0xe7, 0x3e, 0x4d};
+    extend_between *e = ctx;
+    if (command_code != TPM2_CC_PCR_Read || e->extended || ++e->pcr_reads != 2)
+        return;
+    e->extended = 1; /* before the extend: its own commands come through here too */
+    provhsm_tpm *other = NULL;
+    if (provhsm_tpm_connect(e->tcti, &other) == PROVHSM_OK &&
+        provhsm_tpm_pcr_extend_sha256(other, 3, digest) == PROVHSM_OK)
+        e->extended = 2;
+    provhsm_tpm_disconnect(other);
+}
+
+/*
+ * 17 PCRs take three PCR_Read commands; PCR 3 (read by the first) extended before the
+ * second: the values are read again, so PCR 3's is the one the TPM holds afterwards.
+ */
+static void test_pcr_read_values_belong_together(void **state)
+{
+    (void)state;
+    provhsm_tpm *tpm = NULL;
+    TPM2B_DIGEST values[24], after[24];
+    extend_between e = {.tcti = env.tpm.tcti};
+    assert_int_equal(provhsm_tpm_connect(env.tpm.tcti, &tpm), PROVHSM_OK);
+    memset(values, 0, sizeof(values));
+    provhsm_tpm_test_before_command(extend_before_second_read, &e);
+    provhsm_err err = provhsm_tpm_pcr_read(tpm, TPM2_ALG_SHA256, 0x1ffffu, values);
+    provhsm_tpm_test_before_command(NULL, NULL);
+    assert_int_equal(err, PROVHSM_OK);
+    assert_int_equal(e.extended, 2);
+    assert_int_equal(provhsm_tpm_pcr_read(tpm, TPM2_ALG_SHA256, 0x1ffffu, after), PROVHSM_OK);
+    for (unsigned pcr = 0; pcr < 17; pcr++) {
+        assert_int_equal(values[pcr].size, 32);
+        if (memcmp(values[pcr].buffer, after[pcr].buffer, 32) != 0)
+            fail_msg("PCR %u: the value read is not the one the TPM holds", pcr);
+    }
+    provhsm_tpm_disconnect(tpm);
+}
+
 static void test_init_on_a_missing_bank_is_refused(void **state)
 {
     (void)state;
@@ -191,6 +238,7 @@ int main(void)
     }
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tpm_layer_names_the_missing_bank),
+        cmocka_unit_test(test_pcr_read_values_belong_together),
         cmocka_unit_test(test_init_on_a_missing_bank_is_refused),
         cmocka_unit_test(test_reseal_to_a_missing_bank_is_refused),
     };

@@ -48,16 +48,24 @@
  *
  *   store.sealed, at most 4096 bytes, 0600 (TPM mode):
  *       0   8  magic "PHSMSEAL"
- *       8   2  format version, 1
+ *       8   2  format version: 1, or 2 for a key sealed to two sets of PCR values
  *      10   2  reserved, zero
  *      12   4  the parent's persistent handle (the SRK when it was sealed)
  *      16   4  the sealed object's persistent handle; 0: the object follows here
  *      20   *  TPML_PCR_SELECTION (tss2-mu; count 0: no PCR policy, else one bank)
+ *       *   *  version 2 only: TPML_DIGEST (tss2-mu), the branches of a PolicyOR, exactly
+ *              two SHA-256 policy digests: [0] PolicyPCR over the PCRs' values when
+ *              `reseal --pcr-values` ran, [1] PolicyPCR over the values it was given.
+ *              Version 2 needs a one-bank PCR selection.
  *       *   *  TPM2B_PUBLIC then, when the handle is 0, TPM2B_PRIVATE (tss2-mu): a
  *              keyedhash sealed data object (fixedTPM, fixedParent, noDA, no sign or
- *              decrypt; userWithAuth with the empty value, or PolicyPCR as authPolicy)
+ *              decrypt; userWithAuth with the empty value, or a policy as authPolicy:
+ *              PolicyPCR in version 1, in version 2 PolicyOR of the two branches, i.e.
+ *              SHA-256(32 zero bytes || TPM_CC_PolicyOR || branch 0 || branch 1))
  *              holding the 32-byte store key. At a handle, the public area gives the
  *              object's Name without a ReadPublic. Nothing after it.
+ *   A version-1 file is what earlier builds wrote and read: they refuse version 2 as a
+ *   newer format, and a plain `provhsm store reseal` writes version 1 again.
  *
  *   entry file, 44 + n bytes (n <= 1 MiB):
  *       0   8  magic "PHSMENTR"
@@ -136,6 +144,8 @@
 #define SEALED_OFF_PARENT 12u
 #define SEALED_OFF_HANDLE 16u
 #define SEALED_OFF_PCRS   20u
+#define SEALED_VERSION_OR 2u /* with the PolicyOR branches */
+#define SEALED_BRANCHES   2u /* the values at the reseal, the values given */
 #define SEALED_MAX        4096u
 
 #define KEYFILE_MAGIC   "PHSMSKEY"
@@ -713,9 +723,60 @@ typedef struct sealed_file {
     uint32_t parent;         /* the SRK's persistent handle when it was sealed */
     uint32_t handle;         /* the sealed object's persistent handle; 0: pub/priv below */
     TPML_PCR_SELECTION pcrs; /* count 0: no PCR policy */
+    TPML_DIGEST branches;    /* count 0: PolicyPCR alone; else PolicyPCR, PolicyOR of these */
     TPM2B_PUBLIC pub;
     TPM2B_PRIVATE priv;
 } sealed_file;
+
+/*
+ * The PolicyOR branches of a version-2 store.sealed, from buf[*off]: exactly two SHA-256
+ * digests, and a PCR selection to go with them (they are PolicyPCR digests).
+ */
+static provhsm_err parse_branches(const uint8_t *buf, size_t len, size_t *off, const char *path,
+                                  sealed_file *out)
+{
+    provhsm_err rc = provhsm_tpm_unmarshal_digests(buf, len, off, path, &out->branches);
+    if (rc != PROVHSM_OK)
+        return rc;
+    if (out->pcrs.count == 0) {
+        PH_ERR(MOD,
+               "%s: PolicyOR branches for a key bound to no PCR (format version 2 without a "
+               "PCR selection)",
+               path);
+        return PROVHSM_E_CORRUPT;
+    }
+    if (out->branches.count != SEALED_BRANCHES) {
+        PH_ERR(MOD, "%s: %lu PolicyOR branches; format version 2 has %u", path,
+               (unsigned long)out->branches.count, SEALED_BRANCHES);
+        return PROVHSM_E_CORRUPT;
+    }
+    for (UINT32 i = 0; i < out->branches.count; i++) {
+        if (out->branches.digests[i].size != TPM2_SHA256_DIGEST_SIZE) {
+            PH_ERR(MOD, "%s: PolicyOR branch %lu is %u bytes, not a SHA-256 policy digest", path,
+                   (unsigned long)i, (unsigned)out->branches.digests[i].size);
+            return PROVHSM_E_CORRUPT;
+        }
+    }
+    return PROVHSM_OK;
+}
+
+/* The sealed object's authPolicy must be the PolicyOR of the branches the file records. */
+static provhsm_err check_or_policy(const sealed_file *sf, const char *path)
+{
+    TPM2B_DIGEST expected = {.size = 0};
+    const TPM2B_DIGEST *policy = &sf->pub.publicArea.authPolicy;
+    provhsm_err rc = provhsm_tpm_policy_or_digest(&sf->branches, &expected);
+    if (rc != PROVHSM_OK)
+        return rc;
+    if (policy->size != expected.size || memcmp(policy->buffer, expected.buffer, expected.size)) {
+        PH_ERR(MOD,
+               "%s: the sealed object's policy is not the PolicyOR of the branches the file "
+               "records",
+               path);
+        return PROVHSM_E_CORRUPT;
+    }
+    return PROVHSM_OK;
+}
 
 static provhsm_err parse_sealed(const uint8_t *buf, size_t len, const char *path, sealed_file *out)
 {
@@ -727,9 +788,10 @@ static provhsm_err parse_sealed(const uint8_t *buf, size_t len, const char *path
         PH_ERR(MOD, "%s is not a sealed store key (%zu bytes, bad size or magic)", path, len);
         return PROVHSM_E_CORRUPT;
     }
-    if (get_be16(buf + 8) != FORMAT_VERSION || get_be16(buf + 10) != 0) {
-        PH_ERR(MOD, "%s has format version %u (flags %u); this build reads version %u", path,
-               get_be16(buf + 8), get_be16(buf + 10), FORMAT_VERSION);
+    unsigned version = get_be16(buf + 8);
+    if ((version != FORMAT_VERSION && version != SEALED_VERSION_OR) || get_be16(buf + 10) != 0) {
+        PH_ERR(MOD, "%s has format version %u (flags %u); this build reads versions %u and %u",
+               path, version, get_be16(buf + 10), FORMAT_VERSION, SEALED_VERSION_OR);
         return PROVHSM_E_CORRUPT;
     }
     out->parent = get_be32(buf + SEALED_OFF_PARENT);
@@ -746,6 +808,8 @@ static provhsm_err parse_sealed(const uint8_t *buf, size_t len, const char *path
                (unsigned long)out->pcrs.count);
         rc = PROVHSM_E_CORRUPT;
     }
+    if (rc == PROVHSM_OK && version == SEALED_VERSION_OR)
+        rc = parse_branches(buf, len, &off, path, out);
     /* the object in full, or at a handle only its public area (it names the object) */
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_unmarshal_sealed_object(buf, len, &off, path, &out->pub,
@@ -758,6 +822,8 @@ static provhsm_err parse_sealed(const uint8_t *buf, size_t len, const char *path
         PH_ERR(MOD, "%s: the PCR selection and the sealed object's policy disagree", path);
         rc = PROVHSM_E_CORRUPT;
     }
+    if (rc == PROVHSM_OK && out->branches.count > 0)
+        rc = check_or_policy(out, path);
     return rc;
 }
 
@@ -901,13 +967,104 @@ static provhsm_err pcrs_allocated(const provhsm_config *cfg, provhsm_tpm *tpm)
 }
 
 /*
+ * Branch B of a reseal --pcr-values: the PolicyPCR digest for the values in `target` (the
+ * PCRs it does not name at their current values), from a trial session: [PCR_Read,]
+ * StartAuthSession, PolicyPCR, PolicyGetDigest, FlushContext.
+ */
+static provhsm_err future_branch(provhsm_tpm *tpm, const provhsm_config *cfg,
+                                 const TPML_PCR_SELECTION *pcrs, const provhsm_pcr_values *target,
+                                 TPM2B_DIGEST *branch_out)
+{
+    TPM2B_DIGEST values_digest = {.size = 0};
+    ESYS_TR trial = ESYS_TR_NONE;
+    provhsm_err rc = future_pcr_digest(tpm, cfg, target, &values_digest);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_pcr_policy_session_to(tpm, pcrs, &values_digest, 1, &trial);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_policy_digest(tpm, trial, branch_out);
+    provhsm_tpm_flush(tpm, &trial);
+    return rc;
+}
+
+/*
+ * The authPolicy of a key bound to `pcrs`, from trial sessions. Without `target`:
+ * PolicyPCR over the current values (StartAuthSession, PolicyPCR, PolicyGetDigest,
+ * FlushContext). With it, so that the store opens both before an update and after it:
+ * PolicyOR of branch A, PolicyPCR over the current values, and branch B, PolicyPCR over
+ * the values `target` gives (future_branch), recorded in *branches; the same trial session
+ * that gave A runs the PolicyOR and a second PolicyGetDigest. When B is A (the values given
+ * are the current ones) the policy is A alone, with no branches.
+ */
+static provhsm_err pcr_policy(provhsm_tpm *tpm, const provhsm_config *cfg,
+                              const TPML_PCR_SELECTION *pcrs, const provhsm_pcr_values *target,
+                              TPM2B_DIGEST *policy_out, TPML_DIGEST *branches)
+{
+    TPM2B_DIGEST future = {.size = 0};
+    ESYS_TR trial = ESYS_TR_NONE;
+    provhsm_err rc = PROVHSM_OK;
+
+    memset(branches, 0, sizeof(*branches));
+    if (target != NULL)
+        rc = future_branch(tpm, cfg, pcrs, target, &future);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_pcr_policy_session(tpm, pcrs, 1, &trial);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_policy_digest(tpm, trial, policy_out);
+    if (rc == PROVHSM_OK && target != NULL &&
+        (future.size != policy_out->size ||
+         memcmp(future.buffer, policy_out->buffer, future.size) != 0)) {
+        branches->count = SEALED_BRANCHES;
+        branches->digests[0] = *policy_out;
+        branches->digests[1] = future;
+        rc = provhsm_tpm_policy_or(tpm, trial, branches);
+        if (rc == PROVHSM_OK)
+            rc = provhsm_tpm_policy_digest(tpm, trial, policy_out);
+    }
+    provhsm_tpm_flush(tpm, &trial);
+    return rc;
+}
+
+/*
+ * The bytes of store.sealed (see the opening comment): version 2 when there are PolicyOR
+ * branches, else version 1; the object's private area when `priv` is given (the blob
+ * form), only its public area otherwise (the handle form, `handle` non-zero).
+ */
+static provhsm_err sealed_file_bytes(uint32_t parent, uint32_t handle,
+                                     const TPML_PCR_SELECTION *pcrs, const TPML_DIGEST *branches,
+                                     const TPM2B_PUBLIC *pub, const TPM2B_PRIVATE *priv,
+                                     uint8_t **file_out, size_t *len_out)
+{
+    size_t off = SEALED_OFF_PCRS;
+    uint8_t *buf = malloc(SEALED_MAX);
+    if (buf == NULL)
+        return PROVHSM_E_NOMEM;
+    memset(buf, 0, SEALED_OFF_PCRS);
+    memcpy(buf, SEALED_MAGIC, 8);
+    put_be16(buf + 8, branches->count > 0 ? SEALED_VERSION_OR : FORMAT_VERSION);
+    put_be32(buf + SEALED_OFF_PARENT, parent);
+    put_be32(buf + SEALED_OFF_HANDLE, handle);
+    provhsm_err rc = provhsm_tpm_marshal_pcrs(pcrs, buf, SEALED_MAX, &off);
+    if (rc == PROVHSM_OK && branches->count > 0)
+        rc = provhsm_tpm_marshal_digests(branches, buf, SEALED_MAX, &off);
+    if (rc == PROVHSM_OK)
+        rc = provhsm_tpm_marshal_object(pub, priv, buf, SEALED_MAX, &off);
+    if (rc != PROVHSM_OK) {
+        free(buf);
+        return rc;
+    }
+    *file_out = buf;
+    *len_out = off;
+    return PROVHSM_OK;
+}
+
+/*
  * Seals `key` under the SRK (checked to exist first: one GetCapability; created and
  * persisted when absent, as the TPM backend does), with a PCR
  * policy when the configuration asks for one (unbound: never), and builds the bytes of
  * store.sealed. The policy is for the PCRs' current values, or with `target` (non-NULL,
- * checked against the configuration by the caller) for the values it gives. Sends
- * GetCapability, [[PCR_Read,] StartAuthSession, PolicyPCR, PolicyGetDigest,
- * FlushContext,] Create.
+ * checked against the configuration by the caller) the PolicyOR of those and of the
+ * values it gives (pcr_policy). Sends GetCapability, [policy commands (pcr_policy),]
+ * Create.
  */
 static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key, int unbound,
                                   const provhsm_pcr_values *target, uint8_t **file_out,
@@ -916,13 +1073,12 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
     provhsm_err rc;
     provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
-    ESYS_TR srk = ESYS_TR_NONE, trial = ESYS_TR_NONE;
+    ESYS_TR srk = ESYS_TR_NONE;
     TPML_PCR_SELECTION pcrs;
+    TPML_DIGEST branches = {.count = 0};
     TPM2B_DIGEST policy = {.size = 0};
     TPM2B_PRIVATE *priv = NULL;
     TPM2B_PUBLIC *pub = NULL;
-    uint8_t *buf = NULL;
-    size_t off = SEALED_OFF_PCRS;
     int present = 0;
 
     if (!cfg->tpm_configured) {
@@ -953,70 +1109,17 @@ static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key,
         rc = pcrs_allocated(cfg, tpm);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, &srk);
-    if (rc == PROVHSM_OK && pcrs.count > 0) {
-        TPM2B_DIGEST values_digest = {.size = 0}; /* empty: the current values */
-        if (target != NULL)
-            rc = future_pcr_digest(tpm, cfg, target, &values_digest);
-        if (rc == PROVHSM_OK)
-            rc = provhsm_tpm_pcr_policy_session_to(tpm, &pcrs, &values_digest, 1, &trial);
-        if (rc == PROVHSM_OK)
-            rc = provhsm_tpm_policy_digest(tpm, trial, &policy);
-        provhsm_tpm_flush(tpm, &trial);
-    }
+    if (rc == PROVHSM_OK && pcrs.count > 0)
+        rc = pcr_policy(tpm, cfg, &pcrs, target, &policy, &branches);
     if (rc == PROVHSM_OK)
         rc = provhsm_tpm_create_sealed(tpm, srk, key, STORE_KEY_LEN, &policy, &priv, &pub);
     provhsm_tpm_forget(tpm, &srk);
     provhsm_tpm_leave(site);
-    if (rc != PROVHSM_OK)
-        goto out;
-    buf = malloc(SEALED_MAX);
-    if (buf == NULL) {
-        rc = PROVHSM_E_NOMEM;
-        goto out;
-    }
-    memset(buf, 0, SEALED_OFF_PCRS);
-    memcpy(buf, SEALED_MAGIC, 8);
-    put_be16(buf + 8, FORMAT_VERSION);
-    put_be32(buf + SEALED_OFF_PARENT, cfg->srk_handle);
-    put_be32(buf + SEALED_OFF_HANDLE, 0);
-    rc = provhsm_tpm_marshal_pcrs(&pcrs, buf, SEALED_MAX, &off);
     if (rc == PROVHSM_OK)
-        rc = provhsm_tpm_marshal_object(pub, priv, buf, SEALED_MAX, &off);
-    if (rc != PROVHSM_OK)
-        goto out;
-    *file_out = buf;
-    *len_out = off;
-    buf = NULL;
-out:
-    free(buf);
+        rc = sealed_file_bytes(cfg->srk_handle, 0, &pcrs, &branches, pub, priv, file_out, len_out);
     free(priv);
     free(pub);
     return rc;
-}
-
-/* The handle form of store.sealed: header and PCR selection, the object in the TPM. */
-static provhsm_err handle_form(uint32_t parent, uint32_t handle, const TPML_PCR_SELECTION *pcrs,
-                               const TPM2B_PUBLIC *pub, uint8_t **file_out, size_t *len_out)
-{
-    size_t off = SEALED_OFF_PCRS;
-    uint8_t *buf = malloc(SEALED_MAX);
-    if (buf == NULL)
-        return PROVHSM_E_NOMEM;
-    memset(buf, 0, SEALED_OFF_PCRS);
-    memcpy(buf, SEALED_MAGIC, 8);
-    put_be16(buf + 8, FORMAT_VERSION);
-    put_be32(buf + SEALED_OFF_PARENT, parent);
-    put_be32(buf + SEALED_OFF_HANDLE, handle);
-    provhsm_err rc = provhsm_tpm_marshal_pcrs(pcrs, buf, SEALED_MAX, &off);
-    if (rc == PROVHSM_OK)
-        rc = provhsm_tpm_marshal_object(pub, NULL, buf, SEALED_MAX, &off);
-    if (rc != PROVHSM_OK) {
-        free(buf);
-        return rc;
-    }
-    *file_out = buf;
-    *len_out = off;
-    return PROVHSM_OK;
 }
 
 /*
@@ -1024,7 +1127,8 @@ static provhsm_err handle_form(uint32_t parent, uint32_t handle, const TPML_PCR_
  * evicting `old_handle` (0: none; the store's previous sealed key, already replaced on
  * disk by the blob form), under the owner authorisation: Load, [EvictControl,]
  * EvictControl, FlushContext, plus one GetCapability. A handle in use by anything else is
- * refused (PROVHSM_E_EXISTS). *file_out is the handle form of store.sealed.
+ * refused (PROVHSM_E_EXISTS). *file_out is the handle form of store.sealed, with the
+ * blob's PolicyOR branches if it has any.
  */
 static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blob, size_t blob_len,
                                    uint32_t old_handle, uint32_t handle, uint8_t **file_out,
@@ -1073,7 +1177,8 @@ static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blo
     drop_owner_auth(tpm);
     provhsm_tpm_leave(site);
     if (rc == PROVHSM_OK)
-        rc = handle_form(sf->parent, handle, &sf->pcrs, &sf->pub, file_out, len_out);
+        rc = sealed_file_bytes(sf->parent, handle, &sf->pcrs, &sf->branches, &sf->pub, NULL,
+                               file_out, len_out);
     free(sf);
     return rc;
 }
@@ -1148,6 +1253,15 @@ static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file 
                "sealed object as made under another storage root key): this store directory was "
                "copied from another device, or this TPM was cleared. Nothing was changed.",
                cfg->store_dir, cfg->tcti);
+    else if (sf->branches.count > 0)
+        PH_ERR(MOD,
+               "store %s: the PCRs its key is bound to (%s) hold neither the values they had "
+               "at the last `provhsm store reseal --pcr-values` nor the values given with "
+               "--pcr-values (a wrong value given, or a change other than the update "
+               "prepared?). Boot the state before the update or the one prepared for, then "
+               "run `provhsm store reseal` (or reseal --pcr-values with the right values). "
+               "Nothing was changed.",
+               cfg->store_dir, pcrs);
     else
         PH_ERR(MOD,
                "store %s: the PCRs its key is bound to (%s) no longer hold the values it was "
@@ -1163,9 +1277,11 @@ static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file 
  * provisioned TPM: Load, Unseal with a blob, and FlushContext unless the connection
  * closes through a resource manager, which releases the object itself (the default TCTI,
  * /dev/tpmrm0, and tpm2-abrmd); Unseal alone with a persistent handle; a PCR policy adds
- * StartAuthSession and PolicyPCR. All of it on the TPM backend's connection, entered
- * (locked) while a transient object or a session exists and released empty: every ESYS
- * handle made here is flushed or forgotten before leaving.
+ * StartAuthSession and PolicyPCR, and a key resealed with --pcr-values (PolicyOR branches
+ * in store.sealed) PolicyOR too. So a create costs, with a blob (FlushContext counted):
+ * 3 unbound, 5 bound to PCRs, 6 with branches; at a persistent handle 1, 3 and 4. All of it on the
+ * TPM backend's connection, entered (locked) while a transient object or a session exists and
+ * released empty: every ESYS handle made here is flushed or forgotten before leaving.
  */
 static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const char *dir,
                                     uint8_t *key_out)
@@ -1211,6 +1327,12 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     }
     if (rc == PROVHSM_OK && sf->pcrs.count > 0)
         rc = provhsm_tpm_pcr_policy_session(tpm, &sf->pcrs, 0, &session);
+    /* the values before the update or those after it: the TPM takes either branch */
+    if (rc == PROVHSM_OK && sf->branches.count > 0) {
+        rc = provhsm_tpm_policy_or(tpm, session, &sf->branches);
+        if (rc == PROVHSM_E_WRONG_KEY)
+            explain_unseal_failure(cfg, sf, 0);
+    }
     if (rc == PROVHSM_OK) {
         rc = provhsm_tpm_unseal(tpm, item, &session, &key, &key_len);
         if (rc == PROVHSM_E_WRONG_KEY)
@@ -2338,12 +2460,17 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
             rc = parse_sealed(raw, raw_len, path, sf);
         if (rc == PROVHSM_OK) {
             char pcrs[96];
+            const char *pending = sf->branches.count == 0
+                                      ? ""
+                                      : ", also the values given by reseal --pcr-values: run "
+                                        "`provhsm store reseal` once the update is in";
             describe_pcrs(&sf->pcrs, pcrs, sizeof(pcrs));
             if (sf->handle != 0)
-                snprintf(out, outlen, "tpm (persistent handle 0x%08lx, PCRs %s)",
-                         (unsigned long)sf->handle, pcrs);
+                snprintf(out, outlen, "tpm (persistent handle 0x%08lx, PCRs %s%s)",
+                         (unsigned long)sf->handle, pcrs, pending);
             else
-                snprintf(out, outlen, "tpm (sealed blob in the store directory, PCRs %s)", pcrs);
+                snprintf(out, outlen, "tpm (sealed blob in the store directory, PCRs %s%s)", pcrs,
+                         pending);
         }
         free(sf);
 #else
@@ -2370,7 +2497,7 @@ static provhsm_err reseal_sealed(const provhsm_config *cfg, int unbound,
     uint8_t *sealed = NULL;
     size_t sealed_len = 0;
     uint32_t old_handle = 0;
-    char mode[160];
+    char mode[256];
 
     if (cfg == NULL || (unbound && target != NULL))
         return PROVHSM_E_INVALID_ARG;
@@ -2413,7 +2540,9 @@ static provhsm_err reseal_sealed(const provhsm_config *cfg, int unbound,
     if (rc == PROVHSM_OK)
         PH_INFO(MOD, "store %s: key sealed again, bound to PCRs %s%s", cfg->store_dir,
                 unbound || cfg->seal_pcrs[0] == '\0' ? "none" : cfg->seal_pcrs,
-                target != NULL ? " at the values given (the others at their current values)" : "");
+                target != NULL ? " at their current values and at the values given (the others "
+                                 "at their current values)"
+                               : "");
     free(sealed);
     provhsm_store_close(st);
     return rc;
@@ -2486,7 +2615,7 @@ provhsm_err provhsm_store_init_sealed(void)
 provhsm_err provhsm_store_key_mode(char **mode_out)
 {
     provhsm_config *cfg = NULL;
-    char mode[160];
+    char mode[256];
     if (mode_out == NULL)
         return PROVHSM_E_INVALID_ARG;
     provhsm_err rc = with_config(&cfg);

@@ -1663,6 +1663,64 @@ cleanup:
     return err;
 }
 
+/* A branch list PolicyOR takes: 2 to 8 SHA-256 digests (the sessions here are SHA-256). */
+static int policy_branches_fit(const TPML_DIGEST *branches)
+{
+    if (branches->count < 2 || branches->count > 8)
+        return 0;
+    for (UINT32 i = 0; i < branches->count; i++)
+        if (branches->digests[i].size != TPM2_SHA256_DIGEST_SIZE)
+            return 0;
+    return 1;
+}
+
+provhsm_err provhsm_tpm_policy_or(provhsm_tpm *tpm, ESYS_TR session, const TPML_DIGEST *branches)
+{
+    TSS2_RC rc;
+    if (tpm == NULL || branches == NULL || !policy_branches_fit(branches))
+        return PROVHSM_E_INVALID_ARG;
+    TPM_REQUIRE_LIVE(tpm, "PolicyOR");
+    TPM_RUN(
+        tpm, rc,
+        Esys_PolicyOR_Async(tpm->esys, session, ESYS_TR_NONE, ESYS_TR_NONE, ESYS_TR_NONE, branches),
+        Esys_PolicyOR_Finish(tpm->esys));
+    if (rc != TSS2_RC_SUCCESS) {
+        TSS2_RC code = tpm_code(rc);
+        /* the session's digest is none of the branches: for the caller to explain */
+        if ((code & TPM2_RC_FMT1) != 0 && (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_VALUE) {
+            tpm->last_failure_transient = 0;
+            PH_DEBUG(MOD, "PolicyOR: TPM code 0x%03x (%s)", (unsigned)code, Tss2_RC_Decode(rc));
+            return PROVHSM_E_WRONG_KEY;
+        }
+        return fail(tpm, rc, "PolicyOR");
+    }
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_policy_or_digest(const TPML_DIGEST *branches, TPM2B_DIGEST *digest_out)
+{
+    static const uint8_t zero_digest[TPM2_SHA256_DIGEST_SIZE] = {0};
+    uint8_t cc[sizeof(TPM2_CC)];
+    size_t cc_len = 0;
+    unsigned int len = 0;
+    if (branches == NULL || digest_out == NULL || !policy_branches_fit(branches))
+        return PROVHSM_E_INVALID_ARG;
+    if (Tss2_MU_TPM2_CC_Marshal(TPM2_CC_PolicyOR, cc, sizeof(cc), &cc_len) != TSS2_RC_SUCCESS)
+        return PROVHSM_E_INVALID_ARG;
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    int ok = md != NULL && EVP_DigestInit_ex(md, EVP_sha256(), NULL) == 1 &&
+             EVP_DigestUpdate(md, zero_digest, sizeof(zero_digest)) == 1 &&
+             EVP_DigestUpdate(md, cc, cc_len) == 1;
+    for (UINT32 i = 0; ok && i < branches->count; i++)
+        ok = EVP_DigestUpdate(md, branches->digests[i].buffer, branches->digests[i].size) == 1;
+    ok = ok && EVP_DigestFinal_ex(md, digest_out->buffer, &len) == 1;
+    EVP_MD_CTX_free(md);
+    if (!ok)
+        return PROVHSM_E_CRYPTO;
+    digest_out->size = (UINT16)len;
+    return PROVHSM_OK;
+}
+
 provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_TR session, TPM2B_DIGEST *digest_out)
 {
     TPM2B_DIGEST *digest = NULL;
@@ -1897,6 +1955,36 @@ provhsm_err provhsm_tpm_unmarshal_pcrs(const uint8_t *buf, size_t size, size_t *
                    (unsigned)pcrs->pcrSelections[i].sizeofSelect);
             return PROVHSM_E_CORRUPT;
         }
+    }
+    *offset = off;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_marshal_digests(const TPML_DIGEST *digests, uint8_t *buf, size_t size,
+                                        size_t *offset)
+{
+    if (digests == NULL || buf == NULL || offset == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t off = *offset;
+    TSS2_RC rc = Tss2_MU_TPML_DIGEST_Marshal(digests, buf, size, &off);
+    if (rc != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "cannot marshal a digest list: %s", Tss2_RC_Decode(rc));
+        return PROVHSM_E_INVALID_ARG;
+    }
+    *offset = off;
+    return PROVHSM_OK;
+}
+
+provhsm_err provhsm_tpm_unmarshal_digests(const uint8_t *buf, size_t size, size_t *offset,
+                                          const char *what, TPML_DIGEST *digests)
+{
+    if (buf == NULL || offset == NULL || what == NULL || digests == NULL)
+        return PROVHSM_E_INVALID_ARG;
+    size_t off = *offset;
+    memset(digests, 0, sizeof(*digests));
+    if (Tss2_MU_TPML_DIGEST_Unmarshal(buf, size, &off, digests) != TSS2_RC_SUCCESS) {
+        PH_ERR(MOD, "%s: the digest list is truncated or malformed", what);
+        return PROVHSM_E_CORRUPT;
     }
     *offset = off;
     return PROVHSM_OK;

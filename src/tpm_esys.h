@@ -421,6 +421,31 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcrs_unallocated(provhsm_tpm *tpm, TP
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_pcr_read(provhsm_tpm *tpm, TPMI_ALG_HASH bank,
                                                     uint32_t mask, TPM2B_DIGEST values[24]);
 
+/*
+ * PolicyOR of a policy (or trial) session over `branches` (2 to 8 SHA-256 policy digests,
+ * TPM 2.0 Part 3, PolicyOR): one command. In a policy session the TPM accepts it only when
+ * the session's digest so far is one of the branches; otherwise (TPM_RC_VALUE)
+ * PROVHSM_E_WRONG_KEY, not logged: for a PCR policy, the PCRs hold the values of none of the
+ * branches, which the caller explains. PROVHSM_E_INVALID_ARG for a list of the wrong length.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_policy_or(provhsm_tpm *tpm, ESYS_TR session,
+                                                     const TPML_DIGEST *branches);
+
+/*
+ * The policy digest PolicyOR leaves in a session over `branches` (2 to 8 SHA-256 digests):
+ * SHA-256(32 zero bytes || TPM_CC_PolicyOR || the branches' digests), whatever came before
+ * it. No TPM command: for checking a file's record against its object's authPolicy.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_policy_or_digest(const TPML_DIGEST *branches,
+                                                            TPM2B_DIGEST *digest_out);
+
+/* A TPML_DIGEST marshaled / unmarshaled with tss2-mu (PROVHSM_E_CORRUPT, logged). */
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_marshal_digests(const TPML_DIGEST *digests, uint8_t *buf,
+                                                           size_t size, size_t *offset);
+PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_unmarshal_digests(const uint8_t *buf, size_t size,
+                                                             size_t *offset, const char *what,
+                                                             TPML_DIGEST *digests);
+
 /* PolicyGetDigest of a (trial) session: one command. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_policy_digest(provhsm_tpm *tpm, ESYS_TR session,
                                                          TPM2B_DIGEST *digest_out);

@@ -15,9 +15,12 @@
  *    open), at the same command counts; the TPM gone and back meanwhile: the store's
  *    reconnect serves the table too;
  *  - the sealed-blob parser refuses a truncated or altered file;
- *  - reseal --pcr-values: bound, before an update, to the PCR values after it (refused
- *    until the extend, read after it), malformed or unfitting values refused with nothing
- *    changed, and the SHA-1 bank's values digested with the policy's hash.
+ *  - reseal --pcr-values: bound, before an update, to the PolicyOR of the PCR values now
+ *    and those after it (read before the extend and after it, refused after another one;
+ *    a plain reseal after the update drops the old values), a wrong value that leaves the
+ *    store readable and is corrected by a second reseal, the same at a persistent handle,
+ *    malformed or unfitting values refused with nothing changed, malformed branch data in
+ *    store.sealed refused, and the SHA-1 bank's values digested with the policy's hash.
  */
 #include <dirent.h>
 #include <pthread.h>
@@ -837,20 +840,77 @@ static void expect_reseal_to_refused(const char *store, const char *values, prov
     free(after);
 }
 
+/* The format version of the store's store.sealed (bytes 8..9). */
+static unsigned sealed_version(const char *store)
+{
+    char path[400];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    snprintf(path, sizeof(path), "%s/%s/store.sealed", env.dir, store);
+    assert_int_equal(provhsm_test_read_file(path, &buf, &len), 0);
+    assert_true(len > 10);
+    unsigned version = (unsigned)buf[8] << 8 | buf[9];
+    free(buf);
+    return version;
+}
+
+/* PCR_Extend of the SHA-256 bank of `pcr` with `digest`, on its own connection. */
+static void extend_pcr_with(const char *tcti, unsigned pcr, const uint8_t digest[32])
+{
+    provhsm_tpm *tpm = NULL;
+    assert_int_equal(provhsm_tpm_connect(tcti, &tpm), PROVHSM_OK);
+    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, pcr, digest), PROVHSM_OK);
+    provhsm_tpm_disconnect(tpm);
+}
+
+/* "sha256:<pcr>=<hex>": the value PCR `pcr` of the SHA-256 bank holds after one extend
+ * with `digest`, from its value now. */
+static void values_after_extend(const char *tcti, unsigned pcr, const uint8_t digest[32], char *out,
+                                size_t outlen)
+{
+    TPM2B_DIGEST now;
+    uint8_t after[32];
+    char hex[65];
+    assert_true(pcr_value(tcti, TPM2_ALG_SHA256, pcr, &now));
+    sha256_extended(&now, digest, after);
+    hex_of(after, 32, hex);
+    snprintf(out, outlen, "sha256:%u=%s", pcr, hex);
+}
+
+/* A create that must fail on the PCRs, with `why` in the log, no file of `store` changed. */
+static void expect_refused_on_pcrs(const char *store, const char *why)
+{
+    char *before = snapshot(store);
+    provhsm_test_log_clear();
+    assert_null(read_symmetric(NULL));
+    if (!provhsm_test_log_seen(why))
+        fail_msg("the refused create logged no line with \"%s\"", why);
+    char *after = snapshot(store);
+    assert_string_equal(before, after);
+    free(before);
+    free(after);
+}
+
+#define PENDING_NOTE                                                                               \
+    ", also the values given by reseal --pcr-values: run `provhsm store reseal` once the "         \
+    "update is in"
+
+static const uint8_t update_digest[32] = {0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78};
+
 /*
  * An update prepared with reseal --pcr-values: the store bound to PCRs 0 and 16 is
- * sealed again, before the "update", to the value PCR 16 will have after one known
- * extend (PCR 0 not named: its current value). Until the extend it does not open (the
- * PCR error, nothing changed on disk); after it, it opens through the SDK's table. A
- * malformed value, a PCR outside seal_pcrs, another bank: refused, nothing changed.
+ * sealed again, before the "update", to the PolicyOR of PCR 16's value now (branch A)
+ * and the value it will have after one known extend (branch B; PCR 0 not named: its
+ * current value in both). It opens before the extend (A) and after it (B), one TPM
+ * command more per create (PolicyOR), and is refused after a second extend (neither).
+ * With the old values back (a TPM restart) it opens again; after the update, a plain
+ * reseal narrows to the values then, and the old values no longer open it. A malformed
+ * value, a PCR outside seal_pcrs, another bank: refused, nothing changed.
  */
 static void test_reseal_to_future_pcr_values(void **state)
 {
     (void)state;
-    static const uint8_t update_digest[32] = {0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x69, 0x78};
     char values[200], hex[65];
-    TPM2B_DIGEST now;
-    uint8_t after_update[32];
 
     use_config("store-future", env.tpm_a.tcti, "sha256:0,16");
     assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
@@ -873,16 +933,15 @@ static void test_reseal_to_future_pcr_values(void **state)
     symmetric_read_cost(NULL);
 
     /* the value PCR 16 will hold after the update's extend */
-    assert_true(pcr_value(env.tpm_a.tcti, TPM2_ALG_SHA256, 16, &now));
-    sha256_extended(&now, update_digest, after_update);
-    hex_of(after_update, 32, hex);
-    snprintf(values, sizeof(values), "sha256:16=%s", hex);
+    values_after_extend(env.tpm_a.tcti, 16, update_digest, values, sizeof(values));
     char *before = snapshot("store-future");
     assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
     char *mode = NULL;
     assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
-    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16)");
+    assert_string_equal(
+        mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16" PENDING_NOTE ")");
     free(mode);
+    assert_int_equal(sealed_version("store-future"), 2);
     char *resealed = snapshot("store-future");
     assert_string_not_equal(before, resealed);
     /* only store.sealed changed: the entries and the header are the same bytes */
@@ -891,35 +950,207 @@ static void test_reseal_to_future_pcr_values(void **state)
     char *line = strndup(entry, (size_t)(strchr(entry, '\n') - entry));
     assert_non_null(strstr(resealed, line));
     free(line);
-
-    /* before the update: bound to values the PCRs do not hold yet */
-    provhsm_test_log_clear();
-    assert_null(read_symmetric(NULL));
-    assert_true(provhsm_test_log_seen("no longer hold the values"));
-    char *refused = snapshot("store-future");
-    assert_string_equal(resealed, refused);
-    free(refused);
-
-    /* the update: one extend of PCR 16, and the store opens, bound as before */
-    provhsm_tpm *tpm = NULL;
-    assert_int_equal(provhsm_tpm_connect(env.tpm_a.tcti, &tpm), PROVHSM_OK);
-    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, 16, update_digest), PROVHSM_OK);
-    provhsm_tpm_disconnect(tpm);
-    /* Load, StartAuthSession, PolicyPCR, Unseal, FlushContext */
-    assert_int_equal(symmetric_read_cost("a store resealed to future PCR values"), 5);
-    /* a second extend is a change like any other: refused */
-    assert_int_equal(provhsm_tpm_connect(env.tpm_a.tcti, &tpm), PROVHSM_OK);
-    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, 16, update_digest), PROVHSM_OK);
-    provhsm_tpm_disconnect(tpm);
-    assert_null(read_symmetric(NULL));
     free(before);
     free(resealed);
+
+    /* before the update: branch A. Load, StartAuthSession, PolicyPCR, PolicyOR, Unseal,
+       FlushContext */
+    assert_int_equal(symmetric_read_cost("a store resealed to future PCR values, before the "
+                                         "update"),
+                     6);
+    /* the update: one extend of PCR 16, and the store opens through branch B */
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    assert_int_equal(symmetric_read_cost("a store resealed to future PCR values, after the "
+                                         "update"),
+                     6);
+    /* a second extend is neither: refused, saying so */
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    expect_refused_on_pcrs("store-future", "hold neither the values they had");
+    assert_true(provhsm_test_log_seen("nor the values given with --pcr-values"));
+
+    /* a rolled-back update (the TPM restarted: PCRs reset): branch A still opens it */
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    symmetric_read_cost(NULL);
+
+    /* the update in: a plain reseal binds to the values now, and drops the old ones */
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    symmetric_read_cost(NULL);
+    assert_int_equal(provhsm_store_reseal(0), PROVHSM_OK);
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16)");
+    free(mode);
+    assert_int_equal(sealed_version("store-future"), 1);
+    assert_int_equal(symmetric_read_cost("the same store after a plain reseal"), 5);
+    /* the old values back (the old firmware booted again): refused, the old branch is gone */
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    expect_refused_on_pcrs("store-future", "no longer hold the values");
+    /* the new values once more: readable */
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    symmetric_read_cost(NULL);
+}
+
+/*
+ * A wrong value given to reseal --pcr-values (a typo, or the values of another update):
+ * the store still opens under the values now (branch A), so a second reseal --pcr-values
+ * with the right value can run, and the update then opens it.
+ */
+static void test_reseal_to_a_wrong_value_is_corrected(void **state)
+{
+    (void)state;
+    static const uint8_t other_digest[32] = {0xba, 0xd0};
+    char values[200];
+
+    provhsm_test_swtpm_kill(&env.tpm_a); /* PCRs reset */
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    use_config("store-typo", env.tpm_a.tcti, "sha256:16");
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+
+    /* the value after an extend with another digest: not what the update will give */
+    values_after_extend(env.tpm_a.tcti, 16, other_digest, values, sizeof(values));
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    symmetric_read_cost(NULL);
+    /* the right value, from a store that still opens */
+    values_after_extend(env.tpm_a.tcti, 16, update_digest, values, sizeof(values));
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode,
+                        "tpm (sealed blob in the store directory, PCRs sha256:16" PENDING_NOTE ")");
+    free(mode);
+    symmetric_read_cost(NULL);
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    symmetric_read_cost("a store resealed twice to future PCR values, after the update");
+    /* what the wrong value would have given is not accepted either */
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    extend_pcr_with(env.tpm_a.tcti, 16, other_digest);
+    expect_refused_on_pcrs("store-typo", "hold neither the values they had");
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+}
+
+/*
+ * reseal --pcr-values with [store] sealed_key_handle: the handle form of store.sealed
+ * carries the PolicyOR branches, so the key at the handle opens before the update and
+ * after it (StartAuthSession, PolicyPCR, PolicyOR, Unseal), and not after another change.
+ */
+static void test_reseal_to_future_values_at_a_handle(void **state)
+{
+    (void)state;
+    char values[200];
+    provhsm_test_swtpm_kill(&env.tpm_a); /* PCRs reset */
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    use_config_with("store-future-h", env.tpm_a.tcti,
+                    "sealed_key_handle = 0x81000220\nseal_pcrs = sha256:16\n", NULL);
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
+    assert_int_equal(symmetric_read_cost(NULL), 3);
+
+    values_after_extend(env.tpm_a.tcti, 16, update_digest, values, sizeof(values));
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (persistent handle 0x81000220, PCRs sha256:16" PENDING_NOTE ")");
+    free(mode);
+    assert_int_equal(sealed_version("store-future-h"), 2);
+    assert_int_equal(symmetric_read_cost("a store at a handle resealed to future PCR values, "
+                                         "before the update"),
+                     4);
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    assert_int_equal(symmetric_read_cost("... after the update"), 4);
+    extend_pcr_with(env.tpm_a.tcti, 16, update_digest);
+    expect_refused_on_pcrs("store-future-h", "hold neither the values they had");
+
+    /* back to the old values; away from the TPM, which evicts the handle */
+    provhsm_test_swtpm_kill(&env.tpm_a);
+    assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    assert_int_equal(provhsm_store_rekey("key-file"), PROVHSM_OK);
+    symmetric_read_cost(NULL);
+}
+
+/*
+ * The parser refuses malformed or inconsistent PolicyOR branches in a version-2
+ * store.sealed (one written by reseal --pcr-values on the TPM) before any TPM command.
+ */
+static void test_sealed_file_parser_branches(void **state)
+{
+    (void)state;
+    char path[400], values[200];
+    uint8_t *buf = NULL;
+    size_t len = 0;
+
+    use_config("store-or-parse", env.tpm_a.tcti, "sha256:16");
+    assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
+    values_after_extend(env.tpm_a.tcti, 16, update_digest, values, sizeof(values));
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    snprintf(path, sizeof(path), "%s/store-or-parse/store.sealed", env.dir);
+    assert_int_equal(provhsm_test_read_file(path, &buf, &len), 0);
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_OK);
+    for (size_t cut = 0; cut < len; cut += 5)
+        assert_int_equal(provhsm_store_parse_sealed(buf, cut, path), PROVHSM_E_CORRUPT);
+
+    /* header 20 bytes; PCR selection: count 1, sha256, 3 select bytes (10 bytes); then
+       the branch list: count (4 bytes), each branch a 2-byte size and 32 bytes */
+    const size_t branches = 30, branch1 = branches + 4 + 34 + 2;
+    assert_int_equal(buf[9], 2);
+    assert_int_equal(buf[branches + 3], 2);
+    assert_int_equal(buf[branches + 5], 32);
+
+    /* a branch altered: no longer what the object's policy was made from */
+    buf[branch1 + 7] ^= 0x01;
+    provhsm_test_log_clear();
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    assert_true(provhsm_test_log_seen("is not the PolicyOR of the branches"));
+    buf[branch1 + 7] ^= 0x01;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_OK);
+
+    /* one branch counted: format version 2 has two */
+    buf[branches + 3] = 1;
+    provhsm_test_log_clear();
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    assert_true(provhsm_test_log_seen("1 PolicyOR branches; format version 2 has 2"));
+    /* nine: more than a digest list holds */
+    buf[branches + 3] = 9;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    buf[branches + 3] = 2;
+
+    /* a branch of 20 bytes (the list then runs into the object) */
+    buf[branches + 5] = 20;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    buf[branches + 5] = 32;
+
+    /* version 1: the branch list read as the object */
+    buf[9] = 1;
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    buf[9] = 3;
+    provhsm_test_log_clear();
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_E_CORRUPT);
+    assert_true(provhsm_test_log_seen("this build reads versions 1 and 2"));
+    buf[9] = 2;
+
+    /* branches without a PCR selection: the 10-byte selection replaced by an empty one */
+    uint8_t *unbound = malloc(len);
+    assert_non_null(unbound);
+    memcpy(unbound, buf, 20);
+    memset(unbound + 20, 0, 4);
+    memcpy(unbound + 24, buf + branches, len - branches);
+    provhsm_test_log_clear();
+    assert_int_equal(provhsm_store_parse_sealed(unbound, len - 6, path), PROVHSM_E_CORRUPT);
+    assert_true(provhsm_test_log_seen("PolicyOR branches for a key bound to no PCR"));
+    free(unbound);
+
+    assert_int_equal(provhsm_store_parse_sealed(buf, len, path), PROVHSM_OK);
+    free(buf);
 }
 
 /*
  * The digest PolicyPCR compares is made with the policy session's hash (SHA-256), not
  * with the bank's: a store bound to the SHA-1 bank, resealed to the PCR's current SHA-1
- * value given as a --pcr-values value, still opens.
+ * value given as a --pcr-values value, gets the same digest as the current values, so
+ * it is sealed to them alone (no PolicyOR branches: format version 1) and opens.
  */
 static void test_reseal_to_values_of_the_sha1_bank(void **state)
 {
@@ -937,7 +1168,12 @@ static void test_reseal_to_values_of_the_sha1_bank(void **state)
     hex_of(now.buffer, 20, hex);
     snprintf(values, sizeof(values), "sha1:23=%s", hex);
     assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
-    symmetric_read_cost("a store resealed to the SHA-1 bank's values");
+    char *mode = NULL;
+    assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha1:23)");
+    free(mode);
+    assert_int_equal(sealed_version("store-sha1"), 1);
+    assert_int_equal(symmetric_read_cost("a store resealed to the SHA-1 bank's values"), 5);
 }
 
 int main(void)
@@ -961,6 +1197,9 @@ int main(void)
         cmocka_unit_test(test_wrong_owner_authorisation),
         cmocka_unit_test(test_sealed_file_parser),
         cmocka_unit_test(test_reseal_to_future_pcr_values),
+        cmocka_unit_test(test_reseal_to_a_wrong_value_is_corrected),
+        cmocka_unit_test(test_reseal_to_future_values_at_a_handle),
+        cmocka_unit_test(test_sealed_file_parser_branches),
         cmocka_unit_test(test_reseal_to_values_of_the_sha1_bank),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

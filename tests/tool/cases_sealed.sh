@@ -194,6 +194,8 @@ expect_reseal_refused() {
 
 t_sealed_pcr_values() {
     local hex key pcr16 future before
+    local pending='tpm (sealed blob in the store directory, PCRs sha256:0,16, also the values'
+    pending+=' given by reseal --pcr-values: run `provhsm store reseal` once the update is in)'
     start_fixture_swtpm || fail "swtpm did not start (see $CASE/swtpm.log)"
     trap stop_sealed_swtpms EXIT
     sealed_conf "seal_pcrs = sha256:0,16"
@@ -225,12 +227,31 @@ t_sealed_pcr_values() {
     [ ${#pcr16} = 64 ] || fail "tpm2_pcrread gave no PCR 16: $pcr16"
     future=$(printf '%s%s' "$pcr16" "$hex" | xxd -r -p | sha256sum | cut -c1-64)
     expect_ok store reseal --pcr-values "sha256:16=$future"
-    expect_grep "store key sealed again: tpm (sealed blob in the store directory, PCRs sha256:0,16)" \
-        "$CASE/out"
+    expect_grep "store key sealed again: $pending" "$CASE/out"
+    expect_mode "$pending"
+    # before the update: it opens under the values of now
+    expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrextend "16:sha256=$hex" || fail "tpm2_pcrextend failed"
+    # after it: under the values given
+    expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    check_sas "$(OUT)" "$SEALED_SCOPE" "$(b64_to_hex "$key")" registration 3600
+    # another change: neither, said so, nothing changed
+    TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrextend "16:sha256=$hex" || fail "tpm2_pcrextend failed"
     before=$(store_digest "$PROVHSM_STORE")
     expect_error 1 sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
-    expect_grep "no longer hold the values" "$CASE/err"
+    expect_grep "hold neither the values they had" "$CASE/err"
     expect_eq "store files while refused" "$(store_digest "$PROVHSM_STORE")" "$before"
+    # the update rolled back (PCR 16 reset): the old values still open it
+    TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrreset 16 || fail "tpm2_pcrreset failed"
+    expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    # the update in, a plain reseal: the new values alone
+    TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrextend "16:sha256=$hex" || fail "tpm2_pcrextend failed"
+    expect_ok store reseal
+    expect_mode "tpm (sealed blob in the store directory, PCRs sha256:0,16)"
+    expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrreset 16 || fail "tpm2_pcrreset failed"
+    expect_error 1 sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
+    expect_grep "no longer hold the values" "$CASE/err"
     TPM2TOOLS_TCTI=$PROVHSM_TCTI tpm2_pcrextend "16:sha256=$hex" || fail "tpm2_pcrextend failed"
     expect_ok sas-token --type symmetric --scope "$SEALED_SCOPE" --expiry 3600
     check_sas "$(OUT)" "$SEALED_SCOPE" "$(b64_to_hex "$key")" registration 3600

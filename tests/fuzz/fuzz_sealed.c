@@ -5,8 +5,9 @@
  * from disk, so any byte string must be refused cleanly or parsed whole. Property: a file that
  * parses has no slack, so it parses neither with its last byte cut off nor with a byte added. Built
  * only with PROVHSM_FUZZ=ON (tests/fuzz/CMakeLists.txt); seeds in corpus/sealed (files written by
- * provhsm init
- * --seal-to-tpm on swtpm, with and without a PCR binding, and the persistent-handle form).
+ * provhsm init --seal-to-tpm on swtpm, with and without a PCR binding, and the persistent-handle
+ * form; and by provhsm store reseal --pcr-values: format version 2 with its PolicyOR branches, as
+ * a blob and at a handle).
  */
 #include <stdint.h>
 #include <stdio.h>

@@ -1063,8 +1063,8 @@ static provhsm_err sealed_file_bytes(uint32_t parent, uint32_t handle,
  * policy when the configuration asks for one (unbound: never), and builds the bytes of
  * store.sealed. The policy is for the PCRs' current values, or with `target` (non-NULL,
  * checked against the configuration by the caller) the PolicyOR of those and of the
- * values it gives (pcr_policy). Sends GetCapability, [policy commands (pcr_policy),]
- * Create.
+ * values it gives (pcr_policy). Sends GetCapability, [GetCapability (pcrs_allocated),
+ * the policy's commands (pcr_policy),] Create.
  */
 static provhsm_err seal_store_key(const provhsm_config *cfg, const uint8_t *key, int unbound,
                                   const provhsm_pcr_values *target, uint8_t **file_out,

@@ -1279,9 +1279,10 @@ static void explain_unseal_failure(const provhsm_config *cfg, const sealed_file 
  * /dev/tpmrm0, and tpm2-abrmd); Unseal alone with a persistent handle; a PCR policy adds
  * StartAuthSession and PolicyPCR, and a key resealed with --pcr-values (PolicyOR branches
  * in store.sealed) PolicyOR too. So a create costs, with a blob (FlushContext counted):
- * 3 unbound, 5 bound to PCRs, 6 with branches; at a persistent handle 1, 3 and 4. All of it on the
- * TPM backend's connection, entered (locked) while a transient object or a session exists and
- * released empty: every ESYS handle made here is flushed or forgotten before leaving.
+ * 3 unbound, 5 bound to PCRs, 6 with branches; at a persistent handle 1, 3 and 4. All of
+ * it on the TPM backend's connection, entered (locked) while a transient object or a
+ * session exists and released empty: every ESYS handle made here is flushed or forgotten
+ * before leaving.
  */
 static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const char *dir,
                                     uint8_t *key_out)
@@ -2540,8 +2541,8 @@ static provhsm_err reseal_sealed(const provhsm_config *cfg, int unbound,
     if (rc == PROVHSM_OK)
         PH_INFO(MOD, "store %s: key sealed again, bound to PCRs %s%s", cfg->store_dir,
                 unbound || cfg->seal_pcrs[0] == '\0' ? "none" : cfg->seal_pcrs,
-                target != NULL ? " at their current values and at the values given (the others "
-                                 "at their current values)"
+                target != NULL ? ", at their current values or at the values given (PCRs not "
+                                 "given: their current values)"
                                : "");
     free(sealed);
     provhsm_store_close(st);

@@ -909,10 +909,14 @@ static const uint8_t update_digest[32] = {0x0f, 0x1e, 0x2d, 0x3c, 0x4b, 0x5a, 0x
  */
 static void test_reseal_to_future_pcr_values(void **state)
 {
+    static const uint8_t boot_digest[32] = {0xb0, 0x07};
     (void)state;
     char values[200], hex[65];
 
-    use_config("store-future", env.tpm_a.tcti, "sha256:0,16");
+    /* PCR 23 stands for a PCR the boot measures the same way each time: not named in
+       --pcr-values, so its value now (not zero) must go into the future branch too */
+    extend_pcr_with(env.tpm_a.tcti, 23, boot_digest);
+    use_config("store-future", env.tpm_a.tcti, "sha256:0,16,23");
     assert_int_equal(provhsm_store_init_sealed(), PROVHSM_OK);
     assert_int_equal(provhsm_symmetric_set("sealed-device", SYM_KEY_B64), PROVHSM_OK);
     symmetric_read_cost(NULL);
@@ -926,7 +930,7 @@ static void test_reseal_to_future_pcr_values(void **state)
     expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG, "not a hex digit");
     snprintf(values, sizeof(values), "sha256:7=%s,16=%s", hex, hex);
     expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG,
-                             "PCRs 7 are not in [store] seal_pcrs = sha256:0,16");
+                             "PCRs 7 are not in [store] seal_pcrs = sha256:0,16,23");
     snprintf(values, sizeof(values), "sha1:16=%.40s", hex);
     expect_reseal_to_refused("store-future", values, PROVHSM_E_INVALID_ARG,
                              "values of the sha1 bank");
@@ -939,7 +943,7 @@ static void test_reseal_to_future_pcr_values(void **state)
     char *mode = NULL;
     assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
     assert_string_equal(
-        mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16" PENDING_NOTE ")");
+        mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16,23" PENDING_NOTE ")");
     free(mode);
     assert_int_equal(sealed_version("store-future"), 2);
     char *resealed = snapshot("store-future");
@@ -971,6 +975,7 @@ static void test_reseal_to_future_pcr_values(void **state)
     /* a rolled-back update (the TPM restarted: PCRs reset): branch A still opens it */
     provhsm_test_swtpm_kill(&env.tpm_a);
     assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    extend_pcr_with(env.tpm_a.tcti, 23, boot_digest);
     symmetric_read_cost(NULL);
 
     /* the update in: a plain reseal binds to the values now, and drops the old ones */
@@ -978,13 +983,14 @@ static void test_reseal_to_future_pcr_values(void **state)
     symmetric_read_cost(NULL);
     assert_int_equal(provhsm_store_reseal(0), PROVHSM_OK);
     assert_int_equal(provhsm_store_key_mode(&mode), PROVHSM_OK);
-    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16)");
+    assert_string_equal(mode, "tpm (sealed blob in the store directory, PCRs sha256:0,16,23)");
     free(mode);
     assert_int_equal(sealed_version("store-future"), 1);
     assert_int_equal(symmetric_read_cost("the same store after a plain reseal"), 5);
     /* the old values back (the old firmware booted again): refused, the old branch is gone */
     provhsm_test_swtpm_kill(&env.tpm_a);
     assert_int_equal(provhsm_test_swtpm_restart(&env.tpm_a), 0);
+    extend_pcr_with(env.tpm_a.tcti, 23, boot_digest);
     expect_refused_on_pcrs("store-future", "no longer hold the values");
     /* the new values once more: readable */
     extend_pcr_with(env.tpm_a.tcti, 16, update_digest);

@@ -237,6 +237,8 @@ static provhsm_err testkey_describe(const provhsm_config *cfg, const provhsm_key
                                     char **line_out)
 {
     (void)cfg;
+    if (ref == NULL || line_out == NULL)
+        return PROVHSM_E_INVALID_ARG;
     char line[160];
     snprintf(line, sizeof(line), "software test key %s (P-%d), kept in the store", ref->locator,
              ref->curve_bits);

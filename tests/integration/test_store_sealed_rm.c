@@ -5,7 +5,8 @@
  * on it, so a create that closes the connection sends no FlushContext:
  *  - a create on a blob costs Load and Unseal, 2 TPM commands, create after create, and
  *    leaves no connection open;
- *  - bound to PCRs: StartAuthSession and PolicyPCR more, still no FlushContext;
+ *  - bound to PCRs: StartAuthSession and PolicyPCR more, still no FlushContext; with an
+ *    update pending (reseal --pcr-values), PolicyOR more, before and after the update;
  *  - a TPM table handle keeping the connection open: the object is flushed (3 commands),
  *    since it would stay on the connection, which holds only so many (tpm2-abrmd's
  *    limit per connection, 27 by default; 3 for the kernel's), and more creates than that
@@ -24,7 +25,10 @@
 #include <cmocka.h>
 
 #include "abrmd_fixture.h"
+#include <openssl/evp.h>
+
 #include "backend.h"
+#include "encoding.h"
 #include "hsm_client_data.h"
 #include "provhsm/provhsm.h"
 #include "provhsm/provhsm_store_key.h"
@@ -155,6 +159,44 @@ static void test_pcr_bound_create(void **state)
     creates_cost(4, 0, "on a blob bound to PCR 16, through tpm2-abrmd");
 }
 
+/* "sha256:16=<hex>": the value PCR 16 (read through tpm) will hold after extending `digest`. */
+static void pcr16_after_extend(provhsm_tpm *tpm, const uint8_t digest[32], char *out, size_t len)
+{
+    TPM2B_DIGEST values[24];
+    uint8_t after[32];
+    unsigned int after_len = 0;
+    assert_int_equal(provhsm_tpm_pcr_read(tpm, TPM2_ALG_SHA256, 1u << 16, values), PROVHSM_OK);
+    EVP_MD_CTX *md = EVP_MD_CTX_new();
+    assert_non_null(md);
+    assert_int_equal(EVP_DigestInit_ex(md, EVP_sha256(), NULL), 1);
+    assert_int_equal(EVP_DigestUpdate(md, values[16].buffer, values[16].size), 1);
+    assert_int_equal(EVP_DigestUpdate(md, digest, 32), 1);
+    assert_int_equal(EVP_DigestFinal_ex(md, after, &after_len), 1);
+    EVP_MD_CTX_free(md);
+    char *hex = provhsm_hex_encode(after, after_len, 0);
+    assert_non_null(hex);
+    snprintf(out, len, "sha256:16=%s", hex);
+    free(hex);
+}
+
+/* A pending update (reseal --pcr-values: either set of values): PolicyOR more, 5 commands. */
+static void test_pending_update_create(void **state)
+{
+    (void)state;
+    static const uint8_t update[32] = {0x0d, 0xa7, 0xe5};
+    provhsm_tpm *tpm = NULL;
+    char values[120];
+    use_config("store-pcrs", "seal_pcrs = sha256:16\n");
+    /* a connection of the test's own (counted as open below), not the library's */
+    assert_int_equal(provhsm_tpm_connect(env.abrmd.tcti, &tpm), PROVHSM_OK);
+    pcr16_after_extend(tpm, update, values, sizeof(values));
+    assert_int_equal(provhsm_store_reseal_to(values), PROVHSM_OK);
+    creates_cost(5, 1, "with an update pending (PolicyOR), through tpm2-abrmd");
+    assert_int_equal(provhsm_tpm_pcr_extend_sha256(tpm, 16, update), PROVHSM_OK);
+    creates_cost(5, 1, "after that update (the other branch), through tpm2-abrmd");
+    provhsm_tpm_disconnect(tpm);
+}
+
 /* A TPM table handle keeps the connection open: the object is flushed after each create. */
 static void test_open_connection_is_left_empty(void **state)
 {
@@ -185,6 +227,7 @@ int main(void)
         cmocka_unit_test(test_provision_and_init_sealed),
         cmocka_unit_test(test_create_costs_load_and_unseal),
         cmocka_unit_test(test_pcr_bound_create),
+        cmocka_unit_test(test_pending_update_create),
         cmocka_unit_test(test_open_connection_is_left_empty),
     };
     return cmocka_run_group_tests(tests, group_setup, group_teardown);

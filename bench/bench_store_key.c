@@ -3,14 +3,14 @@
  * For each mode (key file, passphrase with the default scrypt cost, key sealed to the TPM
  * as a blob in the store directory, the same through tpm2-abrmd (the resource manager that
  * stands in for the kernel's /dev/tpmrm0, the default TCTI), key sealed at a persistent
- * handle) it makes a store on a private swtpm with a self-signed EC P-256 X.509 identity and a
- * symmetric identity, then times, over RUNS runs, an X.509 create + get_certificate + destroy and a
- * symmetric create + get_symmetric_key + destroy (opening the store is part of each: the SDK opens
- * a handle per registration). Prints the median and 90th percentile in microseconds and
- * the TPM commands per create, counted at the TCTI (tpm_esys.h).
- * Usage: bench_store_key [RUNS]   (default 100). Needs swtpm on PATH; the tpm2-abrmd row
- * also tpm2-abrmd, dbus-daemon and the tabrmd TCTI (else it says why it did not run).
- * Not a ctest test.
+ * handle; the sealed modes also bound to PCR 16) it makes a store on a private swtpm with a
+ * self-signed EC P-256 X.509 identity and a symmetric identity, then times, over RUNS runs, an
+ * X.509 create + get_certificate + destroy and a symmetric create + get_symmetric_key + destroy
+ * (opening the store is part of each: the SDK opens a handle per registration). Prints the median
+ * and 90th percentile in microseconds and the TPM commands per create, counted at the TCTI
+ * (tpm_esys.h). Usage: bench_store_key [RUNS]   (default 100). Needs swtpm on PATH; the tpm2-abrmd
+ * row also tpm2-abrmd, dbus-daemon and the tabrmd TCTI (else it says why it did not run). Not a
+ * ctest test.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -58,6 +58,10 @@ static const mode modes[] = {
     {"TPM, sealed blob", "", 1, 0, 0},
     {"TPM, sealed blob, tpm2-abrmd", "", 1, 0, 1},
     {"TPM, persistent handle", "sealed_key_handle = 0x81000280\n", 1, 0, 0},
+    {"TPM, sealed blob, PCR 16", "seal_pcrs = sha256:16\n", 1, 0, 0},
+    {"TPM, sealed blob, PCR 16, tpm2-abrmd", "seal_pcrs = sha256:16\n", 1, 0, 1},
+    {"TPM, persistent handle, PCR 16", "seal_pcrs = sha256:16\nsealed_key_handle = 0x81000281\n", 1,
+     0, 0},
 };
 
 static int op_x509(void)
@@ -98,7 +102,7 @@ static int row(const char *mode_name, const char *what, int (*op)(void), int run
     }
     double per = (double)(provhsm_tpm_commands_total() - before) / runs, median, p90;
     bench_stats(samples, runs, &median, &p90);
-    printf("  %-32s %-10s %10.1f %10.1f %8.1f\n", mode_name, what, median, p90, per);
+    printf("  %-38s %-10s %10.1f %10.1f %8.1f\n", mode_name, what, median, p90, per);
     return 0;
 }
 
@@ -180,11 +184,11 @@ int main(int argc, char **argv)
     }
     printf("create through the SDK tables, per store key mode (%d runs, swtpm %s)\n", runs,
            swtpm.tcti);
-    printf("  %-32s %-10s %10s %10s %8s\n", "store key", "identity", "median us", "p90 us",
+    printf("  %-38s %-10s %10s %10s %8s\n", "store key", "identity", "median us", "p90 us",
            "TPM cmds");
     for (size_t i = 0; i < sizeof(modes) / sizeof(modes[0]); i++) {
         if (modes[i].via_abrmd && abrmd_why[0] != '\0') {
-            printf("  %-32s not run: %s\n", modes[i].name, abrmd_why);
+            printf("  %-38s not run: %s\n", modes[i].name, abrmd_why);
             continue;
         }
         const char *tcti = modes[i].via_abrmd ? abrmd.tcti : swtpm.tcti;

@@ -1189,9 +1189,12 @@ provhsm_err provhsm_p11_generate_ec(provhsm_p11_token *token, int curve_bits,
 
 /* ---- opening and signing ------------------------------------------------------------ */
 
-static CK_RV open_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
+/* The key's handle for the current session (found again after a new session). */
+static CK_RV key_handle(provhsm_p11_token *t, provhsm_p11_key *key, int force, const char **call,
+                        provhsm_err *err)
 {
-    provhsm_p11_key *key = p;
+    if (!force && key->generation == t->generation)
+        return CKR_OK;
     CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
     CK_RV rv = find_private(t, &key->name, 0, &obj, call, err);
     if (rv == CKR_OK && *err == PROVHSM_OK) {
@@ -1199,6 +1202,12 @@ static CK_RV open_op(provhsm_p11_token *t, void *p, const char **call, provhsm_e
         key->generation = t->generation;
     }
     return rv;
+}
+
+/* Looks the key up now, whatever handle an earlier session gave it. */
+static CK_RV open_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
+{
+    return key_handle(t, p, 1, call, err);
 }
 
 provhsm_err provhsm_p11_key_open(provhsm_p11_token *token, const provhsm_p11_keyname *name,
@@ -1220,21 +1229,6 @@ typedef struct sign_arg {
     uint8_t *rs;
     size_t rs_len; /* in: expected size; out: used */
 } sign_arg;
-
-/* The key's handle for the current session (found again after a new session). */
-static CK_RV key_handle(provhsm_p11_token *t, provhsm_p11_key *key, int force, const char **call,
-                        provhsm_err *err)
-{
-    if (!force && key->generation == t->generation)
-        return CKR_OK;
-    CK_OBJECT_HANDLE obj = CK_INVALID_HANDLE;
-    CK_RV rv = find_private(t, &key->name, 0, &obj, call, err);
-    if (rv == CKR_OK && *err == PROVHSM_OK) {
-        key->handle = obj;
-        key->generation = t->generation;
-    }
-    return rv;
-}
 
 static CK_RV sign_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
 {

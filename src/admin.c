@@ -521,7 +521,7 @@ provhsm_err provhsm_x509_adopt(const char *locator, const char *chain_pem, int r
         err = provhsm_keyref_to_pem(&ref, &ref_pem);
     if (err != PROVHSM_OK)
         goto out;
-    if (provhsm_x509_stored_key_matches(ref_pem, sk_X509_value(chain, 0)) != PROVHSM_OK) {
+    if (provhsm_x509_keyref_matches(&ref, sk_X509_value(chain, 0)) != PROVHSM_OK) {
         PH_ERR(MOD, "the certificate CN=%s is not for the key %s", cn, ref.locator);
         err = PROVHSM_E_MISMATCH;
         goto out;

@@ -359,9 +359,10 @@ provhsm_err provhsm_x509_stored_key_from_pem(const char *pem, const char *key_ty
     return PROVHSM_OK;
 }
 
-/* A key reference (keyref.h) matches when it carries the certificate's public key. */
-static provhsm_err keyref_matches(const provhsm_keyref *ref, X509 *cert)
+provhsm_err provhsm_x509_keyref_matches(const provhsm_keyref *ref, X509 *cert)
 {
+    if (ref == NULL || ref->spki == NULL || cert == NULL)
+        return PROVHSM_E_MISMATCH;
     const unsigned char *p = ref->spki;
     EVP_PKEY *pub = d2i_PUBKEY(NULL, &p, (long)ref->spki_len);
     provhsm_err err = pub != NULL && EVP_PKEY_eq(pub, X509_get0_pubkey(cert)) == 1
@@ -381,7 +382,7 @@ provhsm_err provhsm_x509_stored_key_matches(const char *key_pem, X509 *cert)
     provhsm_err ref_err = provhsm_keyref_from_pem(key_pem, strlen(key_pem), &ref);
     if (ref_err != PROVHSM_E_MISMATCH) {
         if (ref_err == PROVHSM_OK)
-            ref_err = keyref_matches(&ref, cert);
+            ref_err = provhsm_x509_keyref_matches(&ref, cert);
         provhsm_keyref_clear(&ref);
         return ref_err == PROVHSM_OK ? PROVHSM_OK : PROVHSM_E_MISMATCH;
     }

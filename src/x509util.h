@@ -11,6 +11,7 @@
 #include <stddef.h>
 #include <openssl/evp.h>
 #include <openssl/x509.h>
+#include "keyref.h"
 #include "provhsm/provhsm.h"
 
 /*
@@ -54,6 +55,13 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_from_pem(const char *pem,
  * different things to different callers, and they say which.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_stored_key_matches(const char *key_pem, X509 *cert);
+
+/*
+ * PROVHSM_OK when the key reference carries the certificate's public key,
+ * PROVHSM_E_MISMATCH otherwise; logs nothing. For a reference at hand, without a trip
+ * through its PEM.
+ */
+PROVHSM_MUST_CHECK provhsm_err provhsm_x509_keyref_matches(const provhsm_keyref *ref, X509 *cert);
 
 /* Self-signed certificate, CN=cn, valid from now for `days`, as malloc'd PEM. */
 PROVHSM_MUST_CHECK provhsm_err provhsm_x509_self_signed(EVP_PKEY *key, const char *cn, int days,

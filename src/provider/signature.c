@@ -78,6 +78,8 @@ static int digest_allowed(const EVP_MD *md)
 
 static int set_digest(sig_ctx *ctx, const char *mdname)
 {
+    if (ctx->md != NULL && EVP_MD_is_a(ctx->md, mdname))
+        return 1; /* chosen already: no second fetch */
     EVP_MD *md = EVP_MD_fetch(NULL, mdname, ctx->propq);
     if (md == NULL || !digest_allowed(md)) {
         EVP_MD_free(md);

@@ -1528,6 +1528,33 @@ static provhsm_err parse_meta(const uint8_t *raw, size_t len, const char *path, 
 }
 
 /*
+ * Reads <dir>/store.meta. With m, parses it there; with raw_out (m NULL), hands back its
+ * bytes unparsed, to free. A missing header is PROVHSM_E_NOT_FOUND, not logged.
+ */
+static provhsm_err read_meta(int dirfd, const char *dir, store_meta *m, uint8_t **raw_out,
+                             size_t *len_out)
+{
+    const size_t path_size = PROVHSM_PATH_MAX + 32;
+    char *path = path_alloc(path_size);
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    if (path == NULL)
+        return PROVHSM_E_NOMEM;
+    snprintf(path, path_size, "%s/%s", dir, META_NAME);
+    provhsm_err rc = read_file_at(dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    if (rc == PROVHSM_OK && m != NULL)
+        rc = parse_meta(raw, raw_len, path, m);
+    if (rc == PROVHSM_OK && m == NULL) {
+        *raw_out = raw;
+        *len_out = raw_len;
+        raw = NULL;
+    }
+    free(raw);
+    free(path);
+    return rc;
+}
+
+/*
  * Opens the key file's directory: whoever may write there could replace the key file, so
  * it must belong to us or root and be writable by nobody else (safefile.h, TRUSTED).
  * key_base receives the key file's name in that directory. PROVHSM_E_NOT_FOUND, not
@@ -2021,12 +2048,8 @@ static provhsm_err check_store_key(int dirfd, const char *dir, const uint8_t *ke
 provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
 {
     provhsm_err rc = PROVHSM_OK;
-    const size_t path_size = PROVHSM_PATH_MAX + 32;
-    char *path = NULL;
     provhsm_store *st = NULL;
     store_meta meta;
-    uint8_t *raw = NULL;
-    size_t raw_len = 0;
 
     if (cfg == NULL || out == NULL)
         return PROVHSM_E_INVALID_ARG;
@@ -2041,11 +2064,6 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     }
     st->dirfd = -1;
     snprintf(st->dir, sizeof(st->dir), "%s", cfg->store_dir);
-    path = path_alloc(path_size);
-    if (path == NULL) {
-        rc = PROVHSM_E_NOMEM;
-        goto out;
-    }
 
     const provhsm_file_ref dir = {AT_FDCWD,          cfg->store_dir, cfg->store_dir,
                                   "store directory", NULL,           0};
@@ -2058,13 +2076,9 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     rc = rekey_recover(cfg, st->dirfd, cfg->store_dir);
     if (rc != PROVHSM_OK)
         goto out;
-    snprintf(path, path_size, "%s/%s", cfg->store_dir, META_NAME);
-    rc = read_file_at(st->dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    rc = read_meta(st->dirfd, cfg->store_dir, &meta, NULL, NULL);
     if (rc == PROVHSM_E_NOT_FOUND)
         PH_INFO(MOD, "no store at %s (no %s)", cfg->store_dir, META_NAME);
-    if (rc != PROVHSM_OK)
-        goto out;
-    rc = parse_meta(raw, raw_len, path, &meta);
     if (rc != PROVHSM_OK)
         goto out;
     rc = scan_store(st->dirfd, cfg->store_dir);
@@ -2095,8 +2109,6 @@ provhsm_err provhsm_store_open(const provhsm_config *cfg, provhsm_store **out)
     *out = st;
     st = NULL;
 out:
-    free(raw);
-    free(path);
     provhsm_store_close(st);
     return rc;
 }
@@ -2114,16 +2126,9 @@ static int lock_dir(int dirfd, int nonblocking)
 /* Under the store's lock: whether the key read at open still opens the store as it is now. */
 static provhsm_err check_key_still_current(const provhsm_store *st)
 {
-    const size_t path_size = PROVHSM_PATH_MAX + 32;
-    char *path = path_alloc(path_size);
     uint8_t *raw = NULL;
     size_t raw_len = 0;
-    provhsm_err rc;
-
-    if (path == NULL)
-        return PROVHSM_E_NOMEM;
-    snprintf(path, path_size, "%s/%s", st->dir, META_NAME);
-    rc = read_file_at(st->dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
+    provhsm_err rc = read_meta(st->dirfd, st->dir, NULL, &raw, &raw_len);
     if (rc == PROVHSM_OK && raw_len != META_LEN)
         rc = PROVHSM_E_TAMPERED; /* another header than any this key opens */
     if (rc == PROVHSM_OK)
@@ -2136,7 +2141,6 @@ static provhsm_err check_key_still_current(const provhsm_store *st)
         rc = PROVHSM_E_WRONG_KEY;
     }
     free(raw);
-    free(path);
     return rc;
 }
 
@@ -2422,8 +2426,6 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
 {
     const size_t path_size = PROVHSM_PATH_MAX + 32;
     char *path = NULL;
-    uint8_t *raw = NULL;
-    size_t raw_len = 0;
     store_meta meta;
     int dirfd = -1;
     provhsm_err rc;
@@ -2437,12 +2439,8 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
     const provhsm_file_ref dir = {AT_FDCWD,          cfg->store_dir, cfg->store_dir,
                                   "store directory", NULL,           0};
     rc = provhsm_safefile_open_dir(&dir, PROVHSM_FILE_PRIVATE, &dirfd);
-    if (rc == PROVHSM_OK) {
-        snprintf(path, path_size, "%s/%s", cfg->store_dir, META_NAME);
-        rc = read_file_at(dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
-    }
     if (rc == PROVHSM_OK)
-        rc = parse_meta(raw, raw_len, path, &meta);
+        rc = read_meta(dirfd, cfg->store_dir, &meta, NULL, NULL);
     if (rc != PROVHSM_OK)
         goto out;
     if (meta.key_mode == KEY_MODE_FILE) {
@@ -2452,8 +2450,8 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
     } else {
 #ifdef PROVHSM_WITH_TPM
         sealed_file *sf = malloc(sizeof(*sf));
-        free(raw);
-        raw = NULL;
+        uint8_t *raw = NULL;
+        size_t raw_len = 0;
         snprintf(path, path_size, "%s/%s", cfg->store_dir, SEALED_NAME);
         rc = sf == NULL ? PROVHSM_E_NOMEM
                         : read_file_at(dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
@@ -2473,6 +2471,7 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
                 snprintf(out, outlen, "tpm (sealed blob in the store directory, PCRs %s%s)", pcrs,
                          pending);
         }
+        free(raw);
         free(sf);
 #else
         snprintf(out, outlen, "tpm");
@@ -2481,7 +2480,6 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
 out:
     if (dirfd >= 0)
         close(dirfd);
-    free(raw);
     free(path);
     return rc;
 }
@@ -2865,23 +2863,12 @@ static provhsm_err rekey_recover_locked(const provhsm_config *cfg, int dirfd, co
         return rekey_roll_back(cfg, dirfd, dir);
     if (!exists_at(dirfd, CHECK_NEW))
         return PROVHSM_OK;
-    const size_t path_size = PROVHSM_PATH_MAX + 32;
-    char *path = path_alloc(path_size);
-    uint8_t *raw = NULL;
-    size_t raw_len = 0;
     store_meta meta;
-    if (path == NULL)
-        return PROVHSM_E_NOMEM;
-    snprintf(path, path_size, "%s/%s", dir, META_NAME);
-    provhsm_err rc = read_file_at(dirfd, META_NAME, path, META_LEN, 0, &raw, &raw_len);
-    if (rc == PROVHSM_OK)
-        rc = parse_meta(raw, raw_len, path, &meta);
+    provhsm_err rc = read_meta(dirfd, dir, &meta, NULL, NULL);
     if (rc == PROVHSM_OK)
         rc = rekey_roll_forward(cfg, dirfd, dir, meta.key_mode);
     if (rc == PROVHSM_OK)
         PH_INFO(MOD, "store %s: an interrupted rekey was completed", dir);
-    free(raw);
-    free(path);
     return rc;
 }
 

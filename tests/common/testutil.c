@@ -1,12 +1,17 @@
 /*
- * Test utilities: whole-file reads and hex decoding for fixtures (see testutil.h).
- * Used by unit and integration tests; keeps no state.
+ * Test utilities: whole-file reads and hex decoding for fixtures, a test's private
+ * directory and config file (see testutil.h). Used by unit and integration tests; keeps
+ * no state.
  */
 #include <ctype.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
+#include "provhsm/provhsm.h"
 #include "testutil.h"
 
 int provhsm_test_read_file(const char *path, uint8_t **buf_out, size_t *len_out)
@@ -101,5 +106,48 @@ int provhsm_test_hex_decode(const char *hex, uint8_t **buf_out, size_t *len_out)
     }
     *buf_out = buf;
     *len_out = n / 2;
+    return 0;
+}
+
+int provhsm_test_workdir_make(char *dir, size_t len, const char *tag)
+{
+    int n = snprintf(dir, len, "/tmp/provhsm-%s-XXXXXX", tag);
+    if (n < 0 || (size_t)n >= len || mkdtemp(dir) == NULL) {
+        fprintf(stderr, "making the temporary directory for %s failed: %s\n", tag, strerror(errno));
+        dir[0] = '\0';
+        return -1;
+    }
+    return 0;
+}
+
+void provhsm_test_workdir_remove(const char *dir)
+{
+    if (dir == NULL || dir[0] == '\0')
+        return;
+    char cmd[600];
+    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
+    if (system(cmd) != 0)
+        fprintf(stderr, "could not remove %s\n", dir);
+}
+
+int provhsm_test_config_use(const char *path, const char *fmt, ...)
+{
+    FILE *f = fopen(path, "w");
+    if (f == NULL) {
+        fprintf(stderr, "writing %s failed: %s\n", path, strerror(errno));
+        return -1;
+    }
+    va_list ap;
+    va_start(ap, fmt);
+    int written = vfprintf(f, fmt, ap);
+    va_end(ap);
+    if (fclose(f) != 0 || written < 0 || chmod(path, 0600) != 0) {
+        fprintf(stderr, "writing %s failed\n", path);
+        return -1;
+    }
+    if (provhsm_config_use_file(path) != PROVHSM_OK) {
+        fprintf(stderr, "%s refused as the config\n", path);
+        return -1;
+    }
     return 0;
 }

@@ -1,6 +1,7 @@
 /*
- * Small utilities shared by the test programs: reading fixture files and decoding hex.
- * Test code only; never linked into the library. Buffers are malloc'd for the caller.
+ * Small utilities shared by the test programs: reading fixture files, decoding hex, a
+ * test's private directory and its config file. Test code only; never linked into the library.
+ * Buffers are malloc'd for the caller.
  */
 #ifndef PROVHSM_TESTUTIL_H
 #define PROVHSM_TESTUTIL_H
@@ -25,5 +26,22 @@ int provhsm_test_read_fixture(const char *relpath, uint8_t **buf_out, size_t *le
  * -1 on odd length or a non-hex character.
  */
 int provhsm_test_hex_decode(const char *hex, uint8_t **buf_out, size_t *len_out);
+
+/*
+ * mkdtemp of /tmp/provhsm-<tag>-XXXXXX into dir (len bytes). 0, or -1 with dir set to ""
+ * (so that a group teardown after a failed setup removes nothing) and the reason on stderr.
+ */
+int provhsm_test_workdir_make(char *dir, size_t len, const char *tag);
+
+/* rm -rf of the directory; nothing for "" (a setup that failed before making it). */
+void provhsm_test_workdir_remove(const char *dir);
+
+/*
+ * Writes the printf-style text to path with mode 0600 (private, as a deployment keeps its
+ * config) and makes it the library's config (provhsm_config_use_file).
+ * 0, or -1 with the step that failed on stderr.
+ */
+int provhsm_test_config_use(const char *path, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
 
 #endif

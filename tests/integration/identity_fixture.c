@@ -20,31 +20,11 @@ static int failed(const char *step)
     return -1;
 }
 
-int identity_workdir_make(char *dir, size_t len, const char *tag)
-{
-    int n = snprintf(dir, len, "/tmp/provhsm-%s-XXXXXX", tag);
-    if (n < 0 || (size_t)n >= len || mkdtemp(dir) == NULL) {
-        dir[0] = '\0';
-        return failed("making the temporary directory");
-    }
-    return 0;
-}
-
-void identity_workdir_remove(const char *dir)
-{
-    if (dir == NULL || dir[0] == '\0')
-        return;
-    char cmd[256];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
-}
-
 void identity_tls_env_clear(identity_tls_env *env)
 {
     tls_server_stop(env->srv);
     tls_ca_free(env->ca);
-    identity_workdir_remove(env->dir);
+    provhsm_test_workdir_remove(env->dir);
     memset(env, 0, sizeof(*env));
 }
 

@@ -18,12 +18,8 @@
 #include "config.h"
 #include "hwkey.h"
 #include "keyref.h"
+#include "testutil.h" /* provhsm_test_workdir_make / _remove */
 #include "tls_harness.h"
-
-/* mkdtemp of /tmp/provhsm-<tag>-XXXXXX into dir (len bytes). */
-int identity_workdir_make(char *dir, size_t len, const char *tag);
-/* rm -rf of the directory; nothing for "" (a setup that failed before making it). */
-void identity_workdir_remove(const char *dir);
 
 /*
  * Writes <dir>/provhsm.conf (mode 0600): the store at <dir>/store, [x509] backend =

@@ -251,7 +251,7 @@ static int prepare(void)
     /* the device's identity made by the store in a process of its own (as `provhsm x509
      * generate --self-signed` would), so that the test process's OpenSSL is untouched
      * until it loads its providers in the order under test */
-    if (identity_workdir_make(G.dir, sizeof(G.dir), "coexist") != 0 ||
+    if (provhsm_test_workdir_make(G.dir, sizeof(G.dir), "coexist") != 0 ||
         identity_config_write(G.dir, "testkey", NULL) != 0 ||
         identity_generate_in_another_process(DEVICE_CN) != 0)
         return -1;
@@ -281,7 +281,7 @@ static int group_teardown(void **unused)
     if (G.x509_initialised)
         hsm_client_x509_deinit();
     provhsm_test_swtpm_stop(&G.swtpm);
-    identity_workdir_remove(G.dir);
+    provhsm_test_workdir_remove(G.dir);
     return 0;
 }
 

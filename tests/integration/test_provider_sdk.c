@@ -33,7 +33,7 @@ static identity_tls_env G;
 static int group_setup(void **unused)
 {
     (void)unused;
-    if (identity_workdir_make(G.dir, sizeof(G.dir), "provsdk") != 0 ||
+    if (provhsm_test_workdir_make(G.dir, sizeof(G.dir), "provsdk") != 0 ||
         identity_config_write(G.dir, "testkey", NULL) != 0 || provhsm_store_init() != PROVHSM_OK)
         return -1;
     G.ca = tls_ca_new("provider SDK test CA");

@@ -41,7 +41,7 @@ static int group_setup(void **unused)
     (void)unused;
     /* the store and a self-signed identity, made by another process as the tool would:
      * this process has not used OpenSSL yet when the first test starts */
-    if (identity_workdir_make(G.dir, sizeof(G.dir), "swtls") != 0 ||
+    if (provhsm_test_workdir_make(G.dir, sizeof(G.dir), "swtls") != 0 ||
         identity_config_write(G.dir, "software", NULL) != 0 ||
         identity_generate_in_another_process("first-device") != 0)
         return -1;

@@ -84,13 +84,10 @@ static void provision(const char *tcti)
 static void use_config_with(const char *store, const char *tcti, const char *store_lines,
                             const char *tpm_lines)
 {
-    FILE *f = fopen(env.config, "w");
-    assert_non_null(f);
-    fprintf(f, "[store]\npath = %s/%s\n%s", env.dir, store, store_lines);
-    fprintf(f, "[tpm]\ntcti = %s\n%s", tcti, tpm_lines != NULL ? tpm_lines : "");
-    assert_int_equal(fclose(f), 0);
-    assert_int_equal(chmod(env.config, 0600), 0);
-    assert_int_equal(provhsm_config_use_file(env.config), PROVHSM_OK);
+    assert_int_equal(provhsm_test_config_use(
+                         env.config, "[store]\npath = %s/%s\n%s[tpm]\ntcti = %s\n%s", env.dir,
+                         store, store_lines, tcti, tpm_lines != NULL ? tpm_lines : ""),
+                     0);
 }
 
 static void use_config(const char *store, const char *tcti, const char *seal_pcrs)
@@ -105,8 +102,7 @@ static int group_setup(void **state)
 {
     (void)state;
     memset(&env, 0, sizeof(env));
-    snprintf(env.dir, sizeof(env.dir), "/tmp/provhsm-sealed-XXXXXX");
-    if (mkdtemp(env.dir) == NULL)
+    if (provhsm_test_workdir_make(env.dir, sizeof(env.dir), "sealed") != 0)
         return -1;
     snprintf(env.config, sizeof(env.config), "%s/provhsm.conf", env.dir);
     if (provhsm_test_swtpm_start(&env.tpm_a, NULL) != 0 ||
@@ -121,10 +117,7 @@ static int group_teardown(void **state)
     deinitialize_hsm_system();
     provhsm_test_swtpm_stop(&env.tpm_a);
     provhsm_test_swtpm_stop(&env.tpm_b);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", env.dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", env.dir);
+    provhsm_test_workdir_remove(env.dir);
     return 0;
 }
 

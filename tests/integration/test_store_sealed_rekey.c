@@ -47,20 +47,18 @@ typedef struct identities {
 static void use_store(const char *name)
 {
     snprintf(env.store, sizeof(env.store), "%s/%s", env.dir, name);
-    FILE *f = fopen(env.config, "w");
-    assert_non_null(f);
-    fprintf(f, "[store]\npath = %s\npassphrase_env = %s\nscrypt_log2_n = 10\n[tpm]\ntcti = %s\n",
-            env.store, PASS_ENV, env.tpm.tcti);
-    assert_int_equal(fclose(f), 0);
-    assert_int_equal(chmod(env.config, 0600), 0);
-    assert_int_equal(provhsm_config_use_file(env.config), PROVHSM_OK);
+    assert_int_equal(
+        provhsm_test_config_use(
+            env.config,
+            "[store]\npath = %s\npassphrase_env = %s\nscrypt_log2_n = 10\n[tpm]\ntcti = %s\n",
+            env.store, PASS_ENV, env.tpm.tcti),
+        0);
 }
 
 static int group_setup(void **state)
 {
     (void)state;
-    snprintf(env.dir, sizeof(env.dir), "/tmp/provhsm-rekey-XXXXXX");
-    if (mkdtemp(env.dir) == NULL)
+    if (provhsm_test_workdir_make(env.dir, sizeof(env.dir), "rekey") != 0)
         return -1;
     snprintf(env.config, sizeof(env.config), "%s/provhsm.conf", env.dir);
     if (provhsm_test_swtpm_start(&env.tpm, NULL) != 0)
@@ -80,10 +78,7 @@ static int group_teardown(void **state)
     (void)state;
     deinitialize_hsm_system();
     provhsm_test_swtpm_stop(&env.tpm);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", env.dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", env.dir);
+    provhsm_test_workdir_remove(env.dir);
     return 0;
 }
 

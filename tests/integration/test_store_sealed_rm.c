@@ -33,6 +33,7 @@
 #include "provhsm/provhsm.h"
 #include "provhsm/provhsm_store_key.h"
 #include "swtpm_fixture.h"
+#include "testutil.h"
 #include "tpm_esys.h"
 
 /* initialize_hsm_system and deinitialize_hsm_system: tests/common/sdk_hsm_system.c */
@@ -51,21 +52,17 @@ static struct {
 
 static void use_config(const char *store, const char *store_lines)
 {
-    FILE *f = fopen(env.config, "w");
-    assert_non_null(f);
-    fprintf(f, "[store]\npath = %s/%s\n%s[tpm]\ntcti = %s\n", env.dir, store, store_lines,
-            env.abrmd.tcti);
-    assert_int_equal(fclose(f), 0);
-    assert_int_equal(chmod(env.config, 0600), 0);
-    assert_int_equal(provhsm_config_use_file(env.config), PROVHSM_OK);
+    assert_int_equal(provhsm_test_config_use(env.config,
+                                             "[store]\npath = %s/%s\n%s[tpm]\ntcti = %s\n", env.dir,
+                                             store, store_lines, env.abrmd.tcti),
+                     0);
 }
 
 static int group_setup(void **state)
 {
     (void)state;
     memset(&env, 0, sizeof(env));
-    snprintf(env.dir, sizeof(env.dir), "/tmp/provhsm-sealed-rm-XXXXXX");
-    if (mkdtemp(env.dir) == NULL)
+    if (provhsm_test_workdir_make(env.dir, sizeof(env.dir), "sealed-rm") != 0)
         return -1;
     snprintf(env.config, sizeof(env.config), "%s/provhsm.conf", env.dir);
     char why[512] = "";
@@ -88,10 +85,7 @@ static int group_teardown(void **state)
     deinitialize_hsm_system();
     provhsm_test_abrmd_stop(&env.abrmd);
     provhsm_test_swtpm_stop(&env.tpm);
-    char cmd[300];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", env.dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", env.dir);
+    provhsm_test_workdir_remove(env.dir);
     return 0;
 }
 

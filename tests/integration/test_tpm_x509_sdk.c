@@ -54,7 +54,7 @@ static int group_teardown(void **unused)
     tls_server_stop(G.srv);
     tls_ca_free(G.ca);
     provhsm_test_swtpm_stop(&G.swtpm);
-    identity_workdir_remove(G.dir);
+    provhsm_test_workdir_remove(G.dir);
     return 0;
 }
 
@@ -63,7 +63,7 @@ static int group_setup(void **unused)
 {
     provhsm_test_log_capture();
     if (provhsm_test_swtpm_start(&G.swtpm, NULL) == 0 &&
-        identity_workdir_make(G.dir, sizeof(G.dir), "tpmsdk") == 0 && write_config() == 0 &&
+        provhsm_test_workdir_make(G.dir, sizeof(G.dir), "tpmsdk") == 0 && write_config() == 0 &&
         (G.ca = tls_ca_new("TPM SDK test CA")) != NULL && (G.srv = tls_server_start(G.ca)) != NULL)
         return 0;
     fprintf(stderr, "setup failed\n");

@@ -101,12 +101,7 @@ static provhsm_prov_key *key_for_reference(const provhsm_keyref *ref)
         EVP_PKEY_free(pub);
         return NULL;
     }
-    provhsm_prov_key *key = provhsm_prov_key_new(hw, pub);
-    if (key == NULL) {
-        provhsm_hwkey_release(hw);
-        EVP_PKEY_free(pub);
-    }
-    return key;
+    return provhsm_prov_key_new(hw, pub);
 }
 
 static int dec_decode(void *vctx, OSSL_CORE_BIO *cin, int selection, OSSL_CALLBACK *data_cb,

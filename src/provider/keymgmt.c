@@ -23,8 +23,11 @@
 provhsm_prov_key *provhsm_prov_key_new(provhsm_hwkey *hw, EVP_PKEY *pub)
 {
     provhsm_prov_key *key = calloc(1, sizeof(*key));
-    if (key == NULL)
+    if (key == NULL) {
+        provhsm_hwkey_release(hw);
+        EVP_PKEY_free(pub);
         return NULL;
+    }
     atomic_init(&key->refs, 1);
     key->hw = hw;
     key->pub = pub;
@@ -81,12 +84,7 @@ static void *km_dup(const void *keydata, int selection)
         provhsm_hwkey_release(hw);
         return NULL;
     }
-    provhsm_prov_key *key = provhsm_prov_key_new(hw, src->pub);
-    if (key == NULL) {
-        provhsm_hwkey_release(hw);
-        EVP_PKEY_free(src->pub);
-    }
-    return key;
+    return provhsm_prov_key_new(hw, src->pub);
 }
 
 /* "Private" means the key can sign in hardware; it never means the bytes are here. */

@@ -34,7 +34,10 @@ typedef struct provhsm_prov_key {
     EVP_PKEY *pub;
 } provhsm_prov_key;
 
-/* A key around an open hardware key and its public half (both taken over). NULL on error. */
+/*
+ * A key around an open hardware key and its public half, both taken over: on error (NULL)
+ * they are released here, so callers have nothing to undo.
+ */
 provhsm_prov_key *provhsm_prov_key_new(provhsm_hwkey *hw, EVP_PKEY *pub);
 /* Another count on the key. */
 provhsm_prov_key *provhsm_prov_key_up_ref(provhsm_prov_key *key);

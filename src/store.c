@@ -1293,7 +1293,7 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR srk = ESYS_TR_NONE, item = ESYS_TR_NONE, session = ESYS_TR_NONE;
-    uint8_t *raw = NULL, *key = NULL;
+    uint8_t *raw = NULL;
     size_t raw_len = 0, key_len = 0;
     provhsm_err rc;
 
@@ -1335,7 +1335,7 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
             explain_unseal_failure(cfg, sf, 0);
     }
     if (rc == PROVHSM_OK) {
-        rc = provhsm_tpm_unseal(tpm, item, &session, &key, &key_len);
+        rc = provhsm_tpm_unseal(tpm, item, &session, key_out, STORE_KEY_LEN, &key_len);
         if (rc == PROVHSM_E_WRONG_KEY)
             explain_unseal_failure(cfg, sf, 0);
         if ((rc == PROVHSM_E_TPM || rc == PROVHSM_E_NOT_FOUND) && sf->handle != 0) {
@@ -1362,10 +1362,7 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
         PH_ERR(MOD, "%s: the sealed store key is %zu bytes, not %u", path, key_len, STORE_KEY_LEN);
         rc = PROVHSM_E_CORRUPT;
     }
-    if (rc == PROVHSM_OK)
-        memcpy(key_out, key, STORE_KEY_LEN);
 out:
-    provhsm_secure_free(key);
     free(sf);
     free(raw);
     free(path);

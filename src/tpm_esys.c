@@ -1573,8 +1573,8 @@ provhsm_err provhsm_tpm_load_sealed(provhsm_tpm *tpm, ESYS_TR parent,
     return PROVHSM_OK;
 }
 
-provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session, uint8_t **out,
-                               size_t *len_out)
+provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session, uint8_t *out,
+                               size_t size, size_t *len_out)
 {
     TPM2B_SENSITIVE_DATA *data = NULL;
     ESYS_TR auth;
@@ -1603,16 +1603,12 @@ provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session,
     }
     if (auth != ESYS_TR_PASSWORD)
         provhsm_tpm_forget(tpm, session); /* continueSession was clear: flushed by the TPM */
-    uint8_t *secure = provhsm_secure_alloc(data->size > 0 ? data->size : 1);
-    if (secure != NULL)
-        memcpy(secure, data->buffer, data->size);
-    size_t len = data->size;
+    /* one copy of the secret: from ESAPI's answer, wiped at once, to the caller's memory */
+    if (data->size == size)
+        memcpy(out, data->buffer, size);
+    *len_out = data->size;
     provhsm_wipe(data, sizeof(*data));
     Esys_Free(data);
-    if (secure == NULL)
-        return PROVHSM_E_NOMEM;
-    *out = secure;
-    *len_out = len;
     return PROVHSM_OK;
 }
 

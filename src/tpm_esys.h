@@ -371,13 +371,15 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_load_sealed(provhsm_tpm *tpm, ESYS_TR
 /*
  * Unseal of `item`, authorised by the empty password (session ESYS_TR_PASSWORD) or by a
  * policy session from provhsm_tpm_pcr_policy_session() (consumed on success: *session
- * becomes ESYS_TR_NONE; on failure it stays for the caller to flush). *out is secure
- * memory (provhsm_secure_free). A failed policy check (the PCRs are no longer those the
- * object was sealed to) is PROVHSM_E_WRONG_KEY, and no object at `item`'s handle
- * PROVHSM_E_NOT_FOUND: neither logged here.
+ * becomes ESYS_TR_NONE; on failure it stays for the caller to flush). The data goes
+ * straight into `out` (the caller's secure memory, `size` bytes) when it is exactly
+ * `size` bytes long; *len_out is its length either way, so the caller can tell another
+ * length apart. A failed policy check (the PCRs are no longer those the object was sealed
+ * to) is PROVHSM_E_WRONG_KEY, and no object at `item`'s handle PROVHSM_E_NOT_FOUND:
+ * neither logged here.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session,
-                                                  uint8_t **out, size_t *len_out);
+                                                  uint8_t *out, size_t size, size_t *len_out);
 
 /*
  * StartAuthSession (SHA-256; a trial session when `trial`) then PolicyPCR over the

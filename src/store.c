@@ -1204,24 +1204,34 @@ static void evict_sealed_handle(const provhsm_config *cfg, uint32_t handle)
     provhsm_tpm_leave(site);
 }
 
+/*
+ * Reads <dir>/store.sealed and parses it into *sf; `path` receives its path, for the
+ * caller's messages. A missing file is PROVHSM_E_NOT_FOUND, not logged.
+ */
+static provhsm_err read_sealed(int dirfd, const char *dir, char *path, size_t path_size,
+                               sealed_file *sf)
+{
+    uint8_t *raw = NULL;
+    size_t raw_len = 0;
+    snprintf(path, path_size, "%s/%s", dir, SEALED_NAME);
+    provhsm_err rc = read_file_at(dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
+    if (rc == PROVHSM_OK)
+        rc = parse_sealed(raw, raw_len, path, sf);
+    free(raw);
+    return rc;
+}
+
 /* The persistent handle the store's current store.sealed names (0: a blob). */
 static provhsm_err current_sealed_handle(const provhsm_store *st, uint32_t *handle_out)
 {
     const size_t path_size = PROVHSM_PATH_MAX + 32;
     char *path = path_alloc(path_size);
     sealed_file *sf = malloc(sizeof(*sf));
-    uint8_t *raw = NULL;
-    size_t raw_len = 0;
     provhsm_err rc = path == NULL || sf == NULL ? PROVHSM_E_NOMEM : PROVHSM_OK;
-    if (rc == PROVHSM_OK) {
-        snprintf(path, path_size, "%s/%s", st->dir, SEALED_NAME);
-        rc = read_file_at(st->dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
-    }
     if (rc == PROVHSM_OK)
-        rc = parse_sealed(raw, raw_len, path, sf);
+        rc = read_sealed(st->dirfd, st->dir, path, path_size, sf);
     if (rc == PROVHSM_OK)
         *handle_out = sf->handle;
-    free(raw);
     free(sf);
     free(path);
     return rc;
@@ -1293,27 +1303,22 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     provhsm_tpm_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR srk = ESYS_TR_NONE, item = ESYS_TR_NONE, session = ESYS_TR_NONE;
-    uint8_t *raw = NULL;
-    size_t raw_len = 0, key_len = 0;
+    size_t key_len = 0;
     provhsm_err rc;
 
     if (path == NULL)
         return PROVHSM_E_NOMEM;
-    snprintf(path, path_size, "%s/%s", dir, SEALED_NAME);
-    rc = read_file_at(dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
-    if (rc == PROVHSM_E_NOT_FOUND) {
-        PH_ERR(MOD, "%s is missing: the store's key is sealed to the TPM and cannot be found",
-               path);
-        rc = PROVHSM_E_CORRUPT;
-    }
-    if (rc != PROVHSM_OK)
-        goto out;
     sf = malloc(sizeof(*sf));
     if (sf == NULL) {
         rc = PROVHSM_E_NOMEM;
         goto out;
     }
-    rc = parse_sealed(raw, raw_len, path, sf);
+    rc = read_sealed(dirfd, dir, path, path_size, sf);
+    if (rc == PROVHSM_E_NOT_FOUND) {
+        PH_ERR(MOD, "%s is missing: the store's key is sealed to the TPM and cannot be found",
+               path);
+        rc = PROVHSM_E_CORRUPT;
+    }
     if (rc != PROVHSM_OK)
         goto out;
     rc = tpm_and_srk(cfg, sf->parent, &site, &tpm, &srk);
@@ -1364,7 +1369,6 @@ static provhsm_err unseal_store_key(const provhsm_config *cfg, int dirfd, const 
     }
 out:
     free(sf);
-    free(raw);
     free(path);
     return rc;
 }
@@ -2447,13 +2451,7 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
     } else {
 #ifdef PROVHSM_WITH_TPM
         sealed_file *sf = malloc(sizeof(*sf));
-        uint8_t *raw = NULL;
-        size_t raw_len = 0;
-        snprintf(path, path_size, "%s/%s", cfg->store_dir, SEALED_NAME);
-        rc = sf == NULL ? PROVHSM_E_NOMEM
-                        : read_file_at(dirfd, SEALED_NAME, path, SEALED_MAX, 0, &raw, &raw_len);
-        if (rc == PROVHSM_OK)
-            rc = parse_sealed(raw, raw_len, path, sf);
+        rc = sf == NULL ? PROVHSM_E_NOMEM : read_sealed(dirfd, cfg->store_dir, path, path_size, sf);
         if (rc == PROVHSM_OK) {
             char pcrs[96];
             const char *pending = sf->branches.count == 0
@@ -2468,7 +2466,6 @@ provhsm_err provhsm_store_describe_key(const provhsm_config *cfg, char *out, siz
                 snprintf(out, outlen, "tpm (sealed blob in the store directory, PCRs %s%s)", pcrs,
                          pending);
         }
-        free(raw);
         free(sf);
 #else
         snprintf(out, outlen, "tpm");

@@ -338,8 +338,11 @@ static provhsm_err p11_key_open(const provhsm_config *cfg, const provhsm_keyref 
     provhsm_err err = resolve(cfg, ref->locator, &tok, &name);
     if (err != PROVHSM_OK)
         return err;
+    provhsm_p11_key *key = calloc(1, sizeof(*key));
+    if (key == NULL)
+        return PROVHSM_E_NOMEM;
     provhsm_p11_key_facts f = {0};
-    err = provhsm_p11_key_facts_get(tok, &name, &f);
+    err = provhsm_p11_key_open(tok, &name, ref->curve_bits, key, &f);
     uint8_t *spki = NULL;
     size_t spki_len = 0;
     if (err == PROVHSM_OK)
@@ -354,12 +357,6 @@ static provhsm_err p11_key_open(const provhsm_config *cfg, const provhsm_keyref 
         err = PROVHSM_E_MISMATCH;
     }
     OPENSSL_free(spki);
-    if (err != PROVHSM_OK)
-        return err;
-    provhsm_p11_key *key = calloc(1, sizeof(*key));
-    if (key == NULL)
-        return PROVHSM_E_NOMEM;
-    err = provhsm_p11_key_open(tok, &name, ref->curve_bits, key);
     if (err != PROVHSM_OK) {
         free(key);
         return err;

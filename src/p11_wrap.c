@@ -1000,6 +1000,17 @@ typedef struct facts_arg {
     provhsm_p11_key_facts *out;
 } facts_arg;
 
+/* What the token says about the private key `obj` (which `name` selected) and its public half. */
+static CK_RV read_key_facts(provhsm_p11_token *t, CK_OBJECT_HANDLE obj,
+                            const provhsm_p11_keyname *name, provhsm_p11_key_facts *f,
+                            const char **call, provhsm_err *err)
+{
+    CK_RV rv = read_private_facts(t, obj, f, call);
+    if (rv != CKR_OK || f->key_type != CKK_EC)
+        return rv; /* the caller refuses other key types without their public half */
+    return read_public_facts(t, name, f, call, err);
+}
+
 static CK_RV facts_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
 {
     facts_arg *a = p;
@@ -1008,10 +1019,7 @@ static CK_RV facts_op(provhsm_p11_token *t, void *p, const char **call, provhsm_
     CK_RV rv = find_private(t, a->name, 0, &obj, call, err);
     if (rv != CKR_OK || *err != PROVHSM_OK)
         return rv;
-    rv = read_private_facts(t, obj, a->out, call);
-    if (rv != CKR_OK || a->out->key_type != CKK_EC)
-        return rv; /* the caller refuses other key types without their public half */
-    return read_public_facts(t, a->name, a->out, call, err);
+    return read_key_facts(t, obj, a->name, a->out, call, err);
 }
 
 void provhsm_p11_key_facts_clear(provhsm_p11_key_facts *f)
@@ -1204,22 +1212,39 @@ static CK_RV key_handle(provhsm_p11_token *t, provhsm_p11_key *key, int force, c
     return rv;
 }
 
-/* Looks the key up now, whatever handle an earlier session gave it. */
+typedef struct open_arg {
+    provhsm_p11_key *key;
+    provhsm_p11_key_facts *facts;
+} open_arg;
+
+/* Looks the key up now, whatever handle an earlier session gave it, and reads its facts. */
 static CK_RV open_op(provhsm_p11_token *t, void *p, const char **call, provhsm_err *err)
 {
-    return key_handle(t, p, 1, call, err);
+    open_arg *a = p;
+    provhsm_p11_key_facts_clear(a->facts);
+    CK_RV rv = key_handle(t, a->key, 1, call, err);
+    if (rv != CKR_OK || *err != PROVHSM_OK)
+        return rv;
+    return read_key_facts(t, a->key->handle, &a->key->name, a->facts, call, err);
 }
 
 provhsm_err provhsm_p11_key_open(provhsm_p11_token *token, const provhsm_p11_keyname *name,
-                                 int curve_bits, provhsm_p11_key *key)
+                                 int curve_bits, provhsm_p11_key *key,
+                                 provhsm_p11_key_facts *facts_out)
 {
-    if (token == NULL || name == NULL || key == NULL || (curve_bits != 256 && curve_bits != 384))
+    if (token == NULL || name == NULL || key == NULL || facts_out == NULL ||
+        (curve_bits != 256 && curve_bits != 384))
         return PROVHSM_E_INVALID_ARG;
+    memset(facts_out, 0, sizeof(*facts_out));
     provhsm_p11_key k = {token, *name, CK_INVALID_HANDLE, 0, curve_bits};
-    provhsm_err err = run(token, open_op, &k);
-    if (err == PROVHSM_OK)
-        *key = k;
-    return err;
+    open_arg a = {&k, facts_out};
+    provhsm_err err = run(token, open_op, &a);
+    if (err != PROVHSM_OK) {
+        provhsm_p11_key_facts_clear(facts_out);
+        return err;
+    }
+    *key = k;
+    return PROVHSM_OK;
 }
 
 typedef struct sign_arg {

@@ -131,10 +131,15 @@ PROVHSM_MUST_CHECK provhsm_err provhsm_p11_certificates(provhsm_p11_token *token
                                                         size_t *count_out);
 void provhsm_p11_certs_free(provhsm_p11_cert *certs, size_t count);
 
-/* Opens the private key `name` selects (its handle is kept in *key). */
+/*
+ * Opens the private key `name` selects (its handle is kept in *key) and reads in the
+ * same lookup what provhsm_p11_key_facts_get() reads, into *facts_out (cleared on
+ * failure; the caller clears it after use), so that opening finds the key once.
+ */
 PROVHSM_MUST_CHECK provhsm_err provhsm_p11_key_open(provhsm_p11_token *token,
                                                     const provhsm_p11_keyname *name, int curve_bits,
-                                                    provhsm_p11_key *key);
+                                                    provhsm_p11_key *key,
+                                                    provhsm_p11_key_facts *facts_out);
 
 /*
  * CKM_ECDSA over the digest: C_SignInit + C_Sign on the shared session (two calls in

@@ -248,12 +248,12 @@ cleanup:
 }
 
 /* Loads the hierarchy's configured authorisation into the connection. */
-static provhsm_err use_auth(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hierarchy)
+static provhsm_err use_auth(const provhsm_config *cfg, provhsm_tpm *tpm, ESYS_TR hierarchy)
 {
     TPM2B_AUTH *auth = NULL;
     int owner = hierarchy == ESYS_TR_RH_OWNER;
-    provhsm_err err = load_auth(owner ? st->cfg->owner_auth_file : st->cfg->endorsement_auth_file,
-                                owner ? st->cfg->owner_auth_env : st->cfg->endorsement_auth_env,
+    provhsm_err err = load_auth(owner ? cfg->owner_auth_file : cfg->endorsement_auth_file,
+                                owner ? cfg->owner_auth_env : cfg->endorsement_auth_env,
                                 owner ? "owner" : "endorsement", &auth);
     if (err == PROVHSM_OK)
         err = provhsm_tpm_set_hierarchy_auth(tpm, hierarchy, auth);
@@ -263,8 +263,7 @@ static provhsm_err use_auth(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hiera
 
 provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *cfg, provhsm_tpm *tpm)
 {
-    tpm_state st = {.cfg = (provhsm_config *)cfg, .lock = NULL, .link = NULL};
-    return use_auth(&st, tpm, ESYS_TR_RH_OWNER);
+    return use_auth(cfg, tpm, ESYS_TR_RH_OWNER);
 }
 
 /* Overwrites both hierarchies' authorisations inside ESAPI (cannot fail for them). */
@@ -333,7 +332,7 @@ static void link_free(tpm_link *link, const tcti_site *site)
  * EvictControl, FlushContext. The caller holds the TCTI lock; if another user of the TPM
  * persisted one since we looked (EvictControl finds the handle taken), that one is used.
  */
-static provhsm_err persistent_primary_locked(const tpm_state *st, provhsm_tpm *tpm,
+static provhsm_err persistent_primary_locked(const provhsm_config *cfg, provhsm_tpm *tpm,
                                              ESYS_TR hierarchy, const TPM2B_PUBLIC *tmpl,
                                              TPM2_HANDLE handle, const char *what, ESYS_TR *tr_out,
                                              TPM2B_PUBLIC **pub_out)
@@ -343,9 +342,9 @@ static provhsm_err persistent_primary_locked(const tpm_state *st, provhsm_tpm *t
     TPM2B_PUBLIC *pub = NULL;
 
     PH_INFO(MOD, "no %s at 0x%08x: creating one", what, (unsigned)handle);
-    err = use_auth(st, tpm, hierarchy);
+    err = use_auth(cfg, tpm, hierarchy);
     if (err == PROVHSM_OK)
-        err = use_auth(st, tpm, ESYS_TR_RH_OWNER);
+        err = use_auth(cfg, tpm, ESYS_TR_RH_OWNER);
     if (err == PROVHSM_OK)
         err = provhsm_tpm_create_primary(tpm, hierarchy, tmpl, &transient, &pub);
     if (err == PROVHSM_OK)
@@ -372,17 +371,22 @@ static provhsm_err persistent_primary_locked(const tpm_state *st, provhsm_tpm *t
     return err;
 }
 
+/* The SRK made and persisted at [tpm] srk_handle, the caller holding the site. */
+static provhsm_err make_srk(const provhsm_config *cfg, provhsm_tpm *tpm, ESYS_TR *srk_out)
+{
+    TPM2B_PUBLIC tmpl, *pub = NULL;
+    srk_template(&tmpl);
+    provhsm_err err = persistent_primary_locked(cfg, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
+                                                "storage root key", srk_out, &pub);
+    Esys_Free(pub);
+    return err;
+}
+
 provhsm_err provhsm_tpm_create_srk(const provhsm_config *cfg, provhsm_tpm *tpm)
 {
     /* the caller entered the site (provhsm_tpm_enter): its lock is held already */
-    tpm_state st = {.cfg = (provhsm_config *)cfg, .lock = NULL, .link = NULL};
     ESYS_TR srk = ESYS_TR_NONE;
-    TPM2B_PUBLIC tmpl, *pub = NULL;
-
-    srk_template(&tmpl);
-    provhsm_err err = persistent_primary_locked(&st, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
-                                                "storage root key", &srk, &pub);
-    Esys_Free(pub);
+    provhsm_err err = make_srk(cfg, tpm, &srk);
     provhsm_tpm_forget(tpm, &srk);
     return err;
 }
@@ -391,7 +395,7 @@ provhsm_err provhsm_tpm_create_srk(const provhsm_config *cfg, provhsm_tpm *tpm)
  * The key at `handle` (`present`: GetCapability listed it), created from `tmpl` when
  * absent; its public area marshaled. One ReadPublic when present, no probe when absent.
  */
-static provhsm_err ensure_key(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hierarchy,
+static provhsm_err ensure_key(const provhsm_config *cfg, provhsm_tpm *tpm, ESYS_TR hierarchy,
                               const TPM2B_PUBLIC *tmpl, TPM2_HANDLE handle, int present,
                               const char *what, ESYS_TR *tr_out, uint8_t **pub_out,
                               size_t *pub_len_out)
@@ -402,7 +406,7 @@ static provhsm_err ensure_key(const tpm_state *st, provhsm_tpm *tpm, ESYS_TR hie
     if (present)
         err = provhsm_tpm_read_public(tpm, handle, &tr, &pub); /* NOT_FOUND: evicted since */
     if (err == PROVHSM_E_NOT_FOUND)
-        err = persistent_primary_locked(st, tpm, hierarchy, tmpl, handle, what, &tr, &pub);
+        err = persistent_primary_locked(cfg, tpm, hierarchy, tmpl, handle, what, &tr, &pub);
     if (err == PROVHSM_OK)
         err = provhsm_tpm_marshal_public(pub, pub_out, pub_len_out);
     Esys_Free(pub);
@@ -440,12 +444,12 @@ static provhsm_err link_open(const tpm_state *st, tpm_link **out)
         goto cleanup;
 
     ek_template(&tmpl);
-    err = ensure_key(st, link->tpm, ESYS_TR_RH_ENDORSEMENT, &tmpl, handles[0], present[0],
+    err = ensure_key(st->cfg, link->tpm, ESYS_TR_RH_ENDORSEMENT, &tmpl, handles[0], present[0],
                      "endorsement key", &link->ek, &link->ek_pub, &link->ek_pub_len);
     if (err != PROVHSM_OK)
         goto cleanup;
     srk_template(&tmpl);
-    err = ensure_key(st, link->tpm, ESYS_TR_RH_OWNER, &tmpl, handles[1], present[1],
+    err = ensure_key(st->cfg, link->tpm, ESYS_TR_RH_OWNER, &tmpl, handles[1], present[1],
                      "storage root key", &link->srk, &link->srk_pub, &link->srk_pub_len);
     if (err != PROVHSM_OK)
         goto cleanup;
@@ -721,7 +725,7 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
         goto cleanup;
     tpm = st->link->tpm;
 
-    err = use_auth(st, tpm, ESYS_TR_RH_ENDORSEMENT);
+    err = use_auth(st->cfg, tpm, ESYS_TR_RH_ENDORSEMENT);
     if (err != PROVHSM_OK)
         goto cleanup;
     err = provhsm_tpm_ek_policy_session(tpm, &session);
@@ -755,7 +759,7 @@ static provhsm_err tpm_activate(void *p, const uint8_t *blob_bytes, size_t len)
     err = provhsm_tpm_load(tpm, st->link->srk, priv, &blob->object_public, &loaded);
     if (err != PROVHSM_OK)
         goto cleanup;
-    err = use_auth(st, tpm, ESYS_TR_RH_OWNER);
+    err = use_auth(st->cfg, tpm, ESYS_TR_RH_OWNER);
     if (err != PROVHSM_OK)
         goto cleanup;
     err = replace_identity(st, loaded);
@@ -996,13 +1000,7 @@ static provhsm_err srk_for_create(const provhsm_config *cfg, provhsm_tpm *tpm, i
 {
     if (present)
         return provhsm_tpm_persistent_handle(tpm, cfg->srk_handle, srk_out);
-    tpm_state st = {.cfg = (provhsm_config *)cfg, .lock = NULL, .link = NULL};
-    TPM2B_PUBLIC tmpl, *pub = NULL;
-    srk_template(&tmpl);
-    provhsm_err err = persistent_primary_locked(&st, tpm, ESYS_TR_RH_OWNER, &tmpl, cfg->srk_handle,
-                                                "storage root key", srk_out, &pub);
-    Esys_Free(pub);
-    return err;
+    return make_srk(cfg, tpm, srk_out);
 }
 
 /*
@@ -1421,34 +1419,34 @@ static provhsm_err tpm_key_describe(const provhsm_config *cfg, const provhsm_key
 provhsm_err provhsm_tpm_clear_identity(void)
 {
     provhsm_err err = PROVHSM_OK;
-    tpm_state st = {0};
+    provhsm_config *cfg = NULL;
     tcti_site *site = NULL;
     provhsm_tpm *tpm = NULL;
     ESYS_TR identity = ESYS_TR_NONE;
 
-    st.cfg = malloc(sizeof(*st.cfg));
-    if (st.cfg == NULL)
+    cfg = malloc(sizeof(*cfg));
+    if (cfg == NULL)
         return PROVHSM_E_NOMEM;
-    err = provhsm_front_config(st.cfg);
+    err = provhsm_front_config(cfg);
     if (err == PROVHSM_OK)
-        err = site_enter(st.cfg, &site, &tpm); /* the process's connection to this TPM */
+        err = site_enter(cfg, &site, &tpm); /* the process's connection to this TPM */
     if (err != PROVHSM_OK)
         goto cleanup;
-    err = provhsm_tpm_find_persistent(tpm, st.cfg->identity_handle, &identity);
+    err = provhsm_tpm_find_persistent(tpm, cfg->identity_handle, &identity);
     if (err == PROVHSM_E_NOT_FOUND)
-        PH_INFO(MOD, "no identity key at 0x%08x to clear", (unsigned)st.cfg->identity_handle);
+        PH_INFO(MOD, "no identity key at 0x%08x to clear", (unsigned)cfg->identity_handle);
     if (err == PROVHSM_OK)
-        err = use_auth(&st, tpm, ESYS_TR_RH_OWNER);
+        err = use_auth(cfg, tpm, ESYS_TR_RH_OWNER);
     if (err == PROVHSM_OK)
         err = provhsm_tpm_evict(tpm, &identity);
     if (err == PROVHSM_OK)
-        PH_INFO(MOD, "identity key at 0x%08x evicted", (unsigned)st.cfg->identity_handle);
+        PH_INFO(MOD, "identity key at 0x%08x evicted", (unsigned)cfg->identity_handle);
     provhsm_tpm_forget(tpm, &identity);
     drop_auth(tpm);
     site_leave(site);
 
 cleanup:
-    free(st.cfg);
+    free(cfg);
     return err;
 }
 

@@ -217,11 +217,20 @@ static TSS2_RC tpm_code(TSS2_RC rc)
     return 0;
 }
 
+/*
+ * The error of a format-one TPM response code (TPM2_RC_VALUE, TPM2_RC_HANDLE, ...) with
+ * the handle, session or parameter number dropped; 0 for any other code.
+ */
+static TSS2_RC fmt1_error(TSS2_RC rc)
+{
+    TSS2_RC code = tpm_code(rc);
+    return (code & TPM2_RC_FMT1) != 0 ? code & (TPM2_RC_FMT1 | 0x3f) : 0;
+}
+
 /* TPM_RC_HANDLE for any handle position: nothing is loaded at that handle. */
 static int rc_is_missing_handle(TSS2_RC rc)
 {
-    TSS2_RC code = tpm_code(rc);
-    return (code & TPM2_RC_FMT1) != 0 && (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_HANDLE;
+    return fmt1_error(rc) == TPM2_RC_HANDLE;
 }
 
 static int rc_is_try_again(TSS2_RC rc)
@@ -260,11 +269,9 @@ static int rc_is_tpm_warning(TSS2_RC rc)
 static provhsm_err fail(provhsm_tpm *tpm, TSS2_RC rc, const char *what)
 {
     provhsm_err err = map_rc(tpm, rc);
-    TSS2_RC code = tpm_code(rc);
+    TSS2_RC error = fmt1_error(rc);
     tpm->last_failure_transient = rc_is_tpm_warning(rc);
-    tpm->last_failure_auth =
-        (code & TPM2_RC_FMT1) != 0 && ((code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_AUTH_FAIL ||
-                                       (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_BAD_AUTH);
+    tpm->last_failure_auth = error == TPM2_RC_AUTH_FAIL || error == TPM2_RC_BAD_AUTH;
     if (err == PROVHSM_E_NO_DEVICE)
         PH_ERR(MOD, "%s: the TPM cannot be reached through \"%s\": %s (0x%08x)", what, tpm->tcti,
                Tss2_RC_Decode(rc), (unsigned)rc);
@@ -932,9 +939,9 @@ static int rc_is_foreign_credential(TSS2_RC rc)
     TSS2_RC code = tpm_code(rc);
     if (code == TPM2_RC_FAILURE)
         return 1;
-    if ((code & TPM2_RC_FMT1) == 0 || (code & TPM2_RC_P) == 0)
+    if ((code & TPM2_RC_P) == 0)
         return 0;
-    TSS2_RC error = code & (TPM2_RC_FMT1 | 0x3f);
+    TSS2_RC error = fmt1_error(rc);
     return error == TPM2_RC_VALUE || error == TPM2_RC_SIZE || error == TPM2_RC_INTEGRITY ||
            error == TPM2_RC_KEY || error == TPM2_RC_ECC_POINT;
 }
@@ -1159,9 +1166,8 @@ provhsm_err provhsm_tpm_hmac_sha256(provhsm_tpm *tpm, ESYS_TR key, const uint8_t
                 Esys_HMAC_Async(tpm->esys, key, ESYS_TR_PASSWORD, ESYS_TR_NONE, ESYS_TR_NONE, buf,
                                 TPM2_ALG_SHA256),
                 Esys_HMAC_Finish(tpm->esys, &mac));
-        TSS2_RC code = tpm_code(rc);
         uint32_t max = 0;
-        if ((code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_SIZE || code == TPM2_RC_COMMAND_SIZE) {
+        if (fmt1_error(rc) == TPM2_RC_SIZE || tpm_code(rc) == TPM2_RC_COMMAND_SIZE) {
             err = input_buffer(tpm, &max);
             if (err != PROVHSM_OK)
                 goto cleanup;
@@ -1544,10 +1550,7 @@ provhsm_err provhsm_tpm_create_sealed(provhsm_tpm *tpm, ESYS_TR parent, const ui
 /* What Load answers for a private area whose integrity key (the parent's seed) differs. */
 static int rc_is_foreign_private(TSS2_RC rc)
 {
-    TSS2_RC code = tpm_code(rc);
-    if ((code & TPM2_RC_FMT1) == 0)
-        return 0;
-    TSS2_RC error = code & (TPM2_RC_FMT1 | 0x3f);
+    TSS2_RC error = fmt1_error(rc);
     return error == TPM2_RC_INTEGRITY || error == TPM2_RC_SIZE || error == TPM2_RC_VALUE ||
            error == TPM2_RC_KEY_SIZE || error == TPM2_RC_SENSITIVE;
 }
@@ -1587,8 +1590,7 @@ provhsm_err provhsm_tpm_unseal(provhsm_tpm *tpm, ESYS_TR item, ESYS_TR *session,
     TPM_RUN(tpm, rc, Esys_Unseal_Async(tpm->esys, item, auth, ESYS_TR_NONE, ESYS_TR_NONE),
             Esys_Unseal_Finish(tpm->esys, &data));
     if (rc != TSS2_RC_SUCCESS) {
-        TSS2_RC code = tpm_code(rc);
-        if ((code & TPM2_RC_FMT1) != 0 && (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_POLICY_FAIL) {
+        if (fmt1_error(rc) == TPM2_RC_POLICY_FAIL) {
             tpm->last_failure_transient = 0;
             return PROVHSM_E_WRONG_KEY;
         }
@@ -1683,7 +1685,7 @@ provhsm_err provhsm_tpm_policy_or(provhsm_tpm *tpm, ESYS_TR session, const TPML_
     if (rc != TSS2_RC_SUCCESS) {
         TSS2_RC code = tpm_code(rc);
         /* the session's digest is none of the branches: for the caller to explain */
-        if ((code & TPM2_RC_FMT1) != 0 && (code & (TPM2_RC_FMT1 | 0x3f)) == TPM2_RC_VALUE) {
+        if (fmt1_error(rc) == TPM2_RC_VALUE) {
             tpm->last_failure_transient = 0;
             PH_DEBUG(MOD, "PolicyOR: TPM code 0x%03x (%s)", (unsigned)code, Tss2_RC_Decode(rc));
             return PROVHSM_E_WRONG_KEY;

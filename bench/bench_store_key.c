@@ -16,7 +16,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "abrmd_fixture.h"
@@ -25,6 +24,7 @@
 #include "provhsm/provhsm.h"
 #include "provhsm/provhsm_store_key.h"
 #include "swtpm_fixture.h"
+#include "testutil.h"
 #include "tpm_esys.h"
 
 #define PASS_ENV "PROVHSM_BENCH_PASSPHRASE"
@@ -110,12 +110,8 @@ static int setup_mode(const mode *m, const char *dir, const char *tcti, int inde
 {
     char config[600];
     snprintf(config, sizeof(config), "%s/provhsm-%d.conf", dir, index);
-    FILE *f = fopen(config, "w");
-    if (f == NULL)
-        return 1;
-    fprintf(f, "[store]\npath = %s/store-%d\n%s[tpm]\ntcti = %s\n", dir, index, m->store_lines,
-            tcti);
-    if (fclose(f) != 0 || chmod(config, 0600) != 0 || provhsm_config_use_file(config) != 0)
+    if (provhsm_test_config_use(config, "[store]\npath = %s/store-%d\n%s[tpm]\ntcti = %s\n", dir,
+                                index, m->store_lines, tcti) != 0)
         return 1;
     if (m->passphrase)
         setenv(PASS_ENV, "a benchmark passphrase", 1);
@@ -171,11 +167,7 @@ int main(int argc, char **argv)
         provhsm_test_tpm_config(&cfg, swtpm.tcti);
         char config[600];
         snprintf(config, sizeof(config), "%s/tpm.conf", dir);
-        FILE *f = fopen(config, "w");
-        if (f == NULL)
-            goto out;
-        fprintf(f, "[tpm]\ntcti = %s\n", swtpm.tcti);
-        if (fclose(f) != 0 || chmod(config, 0600) != 0 || provhsm_config_use_file(config) != 0)
+        if (provhsm_test_config_use(config, "[tpm]\ntcti = %s\n", swtpm.tcti) != 0)
             goto out;
         t = hsm_client_tpm_interface()->hsm_client_tpm_create();
         if (t == NULL)
@@ -205,9 +197,6 @@ out:
     free(samples);
     provhsm_test_abrmd_stop(&abrmd);
     provhsm_test_swtpm_stop(&swtpm);
-    char cmd[200];
-    snprintf(cmd, sizeof(cmd), "rm -rf %s", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "bench_store_key: could not remove %s\n", dir);
+    provhsm_test_remove_tree(dir);
     return rc;
 }

@@ -41,7 +41,6 @@
  * a ctest test.
  */
 #include <arpa/inet.h>
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -75,6 +74,7 @@
 #include "provhsm/provhsm.h"
 #include "softhsm_fixture.h"
 #include "swtpm_fixture.h"
+#include "testutil.h"
 #include "tls_harness.h"
 #include "tpm_esys.h"
 
@@ -672,14 +672,11 @@ static void measure_pair(const char *cert, const char *key)
 static int write_config(const char *name, const char *sections, char *path, size_t len)
 {
     snprintf(path, len, "%s/%s.conf", B.dir, name);
-    FILE *f = fopen(path, "w");
-    if (f == NULL)
-        return -1;
-    fprintf(f, "[store]\npath = %s/store-%s\n%s", B.dir, name, sections);
-    if (fclose(f) != 0 || chmod(path, 0600) != 0)
-        return -1;
-    setenv("PROVHSM_CONFIG", path, 1);
-    return provhsm_config_use_file(path) == PROVHSM_OK ? 0 : -1;
+    int rc =
+        provhsm_test_config_use(path, "[store]\npath = %s/store-%s\n%s", B.dir, name, sections);
+    if (rc == 0)
+        setenv("PROVHSM_CONFIG", path, 1);
+    return rc;
 }
 
 /*
@@ -1157,27 +1154,6 @@ static void print_report(row *rows, size_t count)
 
 /* ---- setup and teardown --------------------------------------------------------------- */
 
-static void remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d != NULL) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char child[1024];
-            struct stat sb;
-            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-            if (lstat(child, &sb) == 0 && S_ISDIR(sb.st_mode))
-                remove_tree(child);
-            else
-                unlink(child);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
 /* The counters and the peer's rows, in a file mapping the peer's processes share. */
 static int map_shared(void)
 {
@@ -1262,7 +1238,7 @@ static void *cleanup_on_signal(void *unused)
     provhsm_test_swtpm_stop(&B.swtpm);
     provhsm_test_softhsm_stop(&B.softhsm);
     if (B.dir[0] != '\0')
-        remove_tree(B.dir);
+        provhsm_test_remove_tree(B.dir);
     _exit(128 + sig);
 }
 
@@ -1297,7 +1273,7 @@ static void stop_everything(void)
     provhsm_test_swtpm_stop(&B.swtpm);
     provhsm_test_softhsm_stop(&B.softhsm);
     if (B.dir[0] != '\0')
-        remove_tree(B.dir);
+        provhsm_test_remove_tree(B.dir);
     free(B.samples);
     if (shared != NULL)
         munmap(shared, sizeof(*shared));
@@ -1325,7 +1301,7 @@ int main(int argc, char **argv)
     }
     if (cleanup_on_signals() != 0) {
         fprintf(stderr, "bench_tls: cannot set up the cleanup on signals\n");
-        remove_tree(B.dir);
+        provhsm_test_remove_tree(B.dir);
         free(B.samples);
         return 1;
     }

@@ -4,12 +4,14 @@
  * no state.
  */
 #include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include "provhsm/provhsm.h"
 #include "testutil.h"
@@ -120,14 +122,27 @@ int provhsm_test_workdir_make(char *dir, size_t len, const char *tag)
     return 0;
 }
 
-void provhsm_test_workdir_remove(const char *dir)
+void provhsm_test_remove_tree(const char *path)
 {
-    if (dir == NULL || dir[0] == '\0')
+    struct stat st;
+    if (path == NULL || path[0] == '\0' || lstat(path, &st) != 0)
         return;
-    char cmd[600];
-    snprintf(cmd, sizeof(cmd), "rm -rf '%s'", dir);
-    if (system(cmd) != 0)
-        fprintf(stderr, "could not remove %s\n", dir);
+    if (!S_ISDIR(st.st_mode)) {
+        unlink(path);
+        return;
+    }
+    DIR *d = opendir(path);
+    struct dirent *e;
+    char child[1024];
+    while (d != NULL && (e = readdir(d)) != NULL) {
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
+            continue;
+        snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
+        provhsm_test_remove_tree(child);
+    }
+    if (d != NULL)
+        closedir(d);
+    rmdir(path);
 }
 
 int provhsm_test_config_use(const char *path, const char *fmt, ...)

@@ -33,8 +33,11 @@ int provhsm_test_hex_decode(const char *hex, uint8_t **buf_out, size_t *len_out)
  */
 int provhsm_test_workdir_make(char *dir, size_t len, const char *tag);
 
-/* rm -rf of the directory; nothing for "" (a setup that failed before making it). */
-void provhsm_test_workdir_remove(const char *dir);
+/*
+ * Removes path and everything below it, in this process (no shell, so any name will do);
+ * nothing for NULL or "" (a setup that failed before making its directory).
+ */
+void provhsm_test_remove_tree(const char *path);
 
 /*
  * Writes the printf-style text to path with mode 0600 (private, as a deployment keeps its

@@ -24,7 +24,7 @@ void identity_tls_env_clear(identity_tls_env *env)
 {
     tls_server_stop(env->srv);
     tls_ca_free(env->ca);
-    provhsm_test_workdir_remove(env->dir);
+    provhsm_test_remove_tree(env->dir);
     memset(env, 0, sizeof(*env));
 }
 

@@ -18,7 +18,7 @@
 #include "config.h"
 #include "hwkey.h"
 #include "keyref.h"
-#include "testutil.h" /* provhsm_test_workdir_make / _remove */
+#include "testutil.h" /* provhsm_test_workdir_make, provhsm_test_remove_tree */
 #include "tls_harness.h"
 
 /*

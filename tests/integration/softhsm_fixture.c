@@ -2,7 +2,6 @@
  * SoftHSM2 tokens for the PKCS#11 integration tests (softhsm_fixture.h).
  */
 #define _GNU_SOURCE
-#include <dirent.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdio.h>
@@ -22,6 +21,7 @@
 
 #include "provhsm/provhsm.h"
 #include "softhsm_fixture.h"
+#include "testutil.h"
 
 #define USER_PIN "24681357"
 #define SO_PIN   "97531086"
@@ -86,27 +86,6 @@ static int run_quiet(char *const argv[])
     return WIFEXITED(status) && WEXITSTATUS(status) == 0 ? 0 : -1;
 }
 
-static void remove_tree(const char *path)
-{
-    DIR *d = opendir(path);
-    if (d != NULL) {
-        struct dirent *e;
-        while ((e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            char child[1024];
-            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-            struct stat sb;
-            if (lstat(child, &sb) == 0 && S_ISDIR(sb.st_mode))
-                remove_tree(child);
-            else
-                unlink(child);
-        }
-        closedir(d);
-    }
-    rmdir(path);
-}
-
 static int init_token(const char *label)
 {
     char *argv[] = {"softhsm2-util", "--init-token", "--free", "--label", (char *)label,
@@ -159,13 +138,13 @@ int provhsm_test_softhsm_start(provhsm_test_softhsm *h, const char *label)
 void provhsm_test_softhsm_stop(provhsm_test_softhsm *h)
 {
     if (h->dir[0] != '\0')
-        remove_tree(h->dir);
+        provhsm_test_remove_tree(h->dir);
     h->dir[0] = '\0';
 }
 
 int provhsm_test_softhsm_remove_tokens(provhsm_test_softhsm *h)
 {
-    remove_tree(h->tokendir);
+    provhsm_test_remove_tree(h->tokendir);
     return access(h->tokendir, F_OK) == 0 ? -1 : 0;
 }
 

@@ -23,6 +23,7 @@
 #include <openssl/evp.h>
 
 #include "swtpm_fixture.h"
+#include "testutil.h"
 #include "tpm_esys.h"
 
 #define START_ATTEMPTS 5
@@ -121,29 +122,6 @@ static int copy_dir_files(const char *from, const char *to)
     }
     closedir(d);
     return ret;
-}
-
-static void remove_tree(const char *path)
-{
-    struct stat st;
-    if (lstat(path, &st) != 0)
-        return;
-    if (S_ISDIR(st.st_mode)) {
-        DIR *d = opendir(path);
-        struct dirent *e;
-        char child[1024];
-        while (d != NULL && (e = readdir(d)) != NULL) {
-            if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0)
-                continue;
-            snprintf(child, sizeof(child), "%s/%s", path, e->d_name);
-            remove_tree(child);
-        }
-        if (d != NULL)
-            closedir(d);
-        rmdir(path);
-    } else {
-        unlink(path);
-    }
 }
 
 /* ---- ports and the process ---------------------------------------------------------- */
@@ -340,7 +318,7 @@ void provhsm_test_swtpm_stop(provhsm_test_swtpm *s)
         return;
     provhsm_test_swtpm_kill(s);
     if (s->dir[0] != '\0')
-        remove_tree(s->dir);
+        provhsm_test_remove_tree(s->dir);
     s->dir[0] = '\0';
 }
 

@@ -281,7 +281,7 @@ static int group_teardown(void **unused)
     if (G.x509_initialised)
         hsm_client_x509_deinit();
     provhsm_test_swtpm_stop(&G.swtpm);
-    provhsm_test_workdir_remove(G.dir);
+    provhsm_test_remove_tree(G.dir);
     return 0;
 }
 

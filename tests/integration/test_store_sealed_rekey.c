@@ -78,7 +78,7 @@ static int group_teardown(void **state)
     (void)state;
     deinitialize_hsm_system();
     provhsm_test_swtpm_stop(&env.tpm);
-    provhsm_test_workdir_remove(env.dir);
+    provhsm_test_remove_tree(env.dir);
     return 0;
 }
 

@@ -54,7 +54,7 @@ static int group_teardown(void **unused)
     tls_server_stop(G.srv);
     tls_ca_free(G.ca);
     provhsm_test_swtpm_stop(&G.swtpm);
-    provhsm_test_workdir_remove(G.dir);
+    provhsm_test_remove_tree(G.dir);
     return 0;
 }
 

@@ -266,6 +266,12 @@ provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *cfg, provhsm_tpm *t
     return use_auth(cfg, tpm, ESYS_TR_RH_OWNER);
 }
 
+void provhsm_tpm_drop_owner_auth(provhsm_tpm *tpm)
+{
+    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
+        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
+}
+
 /* Overwrites both hierarchies' authorisations inside ESAPI (cannot fail for them). */
 static void drop_auth(provhsm_tpm *tpm)
 {

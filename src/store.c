@@ -896,13 +896,6 @@ static provhsm_err tpm_and_srk(const provhsm_config *cfg, uint32_t srk_handle,
     return PROVHSM_OK;
 }
 
-/* Drops the owner authorisation from the shared connection, which outlives this use. */
-static void drop_owner_auth(provhsm_tpm *tpm)
-{
-    if (tpm != NULL && provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) != PROVHSM_OK)
-        PH_WARN(MOD, "could not clear the owner authorisation inside ESAPI");
-}
-
 /*
  * The digest a PolicyPCR compares for the PCRs of [store] seal_pcrs once they hold the
  * values in `target` (those it does not name keep their current values: PCR_Read):
@@ -1174,7 +1167,7 @@ static provhsm_err place_at_handle(const provhsm_config *cfg, const uint8_t *blo
     provhsm_tpm_forget(tpm, &persistent);
     provhsm_tpm_forget(tpm, &old); /* still there when its eviction failed */
     provhsm_tpm_forget(tpm, &srk);
-    drop_owner_auth(tpm);
+    provhsm_tpm_drop_owner_auth(tpm);
     provhsm_tpm_leave(site);
     if (rc == PROVHSM_OK)
         rc = sealed_file_bytes(sf->parent, handle, &sf->pcrs, &sf->branches, &sf->pub, NULL,
@@ -1200,7 +1193,7 @@ static void evict_sealed_handle(const provhsm_config *cfg, uint32_t handle)
                 "longer used (tpm2_evictcontrol removes it)",
                 (unsigned long)handle);
     provhsm_tpm_forget(tpm, &tr); /* still there when the eviction failed */
-    drop_owner_auth(tpm);
+    provhsm_tpm_drop_owner_auth(tpm);
     provhsm_tpm_leave(site);
 }
 

@@ -114,10 +114,16 @@ void provhsm_tpm_leave_releasing(provhsm_tpm_site *site, ESYS_TR *object);
 /*
  * Loads the owner authorisation configured in [tpm] (owner_auth_file / owner_auth_env)
  * into the connection, as the TPM backend does before EvictControl. Defined in
- * backend_tpm.c. provhsm_tpm_set_hierarchy_auth(tpm, ESYS_TR_RH_OWNER, NULL) drops it.
+ * backend_tpm.c. provhsm_tpm_drop_owner_auth() overwrites it again.
  */
 PROVHSM_MUST_CHECK provhsm_err provhsm_tpm_use_owner_auth(const provhsm_config *cfg,
                                                           provhsm_tpm *tpm);
+
+/*
+ * Overwrites the owner authorisation inside ESAPI with the empty value: the shared
+ * connection outlives the command that needed it. NULL does nothing; a failure is logged.
+ */
+void provhsm_tpm_drop_owner_auth(provhsm_tpm *tpm);
 
 /*
  * Creates the storage root key from the TPM backend's template and persists it at

@@ -1,11 +1,12 @@
 /*
  * Test utilities: whole-file reads and hex decoding for fixtures, a test's private
- * directory and config file (see testutil.h). Used by unit and integration tests; keeps
- * no state.
+ * directory and config file, capture of the library's log (see testutil.h). Used by unit
+ * and integration tests, the benchmarks; the log capture buffer is its only state.
  */
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -165,4 +166,50 @@ int provhsm_test_config_use(const char *path, const char *fmt, ...)
         return -1;
     }
     return 0;
+}
+
+static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;
+static char captured[16384];
+static size_t captured_len;
+
+static void capture_line(provhsm_log_level level, const char *module, const char *message,
+                         void *ctx)
+{
+    static const char *const names[] = {"error", "warn", "info", "debug"};
+    (void)ctx;
+    if (getenv("PROVHSM_TEST_VERBOSE") != NULL)
+        fprintf(stderr, "provhsm: %s: [%s] %s\n", names[level & 3], module, message);
+    pthread_mutex_lock(&capture_lock);
+    for (int attempt = 0; attempt < 2; attempt++) {
+        int n = snprintf(captured + captured_len, sizeof(captured) - captured_len, "[%s] %s\n",
+                         module, message);
+        if (n > 0 && (size_t)n < sizeof(captured) - captured_len) {
+            captured_len += (size_t)n;
+            break;
+        }
+        captured_len = 0; /* full: start again with the newest lines */
+        captured[0] = '\0';
+    }
+    pthread_mutex_unlock(&capture_lock);
+}
+
+void provhsm_test_log_capture(void)
+{
+    provhsm_set_log_callback(capture_line, NULL);
+}
+
+void provhsm_test_log_clear(void)
+{
+    pthread_mutex_lock(&capture_lock);
+    captured_len = 0;
+    captured[0] = '\0';
+    pthread_mutex_unlock(&capture_lock);
+}
+
+int provhsm_test_log_seen(const char *text)
+{
+    pthread_mutex_lock(&capture_lock);
+    int seen = strstr(captured, text) != NULL;
+    pthread_mutex_unlock(&capture_lock);
+    return seen;
 }

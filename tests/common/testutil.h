@@ -47,4 +47,13 @@ void provhsm_test_remove_tree(const char *path);
 int provhsm_test_config_use(const char *path, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));
 
+/*
+ * Captures the library's log lines (instead of stderr) from now on; lines are still
+ * echoed to stderr when PROVHSM_TEST_VERBOSE is set. provhsm_test_log_seen() tells
+ * whether a captured line (since the last provhsm_test_log_clear()) contains `text`.
+ */
+void provhsm_test_log_capture(void);
+void provhsm_test_log_clear(void);
+int provhsm_test_log_seen(const char *text);
+
 #endif

@@ -3,7 +3,6 @@
  */
 #define _GNU_SOURCE
 #include <fcntl.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -385,46 +384,19 @@ int provhsm_test_p11_put_cert(provhsm_test_p11 *p, X509 *cert, const uint8_t *id
     return rv == CKR_OK ? 0 : -1;
 }
 
-/* ---- log capture -------------------------------------------------------------------- */
-
-static pthread_mutex_t capture_lock = PTHREAD_MUTEX_INITIALIZER;
-static char captured[16384];
-static size_t captured_len;
-
-static void capture_line(provhsm_log_level level, const char *module, const char *message,
-                         void *ctx)
-{
-    (void)ctx;
-    if (getenv("PROVHSM_TEST_VERBOSE") != NULL)
-        fprintf(stderr, "provhsm: %d: [%s] %s\n", (int)level, module, message);
-    pthread_mutex_lock(&capture_lock);
-    int n = snprintf(captured + captured_len, sizeof(captured) - captured_len, "[%s] %s\n", module,
-                     message);
-    if (n < 0 || (size_t)n >= sizeof(captured) - captured_len) {
-        captured_len = 0; /* full: keep only the newest line */
-        n = snprintf(captured, sizeof(captured), "[%s] %s\n", module, message);
-    }
-    captured_len += n > 0 && (size_t)n < sizeof(captured) ? (size_t)n : 0;
-    pthread_mutex_unlock(&capture_lock);
-}
+/* ---- log capture: the one of testutil.h, under the names the PKCS#11 tests use ------- */
 
 void provhsm_test_p11_log_capture(void)
 {
-    provhsm_set_log_callback(capture_line, NULL);
+    provhsm_test_log_capture();
 }
 
 void provhsm_test_p11_log_clear(void)
 {
-    pthread_mutex_lock(&capture_lock);
-    captured_len = 0;
-    captured[0] = '\0';
-    pthread_mutex_unlock(&capture_lock);
+    provhsm_test_log_clear();
 }
 
 int provhsm_test_p11_log_seen(const char *text)
 {
-    pthread_mutex_lock(&capture_lock);
-    int seen = strstr(captured, text) != NULL;
-    pthread_mutex_unlock(&capture_lock);
-    return seen;
+    return provhsm_test_log_seen(text);
 }

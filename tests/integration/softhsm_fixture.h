@@ -105,7 +105,7 @@ STACK_OF(X509) *provhsm_test_pem_chain(const char *pem);
 int provhsm_test_p11_put_cert(provhsm_test_p11 *p, X509 *cert, const uint8_t *id, size_t id_len,
                               const char *label);
 
-/* Log capture, as in the TPM fixture. */
+/* Log capture: provhsm_test_log_capture, _clear and _seen of testutil.h. */
 void provhsm_test_p11_log_capture(void);
 void provhsm_test_p11_log_clear(void);
 int provhsm_test_p11_log_seen(const char *text);

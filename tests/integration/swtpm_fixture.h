@@ -15,6 +15,7 @@
 #include <sys/types.h>
 
 #include "config.h"
+#include "testutil.h"
 
 /* Exit code that CTest reads as "skipped" (SKIP_RETURN_CODE). */
 #define PROVHSM_TEST_SKIP 77
@@ -70,13 +71,6 @@ int provhsm_test_tpm_counts_get(const char *tcti, provhsm_test_tpm_counts *out);
 int provhsm_test_tpm_counts_unchanged(const char *tcti, const provhsm_test_tpm_counts *before);
 #endif
 
-/*
- * Captures the library's log lines (instead of stderr) from now on; lines are still
- * echoed to stderr when PROVHSM_TEST_VERBOSE is set. provhsm_test_log_seen() tells
- * whether a captured line (since the last provhsm_test_log_clear()) contains `text`.
- */
-void provhsm_test_log_capture(void);
-void provhsm_test_log_clear(void);
-int provhsm_test_log_seen(const char *text);
+/* provhsm_test_log_capture, _clear and _seen: testutil.h (included above). */
 
 #endif

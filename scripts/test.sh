@@ -60,7 +60,7 @@ stage_asan() {
             tee -a "$ctest_log"
 }
 
-# Every fuzz target runs FUZZ_SECONDS (default 25: twelve targets, two at a time, and the
+# Every fuzz target runs FUZZ_SECONDS (default 25: thirteen targets, two at a time, and the
 # build fit in three minutes on two cores). Passed on every run, because the value cached
 # in build-fuzz/ would otherwise win over a changed default.
 stage_fuzz() {

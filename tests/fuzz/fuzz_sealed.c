@@ -8,6 +8,10 @@
  * provhsm init --seal-to-tpm on swtpm, with and without a PCR binding, and the persistent-handle
  * form; and by provhsm store reseal --pcr-values: format version 2 with its PolicyOR branches, as
  * a blob and at a handle).
+ * The same input is also read from its first byte as the PolicyOR branches of a version 2 file
+ * (provhsm_tpm_unmarshal_digests, which parse_branches calls): a list that unmarshals has at
+ * most 8 digests, none larger than its buffer, and marshals again into exactly the bytes it
+ * was read from.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -17,6 +21,7 @@
 #include "fuzz_common.h"
 #include "log.h"
 #include "store.h"
+#include "tpm_esys.h"
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
@@ -26,8 +31,32 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     return 0;
 }
 
+/* The digest list at the start of the input: bounded, and exactly the bytes it came from. */
+static void check_digest_list(const uint8_t *data, size_t size)
+{
+    TPML_DIGEST digests;
+    size_t used = 0;
+    if (provhsm_tpm_unmarshal_digests(data, size, &used, "fuzz/store.sealed", &digests) !=
+        PROVHSM_OK) {
+        FUZZ_CHECK(used == 0);
+        return;
+    }
+    FUZZ_CHECK(used <= size);
+    FUZZ_CHECK(digests.count <= 8);
+    for (UINT32 i = 0; i < digests.count; i++)
+        FUZZ_CHECK(digests.digests[i].size <= sizeof(digests.digests[i].buffer));
+
+    static uint8_t again[sizeof(TPML_DIGEST)];
+    size_t written = 0;
+    FUZZ_CHECK(provhsm_tpm_marshal_digests(&digests, again, sizeof(again), &written) == PROVHSM_OK);
+    FUZZ_CHECK(written == used);
+    FUZZ_CHECK(memcmp(again, data, used) == 0);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    check_digest_list(data, size);
+
     /* a copy of exactly `size` bytes, so that a read past the end is caught */
     uint8_t *copy = malloc(size + 1);
     if (copy == NULL)
